@@ -1,0 +1,33 @@
+# `make demo` and `make test` do all the set-up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+
+.PHONY: setup test demo lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/vedas demo
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/latent_engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,68 @@
+"""The ``vedas`` command line: one entry point, one subcommand per job.
+
+    vedas demo            the main job on the embedded default (no download)
+    vedas data synth ...  write the synthetic benchmark
+    vedas infer ...       answer one question about one image
+    vedas bench ...       measured speed ratios, side by side
+
+Each subcommand has its own ``--help``. Subcommands whose issue has not landed yet say so
+and exit with status 2 rather than print anything that looks like a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+# Subcommands that are planned but not built yet, and the issue that brings each.
+PENDING: dict[str, tuple[str, str]] = {
+    "train": ("curriculum latent training with SCF-VR", "issue 4"),
+    "eval": ("accuracy / AR steps / latency reports", "issue 6"),
+    "bench": ("the end-to-end speed benchmark", "issue 6"),
+    "analyze": ("gradient, crop, latent and latent-use diagnostics", "issue 8"),
+}
+
+
+def _pending(name: str) -> Callable[[argparse.Namespace], int]:
+    what, issue = PENDING[name]
+
+    def run(_: argparse.Namespace) -> int:
+        print(f"vedas {name}: {what} is not built yet ({issue} brings it).", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vedas",
+        description="Multimodal latent reasoning with Visual Enhanced Depth Scaling on Hugging Face VLMs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from vedas import demo
+
+    demo.add_arguments(sub.add_parser("demo", help=demo.HELP, description=demo.__doc__))
+
+    from vedas.data import cli as data_cli
+
+    data_cli.add_arguments(sub.add_parser("data", help=data_cli.HELP, description=data_cli.__doc__))
+
+    from vedas import infer
+
+    infer.add_arguments(sub.add_parser("infer", help=infer.HELP, description=infer.__doc__))
+
+    for name, (what, issue) in PENDING.items():
+        p = sub.add_parser(name, help=f"{what} (not built yet: {issue})", description=f"{what}; {issue}.")
+        p.set_defaults(func=_pending(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
