@@ -1,0 +1,149 @@
+"""Last-query attention recorder: the fast kernel plus one softmax row.
+
+Visual replay needs a^(t), the attention of the *last* query position over every key,
+averaged over heads and layers. The reference code gets it by switching the whole model to
+eager attention with ``output_attentions=True``, which materialises every L×L map of every
+layer. Here a registered attention function runs the stock kernel (SDPA, or flash
+attention on GPU) unchanged and, only while a :class:`LastQueryRecorder` is active,
+computes ``softmax(q_last · K^T · scale + mask_row)`` for the one row we need. Because the
+function receives the keys *after* the KV-cache update, a cached latent step sees the whole
+history (prompt, image, earlier replays and latents) at the cost of one extra row.
+
+Usage::
+
+    install_recorder(model)                      # once; decoder layers only
+    with LastQueryRecorder() as rec:
+        model(...)
+    rec.mean()                                   # (B, L_keys), mean over layers and heads
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
+
+_ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextVar("vedas_recorder", default=None)
+
+
+class LastQueryRecorder:
+    """Accumulates the last query's attention probabilities while it is the active recorder.
+
+    Each attention call adds its head-mean (B, L_keys) row; :meth:`mean` divides by the
+    number of calls (layers). Rows of different key lengths in one recording are an error.
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.calls = 0
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> LastQueryRecorder:
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _ACTIVE.reset(self._token)
+        self._token = None
+
+    def add(self, probs: torch.Tensor) -> None:
+        row = probs.float().mean(1)  # (B, H, Lk) -> (B, Lk)
+        if self.total is None:
+            self.total = row
+        elif self.total.shape != row.shape:
+            raise RuntimeError(f"attention rows of different shapes in one recording: {self.total.shape} vs {row.shape}")
+        else:
+            self.total = self.total + row
+        self.calls += 1
+
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise RuntimeError("nothing was recorded: is the recorder installed on this model (install_recorder)?")
+        return self.total / self.calls
+
+
+class paused:
+    """Context manager that suspends recording (e.g. for extra passes that must not count)."""
+
+    def __enter__(self) -> None:
+        self._token = _ACTIVE.set(None)
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.reset(self._token)
+
+
+def last_query_probs(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+) -> torch.Tensor:
+    """softmax of the last query row over all keys: (B, H, Lk), computed in float32.
+
+    ``attention_mask`` may be a 4-D boolean or additive mask (SDPA/eager), a 2-D padding mask
+    (flash attention), or None (no padding: the last query sees every key causally).
+    """
+    k = repeat_kv(key, query.shape[1] // key.shape[1]).float()
+    q = query[:, :, -1:].float()
+    scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        if attention_mask.dim() == 4:
+            row = attention_mask[:, :, -1:, -key.shape[-2] :]
+        else:  # (B, Lk) padding mask: 1 keep, 0 pad
+            row = attention_mask[:, None, None, -key.shape[-2] :].bool()
+        if row.dtype == torch.bool:
+            scores = scores.masked_fill(~row, float("-inf"))
+        else:
+            scores = scores + row.float()
+    return scores.softmax(-1).squeeze(2)
+
+
+def _recording(base: Callable[..., Any]) -> Callable[..., Any]:
+    def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        out = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        rec = _ACTIVE.get()
+        if rec is not None:
+            with torch.no_grad():
+                rec.add(last_query_probs(query, key, attention_mask, scaling))
+        return out
+
+    return attention
+
+
+def _flash_forward(*args: Any, **kwargs: Any) -> Any:
+    from transformers.integrations.flash_attention import flash_attention_forward
+
+    return flash_attention_forward(*args, **kwargs)
+
+
+# Our name for each base kernel: the recording function wraps the kernel, and the mask
+# function is the base kernel's own (custom names get no mask otherwise).
+RECORDING_IMPLEMENTATIONS: dict[str, tuple[str, Callable[..., Any], Callable[..., Any]]] = {
+    "sdpa": ("vedas_sdpa", sdpa_attention_forward, sdpa_mask),
+    "flash_attention_2": ("vedas_flash_attention_2", _flash_forward, flash_attention_mask),
+}
+for _base, (_name, _fn, _mask) in RECORDING_IMPLEMENTATIONS.items():
+    AttentionInterface.register(_name, _recording(_fn))
+    AttentionMaskInterface.register(_name, _mask)
+
+
+def install_recorder(model: Any, text_config_key: str = "text_config") -> str:
+    """Switch the decoder (only) to the recording variant of its current kernel; returns its name.
+
+    Eager models keep the sdpa-based recorder (eager is only used by the recompute oracle,
+    which reads ``output_attentions`` instead).
+    """
+    current = model.config.get_text_config()._attn_implementation or "sdpa"
+    if current.startswith("vedas_"):
+        return current
+    base = current if current in RECORDING_IMPLEMENTATIONS else "sdpa"
+    name = RECORDING_IMPLEMENTATIONS[base][0]
+    model.set_attn_implementation({text_config_key: name})
+    return name
+
+
+def attention_implementation(model: Any) -> str:
+    return model.config.get_text_config()._attn_implementation

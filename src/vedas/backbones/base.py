@@ -1,0 +1,65 @@
+"""The one small Protocol every backbone adapter implements.
+
+The latent engine, visual replay, SCF-VR and routing talk to a VLM only through this
+interface: where the visual tokens are and their grid, the visual input embeddings, the
+3-D positions of the prompt and of appended tokens, the decoder layers and final norm, and
+re-encoding pixel crops. Adding a backbone means adding one file that implements it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the engine needs from a vision-language model."""
+
+    arch: str
+    model: nn.Module  # the HF *ForConditionalGeneration
+    processor: Any
+    image_token_id: int
+    merge_size: int
+
+    def decoder(self) -> nn.Module:
+        """The text decoder stack: called with inputs_embeds, positions, mask and cache; returns final-norm states."""
+        ...
+
+    def decoder_layers(self) -> nn.ModuleList: ...
+
+    def final_norm(self) -> nn.Module: ...
+
+    def lm_head(self) -> nn.Module: ...
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids (B, L) -> (B, L, D)."""
+        ...
+
+    def visual_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Visual input embeddings after the merger, one (N_i, D) tensor per image, raster order."""
+        ...
+
+    def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
+        """(G_h, G_w) of merged visual tokens per image."""
+        ...
+
+    def prompt_positions(
+        self,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The model's own 3-D rope positions of a (left-padded) prompt: (3, B, L)."""
+        ...
+
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Re-encode pixel crops (N, 3, H, W) in [0, 1] with the vision tower; mean-pooled (N, D)."""
+        ...
+
+    def suppressed_token_ids(self) -> list[int]:
+        """Tokens greedy decoding must never emit (image/video placeholders, vision markers)."""
+        ...

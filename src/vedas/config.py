@@ -1,0 +1,185 @@
+"""Typed configuration: dataclasses with a docstring per field, YAML in, CLI overrides on top.
+
+Every setting is a field of a dataclass; :func:`from_dict` maps a (YAML) mapping onto it
+and fails *before any work starts* on an unknown key or a value of the wrong type, naming
+the dotted field. :func:`apply_overrides` takes ``--section.field value`` pairs from the
+command line. Values that are valid types but invalid choices are rejected by each class's
+``__post_init__``, again naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the dotted field."""
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+@dataclass
+class LatentConfig:
+    """How the latent loop runs (SPEC §2.1); shared by training and inference."""
+
+    latents: int = 4
+    """T_r, the number of latent steps. Inference uses the count stored in the checkpoint."""
+    replay_k: int = 32
+    """K, visual tokens replayed per step (clipped to the unvisited tokens). 0 turns replay off."""
+    replay_mode: Literal["topk", "soft_mix"] = "topk"
+    """``topk``: the K weighted tokens; ``soft_mix``: their weighted sum as one token."""
+    replay_scale: Literal["paper", "unit"] = "paper"
+    """``paper``: weights softmax(a_I) (they sum to 1); ``unit``: weights × K so they average 1."""
+    replay_positions: Literal["sequential", "original"] = "sequential"
+    """Rope positions of replayed tokens: continue the text positions, or reuse their (t,h,w) source."""
+    latent_grad: Literal["full", "none"] = "full"
+    """Back-propagate through the latent chain (``full``) or detach each fed-back latent (``none``)."""
+    max_new_tokens: int = 64
+    """Greedy decoding stops at EOS or after this many tokens."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.latents, int) and self.latents >= 0, "latents", f"must be an int ≥ 0, got {self.latents!r}")
+        _check(isinstance(self.replay_k, int) and self.replay_k >= 0, "replay_k", f"must be an int ≥ 0, got {self.replay_k!r}")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens!r}")
+        for name in ("replay_mode", "replay_scale", "replay_positions", "latent_grad"):
+            _check_literal(self, name)
+        _check(
+            not (self.replay_positions == "original" and self.replay_mode == "soft_mix"),
+            "replay_positions",
+            "'original' needs replay_mode 'topk' (a soft mix has no single source position)",
+        )
+
+
+def _check_literal(obj: Any, name: str) -> None:
+    hint = typing.get_type_hints(type(obj))[name]
+    allowed = typing.get_args(hint)
+    value = getattr(obj, name)
+    _check(value in allowed, name, f"must be one of {list(allowed)}, got {value!r}")
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name}: {value!r} fits none of {[getattr(a, '__name__', str(a)) for a in args]}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, prefix=f"{name}.")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by field name."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + u for u in unknown]}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``["--a.b", "1e-4", "--c=x", ...]`` onto a nested mapping (values parsed as YAML scalars)."""
+    out = dict(data)
+    i = 0
+    while i < len(overrides):
+        item = overrides[i]
+        if not item.startswith("--"):
+            raise ConfigError(f"override {item!r}: expected --section.field VALUE")
+        key = item[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(overrides):
+                raise ConfigError(f"override --{key}: missing value")
+            raw = overrides[i + 1]
+            i += 2
+        node = out
+        parts = key.replace("-", "_").split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = _parse_scalar(raw)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    return data
+
+
+__all__ = ["ConfigError", "LatentConfig", "apply_overrides", "field", "from_dict", "load_yaml", "to_dict"]

@@ -1,0 +1,253 @@
+"""``VedasModel``: a Hugging Face VLM plus the latent engine, and checkpoint save/load.
+
+    >>> import vedas
+    >>> vm = vedas.load("runs/demo/vedas")                 # or a hub id, e.g. "Qwen/Qwen2-VL-2B-Instruct"
+    >>> texts, steps = vm.generate([image], ["How many red squares?"], choices=[["2", "3", "4", "5"]])
+
+A checkpoint is a directory: ``config.yaml`` (the vedas settings, including the trained
+latent count), and ``model/`` with the weights as safetensors, the HF config and the
+processor files. Nothing is pickled; ``trust_remote_code`` is never set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image
+
+from vedas import engine
+from vedas.attention import install_recorder
+from vedas.backbones import arch_module, backbone_for
+from vedas.config import LatentConfig, from_dict, to_dict
+from vedas.engine import Details, PromptBatch
+from vedas.prompts import build_messages
+from vedas.tokens import LATENT_START, add_latent_tokens, latent_token_ids
+
+MODES = ("vedas", "latent", "cot", "no_cot")
+LATENT_MODES = ("vedas", "latent")
+CONFIG_FILE = "config.yaml"
+WEIGHTS_DIR = "model"
+
+ImageLike = Image.Image | str | os.PathLike | None
+
+
+def _open_image(img: Any, where: str) -> Image.Image:
+    if isinstance(img, (str, os.PathLike)):
+        try:
+            with Image.open(img) as f:
+                img = f.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}") from None
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+class VedasModel:
+    """A VLM that reasons in latent steps. Wraps the HF model; never modifies its modeling code."""
+
+    def __init__(self, model: Any, processor: Any, config: LatentConfig | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.config = config or LatentConfig()
+        self.backbone = backbone_for(model, processor)
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.token_ids = latent_token_ids(self.tokenizer)
+        install_recorder(model)
+        self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- inputs --------------------------------------------------------------------------
+    def prompt_texts(
+        self,
+        questions: Sequence[str],
+        num_images: Sequence[int],
+        choices: Sequence[Sequence[str] | None] | None,
+        contexts: Sequence[str | None] | None,
+        mode: str,
+    ) -> list[str]:
+        texts = []
+        for i, q in enumerate(questions):
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"questions[{i}]: must be a non-empty string, got {q!r}")
+            ch = choices[i] if choices is not None else None
+            ctx = contexts[i] if contexts is not None else None
+            msgs = build_messages(q, ch, ctx, num_images=num_images[i])
+            text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            if mode in LATENT_MODES:
+                text += LATENT_START
+            texts.append(text)
+        return texts
+
+    def prepare(
+        self,
+        images: Sequence[ImageLike | Sequence[ImageLike]],
+        questions: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+        contexts: Sequence[str | None] | None = None,
+        mode: str = "vedas",
+    ) -> PromptBatch:
+        """Validate inputs and run the processor (left padding). Errors name the bad argument."""
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
+        if len(images) != len(questions):
+            raise ValueError(f"images and questions differ in length ({len(images)} vs {len(questions)})")
+        if choices is not None and len(choices) != len(questions):
+            raise ValueError(f"choices has {len(choices)} entries for {len(questions)} questions")
+        per_sample: list[list[Image.Image]] = []
+        for i, item in enumerate(images):
+            items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
+            opened = [_open_image(x, f"images[{i}]") for x in items]
+            for im in opened:
+                if min(im.size) < self._min_side:
+                    raise ValueError(
+                        f"images[{i}]: {im.size[0]}×{im.size[1]} px is smaller than one merged patch "
+                        f"({self._min_side}×{self._min_side} px)"
+                    )
+            per_sample.append(opened)
+        texts = self.prompt_texts(questions, [len(p) for p in per_sample], choices, contexts, mode)
+        flat = [im for p in per_sample for im in p]
+        enc = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+        dev = self.device
+        return PromptBatch(
+            input_ids=enc["input_ids"].to(dev),
+            attention_mask=enc["attention_mask"].to(dev),
+            mm_token_type_ids=enc["mm_token_type_ids"].to(dev),
+            pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,  # type: ignore[attr-defined]
+            image_grid_thw=enc["image_grid_thw"].to(dev) if flat else None,
+        )
+
+    # --- generation ----------------------------------------------------------------------
+    def generate(
+        self,
+        images: Sequence[ImageLike | Sequence[ImageLike]],
+        questions: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+        mode: str = "vedas",
+        latents: int | None = None,
+        engine: str = "cached",
+        return_details: bool = False,
+        contexts: Sequence[str | None] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> tuple[list[str], list[int]] | Details:
+        """Answer a batch of questions.
+
+        Args:
+            images: one entry per sample: a PIL image, a path, a list of them, or None (text only).
+            questions: the question texts.
+            choices: per sample, the options (lettered (A), (B), … in the prompt) or None.
+            mode: ``vedas``/``latent`` (latent steps with visual replay), ``cot`` or ``no_cot`` (plain decoding).
+            latents: T_r override; None uses the checkpoint's count (``config.latents``).
+            engine: ``cached`` (KV cache, fast) or ``recompute`` (re-runs the prefix each step; the oracle).
+            return_details: return a :class:`vedas.engine.Details` instead of ``(texts, ar_steps)``.
+        """
+        if latents is not None and (not isinstance(latents, int) or latents < 0):
+            raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
+        if latents and mode not in LATENT_MODES:
+            raise ValueError(f"latents={latents} given with mode={mode!r}, which has no latent steps")
+        cfg = self.config
+        if max_new_tokens is not None:
+            cfg = LatentConfig(**{**to_dict(cfg), "max_new_tokens": max_new_tokens})
+        batch = self.prepare(images, questions, choices, contexts, mode)
+        has_image = batch.input_ids.eq(self.backbone.image_token_id).any(1)
+        if mode in LATENT_MODES and cfg.replay_k > 0 and not bool(has_image.all()):
+            n = int((~has_image).sum())
+            warnings.warn(
+                f"{n} of {len(questions)} samples have no image: visual replay is off for them",
+                stacklevel=2,
+            )
+        latent = mode in LATENT_MODES
+        steps = (cfg.latents if latents is None else latents) if latent else 0
+        self.model.eval()
+        tokens, details = engine_run(
+            self.backbone,
+            batch,
+            cfg,
+            steps=steps,
+            latent_end_id=self.token_ids.end if latent else None,
+            eos_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tokenizer.get_vocab() else self.tokenizer.eos_token_id,
+            pad_id=self.tokenizer.pad_token_id,
+            engine=engine,
+            suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
+        )
+        details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        details.mode = mode
+        if return_details:
+            return details
+        return details.texts, details.ar_steps
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint directory atomically (temp dir, then rename)."""
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            meta = {"arch": self.model.config.model_type, "latent": to_dict(self.config)}
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
+            self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
+            self.processor.save_pretrained(tmp / WEIGHTS_DIR)
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                dest.rename(old)
+                tmp.rename(dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+engine_run = engine.run
+
+
+def _model_type(path: str) -> str:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=False).model_type
+
+
+def load(path_or_hub_id: str | os.PathLike, *, device: str | torch.device | None = None, dtype: Any = None, **overrides: Any) -> VedasModel:
+    """Load a vedas checkpoint directory, or a base HF checkpoint (local dir or hub id).
+
+    A base checkpoint gets the latent tokens added (rows copied from an existing token) and the
+    default :class:`~vedas.config.LatentConfig`; ``overrides`` set LatentConfig fields.
+    """
+    path = os.fspath(path_or_hub_id)
+    cfg_file = Path(path) / CONFIG_FILE
+    if cfg_file.is_file():
+        meta = yaml.safe_load(cfg_file.read_text()) or {}
+        weights = str(Path(path) / WEIGHTS_DIR)
+        arch = meta.get("arch") or _model_type(weights)
+        latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
+    else:
+        weights = path
+        arch = _model_type(weights)
+        latent = from_dict(LatentConfig, overrides)
+    mod = arch_module(arch)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = mod.MODEL_CLASS.from_pretrained(weights, **kwargs)
+    processor = mod.PROCESSOR_CLASS.from_pretrained(weights)
+    add_latent_tokens(model, processor.tokenizer)
+    if device is not None:
+        model.to(device)
+    return VedasModel(model.eval(), processor, latent)
