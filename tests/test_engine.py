@@ -118,7 +118,7 @@ def test_text_only_sample_runs_with_replay_off_and_says_so_once(vm, batch3):
 
 def test_latent_grad_controls_the_chain(tiny, batch3):
     model, processor = tiny
-    images, questions, choices = batch3
+    images, questions, _choices = batch3
     from vedas.engine import LatentLoop, make_runner
 
     for grad, expect in [("full", True), ("none", False)]:
@@ -146,8 +146,10 @@ def test_latent_grad_controls_the_chain(tiny, batch3):
 def test_bad_input_fails_before_compute(vm, kwargs, match, monkeypatch, make_image):
     called = []
     monkeypatch.setattr("vedas.model.engine_run", lambda *a, **k: called.append(1))
-    kwargs = {k: [make_image(*v, 0) if isinstance(v, tuple) else v for v in val] if k == "images" else val
-              for k, val in kwargs.items()}
+    kwargs = {
+        k: [make_image(*v, 0) if isinstance(v, tuple) else v for v in val] if k == "images" else val
+        for k, val in kwargs.items()
+    }
     args = {"images": [make_image(56, 56, 0)], "questions": ["What?"], **kwargs}
     with pytest.raises(ValueError, match=match):
         vm.generate(**args)

@@ -1,10 +1,10 @@
 """vedas: multimodal latent reasoning with Visual Enhanced Depth Scaling.
 
-    import vedas
-    model, processor = vedas.tiny_model("qwen2_vl")          # offline, random weights
-    vm = vedas.VedasModel(model, processor)
-    texts, steps = vm.generate([image], ["How many red squares?"])
-    vm.save("ckpt"); vm = vedas.load("ckpt")
+import vedas
+model, processor = vedas.tiny_model("qwen2_vl")          # offline, random weights
+vm = vedas.VedasModel(model, processor)
+texts, steps = vm.generate([image], ["How many red squares?"])
+vm.save("ckpt"); vm = vedas.load("ckpt")
 """
 
 from vedas.config import LatentConfig

@@ -28,7 +28,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
-_ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextVar("vedas_recorder", default=None)
+_ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextVar(
+    "vedas_recorder", default=None
+)
 
 
 class LastQueryRecorder:
@@ -57,14 +59,18 @@ class LastQueryRecorder:
         if self.total is None:
             self.total = row
         elif self.total.shape != row.shape:
-            raise RuntimeError(f"attention rows of different shapes in one recording: {self.total.shape} vs {row.shape}")
+            raise RuntimeError(
+                f"attention rows of different shapes in one recording: {self.total.shape} vs {row.shape}"
+            )
         else:
             self.total = self.total + row
         self.calls += 1
 
     def mean(self) -> torch.Tensor:
         if self.total is None:
-            raise RuntimeError("nothing was recorded: is the recorder installed on this model (install_recorder)?")
+            raise RuntimeError(
+                "nothing was recorded: is the recorder installed on this model (install_recorder)?"
+            )
         return self.total / self.calls
 
 
@@ -94,10 +100,7 @@ def last_query_probs(
             row = attention_mask[:, :, -1:, -key.shape[-2] :]
         else:  # (B, Lk) padding mask: 1 keep, 0 pad
             row = attention_mask[:, None, None, -key.shape[-2] :].bool()
-        if row.dtype == torch.bool:
-            scores = scores.masked_fill(~row, float("-inf"))
-        else:
-            scores = scores + row.float()
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
     return scores.softmax(-1).squeeze(2)
 
 

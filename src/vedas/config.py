@@ -50,8 +50,16 @@ class LatentConfig:
     """Greedy decoding stops at EOS or after this many tokens."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.latents, int) and self.latents >= 0, "latents", f"must be an int ≥ 0, got {self.latents!r}")
-        _check(isinstance(self.replay_k, int) and self.replay_k >= 0, "replay_k", f"must be an int ≥ 0, got {self.replay_k!r}")
+        _check(
+            isinstance(self.latents, int) and self.latents >= 0,
+            "latents",
+            f"must be an int ≥ 0, got {self.latents!r}",
+        )
+        _check(
+            isinstance(self.replay_k, int) and self.replay_k >= 0,
+            "replay_k",
+            f"must be an int ≥ 0, got {self.replay_k!r}",
+        )
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens!r}")
         for name in ("replay_mode", "replay_scale", "replay_positions", "latent_grad"):
             _check_literal(self, name)
@@ -77,14 +85,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the useful one
+            return _coerce(value, options[0], name)
+        for a in options:
             try:
                 return _coerce(value, a, name)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{name}: {value!r} fits none of {[getattr(a, '__name__', str(a)) for a in args]}")
     if origin is Literal:
         if value not in args:
@@ -112,6 +120,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

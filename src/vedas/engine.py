@@ -163,9 +163,13 @@ def embed_prompt(backbone: Backbone, batch: PromptBatch) -> tuple[torch.Tensor, 
     if batch.pixel_values is not None and batch.image_grid_thw is not None:
         feats = torch.cat(backbone.visual_features(batch.pixel_values, batch.image_grid_thw), 0)
         if feats.shape[0] != int(is_img.sum()):
-            raise ValueError(f"{int(is_img.sum())} image tokens in the prompt but {feats.shape[0]} visual features")
+            raise ValueError(
+                f"{int(is_img.sum())} image tokens in the prompt but {feats.shape[0]} visual features"
+            )
         embeds = embeds.masked_scatter(is_img[..., None], feats.to(embeds.dtype))
-    positions = backbone.prompt_positions(ids, batch.mm_token_type_ids, batch.image_grid_thw, batch.attention_mask)
+    positions = backbone.prompt_positions(
+        ids, batch.mm_token_type_ids, batch.image_grid_thw, batch.attention_mask
+    )
     n = is_img.sum(1)
     n_max = int(n.max()) if ids.shape[0] else 0
     # stable sort puts each row's image positions first, in ascending order
@@ -210,7 +214,9 @@ def chunk_positions(
 class LatentLoop:
     """Runs prefill, T_r latent chunk passes and greedy decoding over one :class:`Runner`."""
 
-    def __init__(self, backbone: Backbone, cfg: LatentConfig, runner: Runner, suppress: list[int] | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, cfg: LatentConfig, runner: Runner, suppress: list[int] | None = None
+    ) -> None:
         self.backbone = backbone
         self.cfg = cfg
         self.runner = runner
@@ -223,7 +229,9 @@ class LatentLoop:
         hidden, self.attn = self.runner(embeds, positions, batch.attention_mask, record)
         return hidden[:, -1]
 
-    def latent_steps(self, h: torch.Tensor, steps: int, k: int) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay]]:
+    def latent_steps(
+        self, h: torch.Tensor, steps: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay]]:
         """T_r chunk passes from the prefill's last state ``h``; returns (latents (B,T,D), last h, replays)."""
         cfg = self.cfg
         latents, replays = [], []
@@ -255,14 +263,16 @@ class LatentLoop:
 
     def feed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """One pass over (B, n) token ids at the next text positions; returns the last hidden state."""
-        b, n = token_ids.shape
+        _b, n = token_ids.shape
         pos = (self.next_pos[:, None] + torch.arange(n, device=token_ids.device))[None].expand(3, -1, -1)
         self.next_pos = self.next_pos + n
         hidden, _ = self.runner(self.backbone.embed(token_ids), pos, torch.ones_like(token_ids), record=False)
         return hidden[:, -1]
 
     @torch.no_grad()
-    def greedy(self, h: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int) -> tuple[list[list[int]], torch.Tensor]:
+    def greedy(
+        self, h: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+    ) -> tuple[list[list[int]], torch.Tensor]:
         """Greedy decoding from the last hidden state ``h``; returns token ids per sample (EOS included) and counts."""
         head = self.backbone.lm_head()
         suppress = torch.tensor(self.suppress, device=h.device)
@@ -273,7 +283,9 @@ class LatentLoop:
         for i in range(max_new_tokens):
             logits = head(h).float()
             logits[:, suppress] = float("-inf")
-            tok = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1))
+            tok = torch.where(
+                finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1)
+            )
             out.append(tok)
             count += (~finished).long()
             finished = finished | (tok == eos_id)
@@ -323,11 +335,7 @@ def run(
     timings = {"prefill": (t1 - t0) * 1e3, "latent": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
     n_lat = latents.shape[1]
     replay_indices = [
-        [
-            [] if r is None else r.index[b][r.mask[b]].tolist()
-            for r in replays
-        ]
-        for b in range(h.shape[0])
+        [[] if r is None else r.index[b][r.mask[b]].tolist() for r in replays] for b in range(h.shape[0])
     ]
     details = Details(
         texts=[],

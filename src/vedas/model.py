@@ -179,7 +179,9 @@ class VedasModel:
             cfg,
             steps=steps,
             latent_end_id=self.token_ids.end if latent else None,
-            eos_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tokenizer.get_vocab() else self.tokenizer.eos_token_id,
+            eos_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            if "<|im_end|>" in self.tokenizer.get_vocab()
+            else self.tokenizer.eos_token_id,
             pad_id=self.tokenizer.pad_token_id,
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
@@ -224,7 +226,13 @@ def _model_type(path: str) -> str:
     return AutoConfig.from_pretrained(path, trust_remote_code=False).model_type
 
 
-def load(path_or_hub_id: str | os.PathLike, *, device: str | torch.device | None = None, dtype: Any = None, **overrides: Any) -> VedasModel:
+def load(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: Any = None,
+    **overrides: Any,
+) -> VedasModel:
     """Load a vedas checkpoint directory, or a base HF checkpoint (local dir or hub id).
 
     A base checkpoint gets the latent tokens added (rows copied from an existing token) and the

@@ -27,7 +27,14 @@ CHAT_TEMPLATE = (
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIAL = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -59,7 +66,10 @@ def build_tokenizer(bpe_corpus: Iterable[str] | None = None, bpe_vocab: int = 51
         vocab = dict(sorted(tk.get_vocab().items(), key=lambda kv: kv[1]))
         import json
 
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in json.loads(tk.to_str())["model"]["merges"]]
+        merges = [
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+            for m in json.loads(tk.to_str())["model"]["merges"]
+        ]
         del state
     tok = Qwen2Tokenizer(
         vocab=vocab,
@@ -110,7 +120,9 @@ def tiny_model(
     """
     mod = arch_module(arch)
     if hidden % heads or heads % kv_heads:
-        raise ValueError(f"hidden ({hidden}) must divide by heads ({heads}) and heads by kv_heads ({kv_heads})")
+        raise ValueError(
+            f"hidden ({hidden}) must divide by heads ({heads}) and heads by kv_heads ({kv_heads})"
+        )
     head_dim = hidden // heads
     if head_dim % 8:
         raise ValueError(f"head_dim = hidden/heads = {head_dim} must be a multiple of 8 for M-RoPE sections")
@@ -118,7 +130,9 @@ def tiny_model(
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=min_pixels, max_pixels=max_pixels
     )
-    processor = mod.PROCESSOR_CLASS(image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE)
+    processor = mod.PROCESSOR_CLASS(
+        image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE
+    )
     c = tok.convert_tokens_to_ids
     text = dict(
         vocab_size=len(tok),
@@ -132,7 +146,11 @@ def tiny_model(
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
         bos_token_id=None,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": _mrope_section(head_dim)},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e4,
+            "mrope_section": _mrope_section(head_dim),
+        },
     )
     cfg = mod.tiny_config(
         text,

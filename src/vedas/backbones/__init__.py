@@ -9,7 +9,10 @@ from vedas.backbones import qwen2_5_vl, qwen2_vl
 from vedas.backbones.base import Backbone
 
 ARCHS: dict[str, ModuleType] = {qwen2_vl.MODEL_TYPE: qwen2_vl, qwen2_5_vl.MODEL_TYPE: qwen2_5_vl}
-_ADAPTERS = {qwen2_vl.MODEL_TYPE: qwen2_vl.Qwen2VLBackbone, qwen2_5_vl.MODEL_TYPE: qwen2_5_vl.Qwen2_5_VLBackbone}
+_ADAPTERS = {
+    qwen2_vl.MODEL_TYPE: qwen2_vl.Qwen2VLBackbone,
+    qwen2_5_vl.MODEL_TYPE: qwen2_5_vl.Qwen2_5_VLBackbone,
+}
 
 
 def arch_module(arch: str) -> ModuleType:

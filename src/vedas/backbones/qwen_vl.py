@@ -129,4 +129,9 @@ class QwenVLBackbone:
         return self.inner().visual.dtype
 
     def suppressed_token_ids(self) -> list[int]:
-        return [self.image_token_id, self.video_token_id, self.vision_start_token_id, self.vision_end_token_id]
+        return [
+            self.image_token_id,
+            self.video_token_id,
+            self.vision_start_token_id,
+            self.vision_end_token_id,
+        ]
