@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
 _ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextVar(
@@ -89,18 +89,25 @@ def last_query_probs(
 ) -> torch.Tensor:
     """softmax of the last query row over all keys: (B, H, Lk), computed in float32.
 
-    ``attention_mask`` may be a 4-D boolean or additive mask (SDPA/eager), a 2-D padding mask
-    (flash attention), or None (no padding: the last query sees every key causally).
+    Grouped-query heads are matched to their key head by a reshape, not ``repeat_kv``, so no
+    copy of the keys is made. ``attention_mask`` may be a 4-D boolean or additive mask
+    (SDPA/eager), a 2-D padding mask (flash attention), or None (no padding: the last query
+    sees every key causally).
     """
-    k = repeat_kv(key, query.shape[1] // key.shape[1]).float()
-    q = query[:, :, -1:].float()
-    scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    b, h, _, d = query.shape
+    hk, lk = key.shape[1], key.shape[-2]
+    q = query[:, :, -1, :].float().reshape(b, hk, h // hk, d)  # (B, Hkv, G, d)
+    scores = (q @ key.float().transpose(-1, -2)).reshape(b, h, 1, lk)
+    scores = scores * (scaling if scaling is not None else d**-0.5)
     if attention_mask is not None:
         if attention_mask.dim() == 4:
-            row = attention_mask[:, :, -1:, -key.shape[-2] :]
+            row = attention_mask[:, :, -1:, -lk:]
         else:  # (B, Lk) padding mask: 1 keep, 0 pad
-            row = attention_mask[:, None, None, -key.shape[-2] :].bool()
-        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
+            row = attention_mask[:, None, None, -lk:].bool()
+        if row.dtype == torch.bool:
+            scores = scores.masked_fill(~row, float("-inf"))
+        else:
+            scores = scores + row.float()
     return scores.softmax(-1).squeeze(2)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from vedas import replay
+from vedas import replay, routing
 from vedas.attention import LastQueryRecorder
 from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
@@ -69,10 +69,25 @@ class Details:
 
 class Runner(Protocol):
     def __call__(
-        self, embeds: torch.Tensor, positions: torch.Tensor, new_mask: torch.Tensor, record: bool
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        new_mask: torch.Tensor,
+        record: bool,
+        implicit: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run one pass over new tokens; returns (final-norm hidden (B, n, D), last-query attention (B, L) or None)."""
+        """Run one pass over new tokens; returns (final-norm hidden (B, n, D), last-query attention (B, L) or None).
+
+        ``implicit`` marks the prefill and latent chunks, the only passes routed layers may route.
+        """
         ...
+
+
+def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Tensor:
+    """Routing segment ids of one pass's tokens: ``index`` where routable, -1 for padding or explicit text."""
+    if not implicit:
+        return torch.full(new_mask.shape, -1, dtype=torch.long, device=new_mask.device)
+    return torch.where(new_mask.bool(), index, -1)
 
 
 class CachedRunner:
@@ -83,11 +98,11 @@ class CachedRunner:
         self.cache = DynamicCache(config=backbone.model.config.get_text_config())
         self.mask: torch.Tensor | None = None
 
-    def __call__(self, embeds, positions, new_mask, record):
+    def __call__(self, embeds, positions, new_mask, record, implicit=False):
         new = new_mask.long()
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         rec = LastQueryRecorder() if record else contextlib.nullcontext()
-        with rec:
+        with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
             out = self.decoder(
                 inputs_embeds=embeds,
                 attention_mask=self.mask,
@@ -119,15 +134,21 @@ class RecomputeRunner:
         self.embeds: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
+        self.segments: torch.Tensor | None = None
+        self.passes = 0
 
-    def __call__(self, embeds, positions, new_mask, record):
+    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+        seg = _segment_ids(new_mask, implicit, self.passes)
+        self.passes += 1
         if self.embeds is None:
-            self.embeds, self.positions, self.mask = embeds, positions, new_mask.long()
+            self.embeds, self.positions, self.mask, self.segments = embeds, positions, new_mask.long(), seg
         else:
             self.embeds = torch.cat([self.embeds, embeds], 1)
             self.positions = torch.cat([self.positions, positions], 2)
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
-        with eager_attention(self.model):
+            self.segments = torch.cat([self.segments, seg], 1)
+        routed = self.segments if bool((self.segments >= 0).any()) else None
+        with eager_attention(self.model), routing.segments(routed):
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,
@@ -226,7 +247,7 @@ class LatentLoop:
         embeds, self.visual, positions = embed_prompt(self.backbone, batch)
         self.next_pos = positions.max(dim=2).values[0] + 1  # (B,)
         self.visited = torch.zeros_like(self.visual.valid)
-        hidden, self.attn = self.runner(embeds, positions, batch.attention_mask, record)
+        hidden, self.attn = self.runner(embeds, positions, batch.attention_mask, record, implicit=True)
         return hidden[:, -1]
 
     def latent_steps(
@@ -256,7 +277,7 @@ class LatentLoop:
             chunk = torch.cat([tokens, z[:, None]], 1)
             mask = torch.cat([tmask, tmask.new_ones(tmask.shape[0], 1)], 1)
             # the last chunk's attention would pick a replay nobody uses: skip recording it
-            hidden, self.attn = self.runner(chunk, pos, mask, record=k > 0 and t < steps - 1)
+            hidden, self.attn = self.runner(chunk, pos, mask, record=k > 0 and t < steps - 1, implicit=True)
             h = hidden[:, -1]
         stacked = torch.stack(latents, 1) if latents else h.new_zeros(h.shape[0], 0, h.shape[-1])
         return stacked, h, replays

@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vedas import engine
+from vedas import engine, extras
 from vedas.attention import install_recorder
 from vedas.backbones import arch_module, backbone_for
 from vedas.config import LatentConfig, from_dict, to_dict
@@ -63,6 +63,8 @@ class VedasModel:
         self.tokenizer.padding_side = "left"
         self.token_ids = latent_token_ids(self.tokenizer)
         install_recorder(model)
+        # modules saved beside the backbone (routers, heads…): name -> (module, plain-dict config)
+        self.extras: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
         self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
 
     @property
@@ -193,14 +195,22 @@ class VedasModel:
         return details.texts, details.ar_steps
 
     # --- checkpoints ---------------------------------------------------------------------
+    def add_extra(self, name: str, module: torch.nn.Module, config: dict[str, Any]) -> None:
+        """Attach a module the checkpoint must carry (see :mod:`vedas.extras`)."""
+        self.extras[name] = (module, dict(config))
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory atomically (temp dir, then rename)."""
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            meta = {"arch": self.model.config.model_type, "latent": to_dict(self.config)}
+            meta: dict[str, Any] = {"arch": self.model.config.model_type, "latent": to_dict(self.config)}
+            if self.extras:
+                meta["extras"] = {name: cfg for name, (_, cfg) in self.extras.items()}
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
+            for name, (module, _) in self.extras.items():
+                extras.save(tmp, name, module)
             self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
             self.processor.save_pretrained(tmp / WEIGHTS_DIR)
             if dest.exists():
@@ -240,6 +250,7 @@ def load(
     """
     path = os.fspath(path_or_hub_id)
     cfg_file = Path(path) / CONFIG_FILE
+    meta: dict[str, Any] = {}
     if cfg_file.is_file():
         meta = yaml.safe_load(cfg_file.read_text()) or {}
         weights = str(Path(path) / WEIGHTS_DIR)
@@ -258,4 +269,9 @@ def load(
     add_latent_tokens(model, processor.tokenizer)
     if device is not None:
         model.to(device)
-    return VedasModel(model.eval(), processor, latent)
+    vm = VedasModel(model.eval(), processor, latent)
+    import vedas.routing  # noqa: F401  (registers its checkpoint builder)
+
+    for name, cfg in (meta.get("extras") or {}).items():
+        vm.add_extra(name, extras.load(Path(path), vm, name, cfg), cfg)
+    return vm
