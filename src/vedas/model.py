@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vedas import engine, extras
+from vedas import engine, extras, routing
 from vedas.attention import install_recorder
 from vedas.backbones import arch_module, backbone_for
 from vedas.config import LatentConfig, from_dict, to_dict
@@ -65,6 +65,8 @@ class VedasModel:
         install_recorder(model)
         # modules saved beside the backbone (routers, heads…): name -> (module, plain-dict config)
         self.extras: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
+        self.use_routing = True
+        """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
         self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
 
     @property
@@ -175,7 +177,17 @@ class VedasModel:
         latent = mode in LATENT_MODES
         steps = (cfg.latents if latents is None else latents) if latent else 0
         self.model.eval()
-        tokens, details = engine_run(
+        # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
+        with routing.allowed(mode == "vedas" and self.use_routing):
+            tokens, details = self._run(batch, cfg, steps, latent, engine)
+        details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        details.mode = mode
+        if return_details:
+            return details
+        return details.texts, details.ar_steps
+
+    def _run(self, batch: PromptBatch, cfg: LatentConfig, steps: int, latent: bool, engine: str):
+        return engine_run(
             self.backbone,
             batch,
             cfg,
@@ -188,11 +200,6 @@ class VedasModel:
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
         )
-        details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-        details.mode = mode
-        if return_details:
-            return details
-        return details.texts, details.ar_steps
 
     # --- checkpoints ---------------------------------------------------------------------
     def add_extra(self, name: str, module: torch.nn.Module, config: dict[str, Any]) -> None:
@@ -270,8 +277,6 @@ def load(
     if device is not None:
         model.to(device)
     vm = VedasModel(model.eval(), processor, latent)
-    import vedas.routing  # noqa: F401  (registers its checkpoint builder)
-
     for name, cfg in (meta.get("extras") or {}).items():
         vm.add_extra(name, extras.load(Path(path), vm, name, cfg), cfg)
     return vm

@@ -17,6 +17,21 @@ from collections.abc import Iterator
 import torch
 
 _SEGMENTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("vedas_segments", default=None)
+_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_routing_allowed", default=True)
+
+
+@contextlib.contextmanager
+def allowed(on: bool) -> Iterator[None]:
+    """Switch routing on or off for the enclosed work (mode ``latent`` and ablations run without it)."""
+    token = _ALLOWED.set(on)
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
+
+
+def is_allowed() -> bool:
+    return _ALLOWED.get()
 
 
 @contextlib.contextmanager
