@@ -116,8 +116,8 @@ def _recording(base: Callable[..., Any]) -> Callable[..., Any]:
         out = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         rec = _ACTIVE.get()
         if rec is not None:
-            with torch.no_grad():
-                rec.add(last_query_probs(query, key, attention_mask, scaling))
+            # differentiable while training: the replay weights softmax(a_I) pass gradients back
+            rec.add(last_query_probs(query, key, attention_mask, scaling))
         return out
 
     return attention

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 # Subcommands that are planned but not built yet, and the issue that brings each.
 PENDING: dict[str, tuple[str, str]] = {
-    "train": ("curriculum latent training with SCF-VR", "issue 4"),
     "eval": ("accuracy / AR steps / latency reports", "issue 6"),
     "bench": ("the end-to-end speed benchmark", "issue 6"),
     "analyze": ("gradient, crop, latent and latent-use diagnostics", "issue 8"),
@@ -49,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_arguments(sub.add_parser("data", help=data_cli.HELP, description=data_cli.__doc__))
 
-    from vedas import infer
+    from vedas import infer, train
+
+    train.add_arguments(sub.add_parser("train", help=train.HELP, description=train.__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
 
     infer.add_arguments(sub.add_parser("infer", help=infer.HELP, description=infer.__doc__))
 
@@ -59,8 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands that take free-form ``--section.field value`` config overrides
+TAKES_OVERRIDES = {"train"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in TAKES_OVERRIDES:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     return int(args.func(args) or 0)
 
 

@@ -200,6 +200,16 @@ def embed_prompt(backbone: Backbone, batch: PromptBatch) -> tuple[torch.Tensor, 
     features = embeds.gather(1, seq_index[..., None].expand(-1, -1, embeds.shape[-1]))
     vis_pos = positions.gather(2, seq_index[None].expand(3, -1, -1))
     visual = VisualTokens(seq_index=seq_index, valid=valid, features=features, positions=vis_pos)
+    if batch.image_grid_thw is not None:
+        # image id, row and column of every visual token: raster order per image, images in batch order
+        grids = backbone.merged_grids(batch.image_grid_thw)
+        img = torch.cat([torch.full((gh * gw,), i, device=ids.device) for i, (gh, gw) in enumerate(grids)])
+        row = torch.cat([torch.arange(gh * gw, device=ids.device) // gw for gh, gw in grids])
+        col = torch.cat([torch.arange(gh * gw, device=ids.device) % gw for gh, gw in grids])
+        flat = torch.zeros_like(ids)
+        flat[is_img] = torch.arange(int(is_img.sum()), device=ids.device)
+        at = flat.gather(1, seq_index)
+        visual.image, visual.row, visual.col = img[at], row[at], col[at]
     return embeds, visual, positions
 
 
@@ -251,18 +261,28 @@ class LatentLoop:
         return hidden[:, -1]
 
     def latent_steps(
-        self, h: torch.Tensor, steps: int, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay]]:
-        """T_r chunk passes from the prefill's last state ``h``; returns (latents (B,T,D), last h, replays)."""
+        self, h: torch.Tensor, steps: int, k: int, active: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay | None]]:
+        """T_r chunk passes from the prefill's last state ``h``; returns (latents (B,T,D), last h, replays).
+
+        ``active`` (B, T) bool lets samples stop early (training batches mix latent counts): an
+        inactive sample's chunk is fully masked, so its cache rows are padding and its state,
+        visited set and position counter stay as they were — it equals the sample run alone.
+        Active steps must form a prefix per sample.
+        """
         cfg = self.cfg
         latents, replays = [], []
         for t in range(steps):
             z = h if cfg.latent_grad == "full" else h.detach()
             latents.append(z)
+            on = None if active is None else active[:, t]
             if k > 0:
                 assert self.attn is not None
                 scores = self.attn.gather(1, self.visual.seq_index)
                 rep = replay.build(scores, self.visual, self.visited, k, cfg.replay_mode, cfg.replay_scale)
+                if on is not None:
+                    rep.mask = rep.mask & on[:, None]  # not in place: autograd saved the old masks
+                    rep.token_mask = rep.token_mask & on[:, None]
                 self.visited = replay.mark_visited(self.visited, rep)
                 tokens, tmask = rep.tokens.to(z.dtype), rep.token_mask
             else:
@@ -273,22 +293,34 @@ class LatentLoop:
             src_pos = None
             if cfg.replay_positions == "original" and rep is not None:
                 src_pos = self.visual.positions.gather(2, rep.index[None].expand(3, -1, -1))
-            pos, self.next_pos = chunk_positions(self.next_pos, tmask, src_pos)
+            pos, next_pos = chunk_positions(self.next_pos, tmask, src_pos)
             chunk = torch.cat([tokens, z[:, None]], 1)
-            mask = torch.cat([tmask, tmask.new_ones(tmask.shape[0], 1)], 1)
+            z_mask = tmask.new_ones(tmask.shape[0], 1) if on is None else on[:, None]
+            mask = torch.cat([tmask, z_mask], 1)
             # the last chunk's attention would pick a replay nobody uses: skip recording it
             hidden, self.attn = self.runner(chunk, pos, mask, record=k > 0 and t < steps - 1, implicit=True)
-            h = hidden[:, -1]
+            if on is None:
+                self.next_pos, h = next_pos, hidden[:, -1]
+            else:
+                self.next_pos = torch.where(on, next_pos, self.next_pos)
+                h = torch.where(on[:, None], hidden[:, -1], h)
         stacked = torch.stack(latents, 1) if latents else h.new_zeros(h.shape[0], 0, h.shape[-1])
         return stacked, h, replays
 
+    def feed_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One explicit-phase pass over (B, n, D) right-padded inputs at the next text positions.
+
+        Returns the final-norm hidden states (B, n, D); the counter advances by each row's real tokens.
+        """
+        b, n, _ = embeds.shape
+        pos = (self.next_pos[:, None] + torch.arange(n, device=embeds.device))[None].expand(3, -1, -1)
+        self.next_pos = self.next_pos + mask.long().sum(1)
+        hidden, _ = self.runner(embeds, pos, mask, record=False)
+        return hidden
+
     def feed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """One pass over (B, n) token ids at the next text positions; returns the last hidden state."""
-        _b, n = token_ids.shape
-        pos = (self.next_pos[:, None] + torch.arange(n, device=token_ids.device))[None].expand(3, -1, -1)
-        self.next_pos = self.next_pos + n
-        hidden, _ = self.runner(self.backbone.embed(token_ids), pos, torch.ones_like(token_ids), record=False)
-        return hidden[:, -1]
+        return self.feed_embeds(self.backbone.embed(token_ids), torch.ones_like(token_ids))[:, -1]
 
     @torch.no_grad()
     def greedy(

@@ -25,6 +25,9 @@ class VisualTokens:
     valid: torch.Tensor  # (B, N) bool
     features: torch.Tensor  # (B, N, D) visual input embeddings
     positions: torch.Tensor  # (3, B, N) their (t, h, w) rope positions in the prompt
+    image: torch.Tensor | None = None  # (B, N) index of the token's image in the batch's image list
+    row: torch.Tensor | None = None  # (B, N) row on that image's merged grid
+    col: torch.Tensor | None = None  # (B, N) column on that image's merged grid
 
     @property
     def count(self) -> torch.Tensor:

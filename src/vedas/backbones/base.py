@@ -56,8 +56,8 @@ class Backbone(Protocol):
         """The model's own 3-D rope positions of a (left-padded) prompt: (3, B, L)."""
         ...
 
-    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """Re-encode pixel crops (N, 3, H, W) in [0, 1] with the vision tower; mean-pooled (N, D)."""
+    def encode_crops(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Re-encode pixel crops in [0, 1] with the vision tower; mean-pooled (N, D)."""
         ...
 
     def suppressed_token_ids(self) -> list[int]:

@@ -109,20 +109,32 @@ class QwenVLBackbone:
         return pixel_values, grid
 
     def crop_size(self) -> tuple[int, int]:
-        """Encoder input resolution for re-encoded crops: the processor's minimum square size, snapped."""
+        """Default encoder input resolution for a crop: the processor's minimum square, snapped to the grid."""
         ip = self.processor.image_processor
         factor = self.patch_size * self.merge_size
         side = max(factor, round((ip.size["shortest_edge"] ** 0.5) / factor) * factor)
         return side, side
 
-    def encode_crops(self, crops: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def encode_crops(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Pixel crops in [0, 1] -> mean-pooled visual features (N, D), one vision-tower call.
+
+        A (N, 3, H, W) tensor is resized to :meth:`crop_size`; a list may hold crops of
+        different sizes, each already a multiple of patch × merge on both sides.
+        """
         ip = self.processor.image_processor
-        h, w = size or self.crop_size()
-        x = F.interpolate(crops.float(), size=(h, w), mode="bilinear", align_corners=False)
-        mean = torch.tensor(ip.image_mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(ip.image_std, device=x.device).view(1, -1, 1, 1)
-        pixel_values, grid = self.patchify((x - mean) / std)
-        feats = self.visual_features(pixel_values.to(self.dtype()), grid)
+        if isinstance(crops, torch.Tensor):
+            crops = list(F.interpolate(crops.float(), size=self.crop_size(), mode="bilinear", align_corners=False))
+        factor = self.patch_size * self.merge_size
+        mean = torch.tensor(ip.image_mean, device=crops[0].device).view(1, -1, 1, 1)
+        std = torch.tensor(ip.image_std, device=crops[0].device).view(1, -1, 1, 1)
+        pixel_values, grids = [], []
+        for i, crop in enumerate(crops):
+            if crop.shape[-2] % factor or crop.shape[-1] % factor:
+                raise ValueError(f"crops[{i}]: size {tuple(crop.shape[-2:])} is not a multiple of {factor}")
+            pv, grid = self.patchify((crop[None].float() - mean) / std)
+            pixel_values.append(pv)
+            grids.append(grid)
+        feats = self.visual_features(torch.cat(pixel_values).to(self.dtype()), torch.cat(grids))
         return torch.stack([f.mean(0) for f in feats])
 
     def dtype(self) -> torch.dtype:

@@ -1,0 +1,141 @@
+"""Spatially-Coherent Finer Visual Replay (SCF-VR) self-distillation, SPEC §2.2 (training only).
+
+For each latent step and sample, the replayed token indices I^t are placed on the merged
+grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
+be square). The W×W window holding most selected tokens is found by a vectorised 2-D box
+sum (ties → the first in row-major order; W clipped to the grid), mapped to pixels of the
+original image, cropped as a tensor, resized (bilinear) and re-encoded by the same vision
+tower, then mean-pooled into u_ref (stop-gradient unless ``recon_target_grad``). The
+replayed block is pooled into b^t = mean(B^t) and the loss is
+L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
+
+No PIL round trip happens in the training step: crops are tensor slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vedas.config import _check, _check_literal
+
+# --- window search -----------------------------------------------------------------------
+
+
+def window_counts(grid: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """Number of ones in every wh×ww window of ``grid`` (N, H, W): (N, H−wh+1, W−ww+1).
+
+    A summed-area table (2-D cumulative sum) gives every box sum in O(HW), vectorised over N.
+    """
+    n, h, w = grid.shape
+    sat = torch.zeros(n, h + 1, w + 1, dtype=torch.long, device=grid.device)
+    sat[:, 1:, 1:] = grid.long().cumsum(1).cumsum(2)
+    return sat[:, wh:, ww:] - sat[:, :-wh, ww:] - sat[:, wh:, :-ww] + sat[:, :-wh, :-ww]
+
+
+def best_windows(
+    rows: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, grids: torch.Tensor, window: int
+) -> torch.Tensor:
+    """Top-left corner and size of the densest window for each of N selections.
+
+    Args:
+        rows, cols: (N, k) grid coordinates of the selected tokens; ``valid`` (N, k) marks real ones.
+        grids: (N, 2) the (G_h, G_w) of each selection's image.
+        window: W; clipped per axis to the grid (W ≥ grid → the whole axis).
+
+    Returns:
+        (N, 4) long: r, c, window height, window width (in merged-token cells). Ties go to the
+        first window in row-major order.
+    """
+    n = rows.shape[0]
+    out = torch.zeros(n, 4, dtype=torch.long, device=rows.device)
+    # group by grid shape so each group is one batched box sum (usually a single group)
+    for gh, gw in {tuple(g) for g in grids.tolist()}:
+        idx = ((grids[:, 0] == gh) & (grids[:, 1] == gw)).nonzero().squeeze(1)
+        wh, ww = min(window, gh), min(window, gw)
+        occ = torch.zeros(len(idx), gh * gw, dtype=torch.long, device=rows.device)
+        flat = (rows[idx] * gw + cols[idx]).clamp(0, gh * gw - 1)
+        occ.scatter_add_(1, flat, valid[idx].long())
+        counts = window_counts((occ > 0).view(-1, gh, gw), wh, ww)
+        best = counts.flatten(1).argmax(1)  # first maximum = first in row-major order
+        nc = gw - ww + 1
+        out[idx, 0], out[idx, 1] = best // nc, best % nc
+        out[idx, 2], out[idx, 3] = wh, ww
+    return out
+
+
+def window_to_pixels(
+    window: torch.Tensor, grid_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Map a window (r, c, wh, ww) on a G_h×G_w merged grid to a (top, left, bottom, right) pixel box.
+
+    The processor resized the original image (H, W) to exactly the grid, so each merged cell
+    covers H/G_h × W/G_w original pixels; the box is widened to whole pixels.
+    """
+    r, c, wh, ww = (int(v) for v in window.tolist())
+    gh, gw = grid_hw
+    h, w = image_hw
+    top, bottom = math.floor(r * h / gh), math.ceil((r + wh) * h / gh)
+    left, right = math.floor(c * w / gw), math.ceil((c + ww) * w / gw)
+    return max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+
+
+# --- the reconstruction head ---------------------------------------------------------------
+
+
+@dataclass
+class SCFVRConfig:
+    """Self-distillation settings (SPEC §2.2)."""
+
+    window: int = 3
+    """W, the crop window in merged-token cells (clipped to the grid)."""
+    weight: float = 1.0
+    """λ, the recon loss weight (paper: 1.0 for 2B/3B, 0.2 for 7B)."""
+    sr: Literal["linear", "mlp", "conv"] = "linear"
+    """F_SR: a D→D linear map (won in the paper's Table 4), a 2-layer MLP, or a small 1-D conv."""
+    recon_target_grad: bool = False
+    """Let gradients flow into the vision tower through the crop target (default: stop-gradient)."""
+    crop_size: int = 0
+    """Side (px) crops are resized to before re-encoding; 0 = the sample's own resized input size."""
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 1, "window", f"must be ≥ 1, got {self.window}")
+        _check(self.weight >= 0, "weight", f"must be ≥ 0, got {self.weight}")
+        _check(self.crop_size >= 0, "crop_size", f"must be ≥ 0, got {self.crop_size}")
+        _check_literal(self, "sr")
+
+
+class TokenSR(nn.Module):
+    """F_SR: maps the pooled replay token b^t (…, D) to the re-encoded crop's space (…, D)."""
+
+    def __init__(self, dim: int, kind: str = "linear") -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            self.net: nn.Module = nn.Linear(dim, dim)
+        elif kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        elif kind == "conv":
+            # the paper names a conv variant without its form: a 1-D conv over the feature axis
+            self.net = nn.Sequential(
+                nn.Conv1d(1, 8, 5, padding=2), nn.GELU(), nn.Conv1d(8, 1, 5, padding=2)
+            )
+        else:
+            raise ValueError(f"sr={kind!r}: choose linear, mlp or conv")
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        if self.kind == "conv":
+            return self.net(b.reshape(-1, 1, b.shape[-1])).reshape(b.shape)
+        return self.net(b)
+
+
+def crop_and_resize(image: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Crop (3, H, W) to ``box`` and resize it bilinearly to ``size``: (3, h, w)."""
+    top, left, bottom, right = box
+    crop = image[:, top:bottom, left:right]
+    return F.interpolate(crop[None].float(), size=size, mode="bilinear", align_corners=False)[0]
