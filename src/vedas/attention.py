@@ -104,10 +104,7 @@ def last_query_probs(
             row = attention_mask[:, :, -1:, -lk:]
         else:  # (B, Lk) padding mask: 1 keep, 0 pad
             row = attention_mask[:, None, None, -lk:].bool()
-        if row.dtype == torch.bool:
-            scores = scores.masked_fill(~row, float("-inf"))
-        else:
-            scores = scores + row.float()
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
     return scores.softmax(-1).squeeze(2)
 
 

@@ -50,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vedas import infer, train
 
-    train.add_arguments(sub.add_parser("train", help=train.HELP, description=train.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter))
+    train.add_arguments(
+        sub.add_parser(
+            "train",
+            help=train.HELP,
+            description=train.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
     infer.add_arguments(sub.add_parser("infer", help=infer.HELP, description=infer.__doc__))
 

@@ -82,7 +82,9 @@ def record_steps(steps: list[str] | None, rationale: str | None, limit: int) -> 
     return split_steps(rationale or "", max_steps=limit)
 
 
-def layout(method: str, steps: list[str], answer: str, stage: int, latents: int, cfg: CurriculumConfig) -> Layout:
+def layout(
+    method: str, steps: list[str], answer: str, stage: int, latents: int, cfg: CurriculumConfig
+) -> Layout:
     """The layout of one sample at ``stage`` for ``method`` (``latents`` = T_r)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {list(METHODS)}")

@@ -312,7 +312,7 @@ class LatentLoop:
 
         Returns the final-norm hidden states (B, n, D); the counter advances by each row's real tokens.
         """
-        b, n, _ = embeds.shape
+        _b, n, _ = embeds.shape
         pos = (self.next_pos[:, None] + torch.arange(n, device=embeds.device))[None].expand(3, -1, -1)
         self.next_pos = self.next_pos + mask.long().sum(1)
         hidden, _ = self.runner(embeds, pos, mask, record=False)

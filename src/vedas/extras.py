@@ -20,7 +20,9 @@ from torch import nn
 BUILDERS: dict[str, Callable[[Any, dict[str, Any]], nn.Module]] = {}
 
 
-def register(name: str) -> Callable[[Callable[[Any, dict[str, Any]], nn.Module]], Callable[[Any, dict[str, Any]], nn.Module]]:
+def register(
+    name: str,
+) -> Callable[[Callable[[Any, dict[str, Any]], nn.Module]], Callable[[Any, dict[str, Any]], nn.Module]]:
     """Decorator: ``@register("routing") def build(vm, cfg) -> nn.Module``."""
 
     def deco(fn: Callable[[Any, dict[str, Any]], nn.Module]) -> Callable[[Any, dict[str, Any]], nn.Module]:

@@ -25,7 +25,7 @@ from torch import nn
 from vedas import scfvr
 from vedas.config import LatentConfig
 from vedas.curriculum import LATENT_METHODS, Layout
-from vedas.engine import CachedRunner, LatentLoop, PromptBatch
+from vedas.engine import LatentLoop, PromptBatch, make_runner
 from vedas.replay import Replay, VisualTokens
 
 
@@ -53,7 +53,7 @@ def collate(vm: Any, records: list[Any], layouts: list[Layout], method: str) -> 
     )
     tok = vm.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    targets = [tok.encode(lay.target, add_special_tokens=False) + [eos] for lay in layouts]
+    targets = [[*tok.encode(lay.target, add_special_tokens=False), eos] for lay in layouts]
     n = max(len(t) for t in targets)
     ids = torch.full((len(targets), n), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(targets), n, dtype=torch.long)
@@ -80,9 +80,15 @@ class LatentObjective(nn.Module):
     """Holds everything trainable (the VLM, F_SR) so DDP/accelerate can wrap one module."""
 
     def __init__(
-        self, vm: Any, method: str, latent: LatentConfig, recon: scfvr.SCFVRConfig | None = None
+        self,
+        vm: Any,
+        method: str,
+        latent: LatentConfig,
+        recon: scfvr.SCFVRConfig | None = None,
+        engine: str = "cached",
     ) -> None:
         super().__init__()
+        self.engine = engine  # "recompute" runs the same objective on the uncached oracle (tests)
         self.model = vm.model
         self.vm = [vm]  # a list so the wrapper is not registered as a submodule twice
         self.method = method
@@ -95,7 +101,7 @@ class LatentObjective(nn.Module):
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
         bb = vm.backbone
-        loop = LatentLoop(bb, self.latent, CachedRunner(bb))
+        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb))
         latent = self.method in LATENT_METHODS
         has_img = batch.prompt.pixel_values is not None
         k = self.latent.replay_k if has_img else 0
@@ -113,17 +119,21 @@ class LatentObjective(nn.Module):
         else:
             hidden = loop.feed_embeds(bb.embed(text[:, :-1]), tmask[:, :-1])
             hidden = torch.cat([h[:, None], hidden], 1)  # the prompt's last position predicts text[0]
+        # ``hidden`` is aligned with the last m positions of the whole sequence; label only those
         labels = text.masked_fill(tmask == 0, -100)
+        total = loop.runner.mask.shape[1]  # type: ignore[attr-defined]
+        full = torch.full((text.shape[0], total), -100, dtype=torch.long, device=text.device)
+        full[:, total - labels.shape[1] :] = labels
         sel = labels != -100
-        logits = bb.lm_head()(hidden[sel])
+        logits = bb.lm_head()(hidden[sel])  # logits only where there are labels
         ce = F.cross_entropy(logits.float(), labels[sel])
-        out = {"loss": ce, "ce": ce.detach()}
+        out = {"loss": ce, "ce": ce, "labels": full}
         if self.sr is not None and replays and any(r is not None for r in replays):
             assert self.recon_cfg is not None
             recon = recon_loss(bb, self.sr, replays, loop.visual, batch, self.recon_cfg)
             if recon is not None:
                 out["loss"] = ce + self.recon_cfg.weight * recon
-                out["recon"] = recon.detach()
+                out["recon"] = recon
         return out
 
 

@@ -122,9 +122,7 @@ class TokenSR(nn.Module):
             self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         elif kind == "conv":
             # the paper names a conv variant without its form: a 1-D conv over the feature axis
-            self.net = nn.Sequential(
-                nn.Conv1d(1, 8, 5, padding=2), nn.GELU(), nn.Conv1d(8, 1, 5, padding=2)
-            )
+            self.net = nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.GELU(), nn.Conv1d(8, 1, 5, padding=2))
         else:
             raise ValueError(f"sr={kind!r}: choose linear, mlp or conv")
 
@@ -134,7 +132,9 @@ class TokenSR(nn.Module):
         return self.net(b)
 
 
-def crop_and_resize(image: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+def crop_and_resize(
+    image: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> torch.Tensor:
     """Crop (3, H, W) to ``box`` and resize it bilinearly to ``size``: (3, h, w)."""
     top, left, bottom, right = box
     crop = image[:, top:bottom, left:right]

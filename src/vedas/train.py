@@ -40,7 +40,15 @@ from vedas.config import (
     load_yaml,
     to_dict,
 )
-from vedas.curriculum import LATENT_METHODS, METHODS, CurriculumConfig, layout, max_steps, record_steps, stage_for_epoch
+from vedas.curriculum import (
+    LATENT_METHODS,
+    METHODS,
+    CurriculumConfig,
+    layout,
+    max_steps,
+    record_steps,
+    stage_for_epoch,
+)
 from vedas.scfvr import SCFVRConfig
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
@@ -232,7 +240,9 @@ def batch_plan(n_records: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
         )
     batches = n_records // global_batch  # drop the ragged tail: every rank sees the same count
     if batches < o.grad_accum:
-        raise ConfigError(f"optim.grad_accum: {o.grad_accum} micro-batches per step but only {batches} per epoch")
+        raise ConfigError(
+            f"optim.grad_accum: {o.grad_accum} micro-batches per step but only {batches} per epoch"
+        )
     return batches, batches // o.grad_accum
 
 
@@ -245,7 +255,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def main(cfg: TrainConfig) -> Path:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
@@ -258,19 +268,30 @@ def main(cfg: TrainConfig) -> Path:
         from accelerate import DeepSpeedPlugin
 
         if cfg.run.resume:
-            raise ConfigError("run.resume: resuming a DeepSpeed run is not supported (its states are pickled)")
-        plugin = DeepSpeedPlugin(hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=cfg.optim.grad_accum)
+            raise ConfigError(
+                "run.resume: resuming a DeepSpeed run is not supported (its states are pickled)"
+            )
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=cfg.optim.grad_accum
+        )
     acc = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         deepspeed_plugin=plugin,
+        # F_SR (and routers) sit idle at stage 0 and on image-less batches
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     seed_everything(cfg.optim.seed)
 
     # data first: a bad row fails before the model is built
-    records = load_data(cfg.data.name, path=cfg.data.path, split=cfg.data.split, limit=cfg.data.limit,
-                        skip_bad=cfg.data.skip_bad)
+    records = load_data(
+        cfg.data.name,
+        path=cfg.data.path,
+        split=cfg.data.split,
+        limit=cfg.data.limit,
+        skip_bad=cfg.data.skip_bad,
+    )
     if acc.is_main_process:
         print(records.describe())
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
@@ -278,7 +299,9 @@ def main(cfg: TrainConfig) -> Path:
     if cfg.method != "no_cot":
         empty = [r.id for r, s in zip(records, steps_of) if not s]
         if empty:
-            raise ConfigError(f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}")
+            raise ConfigError(
+                f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
+            )
     batches, steps_per_epoch = batch_plan(len(records), cfg, acc.num_processes)
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.run.max_steps:
@@ -292,8 +315,12 @@ def main(cfg: TrainConfig) -> Path:
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps)
-    model_for_state = torch.nn.ModuleDict({"objective": objective, **{n: m for n, (m, _) in vm.extras.items()}})
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps
+    )
+    model_for_state = torch.nn.ModuleDict(
+        {"objective": objective, **{n: m for n, (m, _) in vm.extras.items()}}
+    )
     state = train_state.TrainState()
     ckpt_dir = out_dir / "checkpoints"
     if cfg.run.resume:
@@ -302,7 +329,9 @@ def main(cfg: TrainConfig) -> Path:
             raise ConfigError(f"run.resume: no checkpoint under {ckpt_dir}")
         state = train_state.load(last, model_for_state, optimizer, scheduler)
         if acc.is_main_process:
-            print(f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})")
+            print(
+                f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})"
+            )
     wrapped, optimizer = acc.prepare(objective, optimizer)
 
     resolved = to_dict(cfg)
@@ -310,14 +339,20 @@ def main(cfg: TrainConfig) -> Path:
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(__import__("yaml").safe_dump(resolved, sort_keys=False))
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (cfg.run.progress and acc.is_main_process),
-               desc=f"train {cfg.method}")
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        disable=not (cfg.run.progress and acc.is_main_process),
+        desc=f"train {cfg.method}",
+    )
     done = state.step >= total_steps
     t_last, seen = time.perf_counter(), 0
     for epoch in range(state.epoch, cfg.optim.epochs):
         if done:
             break
-        stage = stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum) if cfg.method in LATENT_METHODS else 0
+        stage = (
+            stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum) if cfg.method in LATENT_METHODS else 0
+        )
         if stage != state.stage or epoch == 0:
             logger.event({"epoch": epoch, "stage": stage, "step": state.step})
         state.stage = stage
@@ -327,8 +362,10 @@ def main(cfg: TrainConfig) -> Path:
             lo = (b * acc.num_processes + acc.process_index) * cfg.optim.batch_size
             chunk = [order[i] for i in range(lo, lo + cfg.optim.batch_size)]
             recs = [records[i] for i in chunk]
-            lays = [layout(cfg.method, steps_of[i], records[i].answer, stage, cfg.latent.latents, cfg.curriculum)
-                    for i in chunk]
+            lays = [
+                layout(cfg.method, steps_of[i], records[i].answer, stage, cfg.latent.latents, cfg.curriculum)
+                for i in chunk
+            ]
             batch = collate(vm, recs, lays, cfg.method)
             with acc.accumulate(wrapped):
                 out = wrapped(batch)
@@ -345,8 +382,14 @@ def main(cfg: TrainConfig) -> Path:
             state.step += 1
             now = time.perf_counter()
             rate = seen / max(now - t_last, 1e-9)
-            metrics = {"step": state.step, "epoch": epoch, "stage": stage, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": rate, **{k: float(v) for k, v in out.items()}}
+            metrics = {
+                "step": state.step,
+                "epoch": epoch,
+                "stage": stage,
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": rate,
+                **{k: out[k].item() for k in ("loss", "ce", "recon") if k in out},
+            }
             t_last, seen = now, 0
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
@@ -361,6 +404,12 @@ def main(cfg: TrainConfig) -> Path:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
     bar.close()
     acc.wait_for_everyone()
+    if acc.num_processes > 1:
+        flat = torch.cat([p.detach().flatten().double() for p in params])
+        sums = acc.gather(torch.stack([flat.sum(), (flat * flat).sum()])[None].to(acc.device))
+        if acc.is_main_process:
+            same = bool((sums == sums[0]).all())
+            print(f"processes: {acc.num_processes}, parameters identical across ranks: {same}")
     final = out_dir / "final"
     if acc.is_main_process:
         _save(ckpt_dir, model_for_state, optimizer, scheduler, state, resolved, state.epoch, batches, cfg)
@@ -443,7 +492,9 @@ class MetricLogger:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (see configs/); fields not given keep defaults")
+    parser.add_argument(
+        "--config", default=None, help="YAML config (see configs/); fields not given keep defaults"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.epilog = (
         "Any config field can follow as --section.field VALUE, e.g. --optim.lr 1e-4 --run.output_dir runs/x "

@@ -129,7 +129,9 @@ def latest(checkpoints: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def load(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainState:
+def load(
+    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainState:
     """Restore weights, optimizer, scheduler and RNG states; returns the data position."""
     device = next(module.parameters()).device
     weights = load_file(str(directory / "trainable.safetensors"), device=str(device))
@@ -146,5 +148,7 @@ def load(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimi
     )
     optimizer.load_state_dict(opt)
     scheduler.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
-    _set_rng_state(load_file(str(directory / "rng.safetensors")), json.loads((directory / "rng.json").read_text()))
+    _set_rng_state(
+        load_file(str(directory / "rng.safetensors")), json.loads((directory / "rng.json").read_text())
+    )
     return TrainState(**json.loads((directory / "state.json").read_text()))

@@ -123,7 +123,9 @@ class QwenVLBackbone:
         """
         ip = self.processor.image_processor
         if isinstance(crops, torch.Tensor):
-            crops = list(F.interpolate(crops.float(), size=self.crop_size(), mode="bilinear", align_corners=False))
+            crops = list(
+                F.interpolate(crops.float(), size=self.crop_size(), mode="bilinear", align_corners=False)
+            )
         factor = self.patch_size * self.merge_size
         mean = torch.tensor(ip.image_mean, device=crops[0].device).view(1, -1, 1, 1)
         std = torch.tensor(ip.image_std, device=crops[0].device).view(1, -1, 1, 1)
