@@ -32,6 +32,13 @@ def test_pending_subcommands_fail_loudly(name, capsys):
     assert "not built yet" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["norms", "gradients", "crops", "latents", "latent-use"])
+def test_analyze_subcommands_exist(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", name, "--help"])
+    assert e.value.code == 0
+
+
 def test_infer_end_to_end(tiny, tmp_path, make_image):
     from vedas.model import VedasModel
 

@@ -17,9 +17,7 @@ from collections.abc import Callable, Sequence
 
 # Subcommands that are planned but not built yet, and the issue that brings each.
 PENDING: dict[str, tuple[str, str]] = {
-    "eval": ("accuracy / AR steps / latency reports", "issue 6"),
     "bench": ("the end-to-end speed benchmark", "issue 6"),
-    "analyze": ("gradient, crop, latent and latent-use diagnostics", "issue 8"),
 }
 
 
@@ -48,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_arguments(sub.add_parser("data", help=data_cli.HELP, description=data_cli.__doc__))
 
-    from vedas import infer, train
+    from vedas import evaluate, infer, train
+
+    evaluate.add_arguments(
+        sub.add_parser(
+            "eval",
+            help=evaluate.HELP,
+            description=evaluate.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
     train.add_arguments(
         sub.add_parser(
@@ -60,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     infer.add_arguments(sub.add_parser("infer", help=infer.HELP, description=infer.__doc__))
+
+    from vedas.analysis import cli as analysis_cli
+
+    analysis_cli.add_arguments(
+        sub.add_parser("analyze", help=analysis_cli.HELP, description=analysis_cli.__doc__)
+    )
 
     for name, (what, issue) in PENDING.items():
         p = sub.add_parser(name, help=f"{what} (not built yet: {issue})", description=f"{what}; {issue}.")

@@ -86,11 +86,12 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from vedas.data import DataError, load
+    from vedas.data.registry import split_spec
     from vedas.prompts import answer_target, format_question
 
-    name, _, path = args.dataset.partition(":")
+    name, path = split_spec(args.dataset)
     try:
-        dataset = load(name, path=path or None, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
+        dataset = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"vedas data show: {exc}", file=sys.stderr)
         return 2

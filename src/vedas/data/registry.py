@@ -40,6 +40,12 @@ def canonical_name(name: str) -> str:
     return key
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"NAME[:PATH]"`` (the command-line form) -> (name, path or None)."""
+    name, _, path = spec.partition(":")
+    return name, path or None
+
+
 def load(
     name: str,
     path: str | Path | None = None,
