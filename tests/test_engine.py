@@ -161,3 +161,21 @@ def test_negative_k_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"replay_k: must be an int ≥ 0"):
         LatentConfig(replay_k=-1)
+
+
+def test_latent_transform_rewrites_what_is_fed(vm, batch3):
+    images, questions, choices = batch3
+    zeros = vm.generate(images, questions, choices, return_details=True, latent_transform=lambda t, z: z * 0)
+    assert zeros.latents.abs().max() == 0
+    plain = vm.generate(images, questions, choices, return_details=True)
+    # the first replay comes from the prefill, before any latent is fed: unchanged
+    assert [r[0] for r in zeros.replay_indices] == [r[0] for r in plain.replay_indices]
+    slow = vm.generate(
+        images,
+        questions,
+        choices,
+        engine="recompute",
+        return_details=True,
+        latent_transform=lambda t, z: z * 0,
+    )
+    assert slow.token_ids == zeros.token_ids and slow.replay_indices == zeros.replay_indices

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +65,10 @@ class Details:
     timings_ms: dict[str, float] = field(default_factory=dict)  # batch wall time: prefill / latent / decode
     engine: str = "cached"
     mode: str = "vedas"
+
+
+LatentTransform = Callable[[int, torch.Tensor], torch.Tensor]
+"""``transform(step, z) -> z'``: rewrites latent z^(step+1) (B, D) before it is fed back."""
 
 
 class Runner(Protocol):
@@ -261,7 +265,12 @@ class LatentLoop:
         return hidden[:, -1]
 
     def latent_steps(
-        self, h: torch.Tensor, steps: int, k: int, active: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        steps: int,
+        k: int,
+        active: torch.Tensor | None = None,
+        transform: LatentTransform | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay | None]]:
         """T_r chunk passes from the prefill's last state ``h``; returns (latents (B,T,D), last h, replays).
 
@@ -269,11 +278,16 @@ class LatentLoop:
         inactive sample's chunk is fully masked, so its cache rows are padding and its state,
         visited set and position counter stay as they were — it equals the sample run alone.
         Active steps must form a prefix per sample.
+
+        ``transform(t, z) -> z'`` replaces each latent before it is fed (norm calibration,
+        latent-use checks, test-time optimisation); the returned latents are the fed ones.
         """
         cfg = self.cfg
         latents, replays = [], []
         for t in range(steps):
             z = h if cfg.latent_grad == "full" else h.detach()
+            if transform is not None:
+                z = transform(t, z)
             latents.append(z)
             on = None if active is None else active[:, t]
             if k > 0:
@@ -360,6 +374,7 @@ def run(
     pad_id: int,
     engine: str = "cached",
     suppress: list[int] | None = None,
+    transform: LatentTransform | None = None,
 ) -> tuple[list[list[int]], Details]:
     """Generate for one prompt batch: prefill, ``steps`` latent passes (if ``latent_end_id``), greedy decode.
 
@@ -376,7 +391,9 @@ def run(
         h = loop.prefill(batch, record=latent_end_id is not None and steps > 0 and k > 0)
         _sync(device)
         t1 = time.perf_counter()
-        latents, h, replays = loop.latent_steps(h, steps if latent_end_id is not None else 0, k)
+        latents, h, replays = loop.latent_steps(
+            h, steps if latent_end_id is not None else 0, k, transform=transform
+        )
         _sync(device)
         t2 = time.perf_counter()
         if latent_end_id is not None:

@@ -145,6 +145,7 @@ class VedasModel:
         return_details: bool = False,
         contexts: Sequence[str | None] | None = None,
         max_new_tokens: int | None = None,
+        latent_transform: engine.LatentTransform | None = None,
     ) -> tuple[list[str], list[int]] | Details:
         """Answer a batch of questions.
 
@@ -156,6 +157,8 @@ class VedasModel:
             latents: T_r override; None uses the checkpoint's count (``config.latents``).
             engine: ``cached`` (KV cache, fast) or ``recompute`` (re-runs the prefix each step; the oracle).
             return_details: return a :class:`vedas.engine.Details` instead of ``(texts, ar_steps)``.
+            latent_transform: ``f(step, z) -> z'`` applied to each latent before it is fed back
+                (latent-use checks, calibration); see :meth:`vedas.engine.LatentLoop.latent_steps`.
         """
         if latents is not None and (not isinstance(latents, int) or latents < 0):
             raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
@@ -179,14 +182,16 @@ class VedasModel:
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
         with routing.allowed(mode == "vedas" and self.use_routing):
-            tokens, details = self._run(batch, cfg, steps, latent, engine)
+            tokens, details = self._run(batch, cfg, steps, latent, engine, latent_transform)
         details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         details.mode = mode
         if return_details:
             return details
         return details.texts, details.ar_steps
 
-    def _run(self, batch: PromptBatch, cfg: LatentConfig, steps: int, latent: bool, engine: str):
+    def _run(
+        self, batch: PromptBatch, cfg: LatentConfig, steps: int, latent: bool, engine: str, transform=None
+    ):
         return engine_run(
             self.backbone,
             batch,
@@ -199,6 +204,7 @@ class VedasModel:
             pad_id=self.tokenizer.pad_token_id,
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
+            transform=transform,
         )
 
     # --- checkpoints ---------------------------------------------------------------------
