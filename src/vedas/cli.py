@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 # Subcommands that are planned but not built yet, and the issue that brings each.
 PENDING: dict[str, tuple[str, str]] = {
-    "bench": ("the end-to-end speed benchmark", "issue 6"),
 }
 
 
@@ -46,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_arguments(sub.add_parser("data", help=data_cli.HELP, description=data_cli.__doc__))
 
-    from vedas import evaluate, infer, train
+    from vedas import bench, evaluate, infer, train
+
+    bench.add_arguments(sub.add_parser("bench", help=bench.HELP, description=bench.__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
 
     evaluate.add_arguments(
         sub.add_parser(

@@ -71,9 +71,13 @@ class ModelConfig:
     """Keyword sizes for :func:`vedas.tiny_model` (hidden, layers, heads, …)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weight dtype when loading a real checkpoint (bf16 on GPU)."""
+    bpe_vocab: int = 0
+    """Tiny models only: 0 = byte-level tokenizer; N = a byte-level BPE of N tokens trained on the
+    training records' text (deterministic, so every method of a comparison gets the same one)."""
 
     def __post_init__(self) -> None:
         _check_literal(self, "dtype")
+        _check(self.bpe_vocab == 0 or self.bpe_vocab >= 300, "bpe_vocab", f"must be 0 or ≥ 300, got {self.bpe_vocab}")
 
 
 @dataclass
@@ -196,13 +200,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig) -> Any:
+def corpus(records: Any) -> list[str]:
+    """The text a tiny model's BPE is trained on: questions, options, rationales and answer sentences."""
+    from vedas.prompts import answer_target, format_question
+
+    return [
+        f"{format_question(r.question, r.choices or None, r.context or None)}\n{r.rationale}\n{answer_target(r.answer)}"
+        for r in records
+    ]
+
+
+def build_model(cfg: TrainConfig, records: Any = None) -> Any:
     """The VedasModel to train: tiny or a real checkpoint, with LoRA and routing if asked."""
     import vedas
 
     latent = cfg.latent
     if cfg.model.base == "tiny":
-        model, processor = vedas.tiny_model(cfg.model.arch, seed=cfg.optim.seed, **cfg.model.tiny)
+        bpe = corpus(records) if cfg.model.bpe_vocab and records is not None else None
+        model, processor = vedas.tiny_model(cfg.model.arch, seed=cfg.optim.seed, bpe_corpus=bpe,
+                                            bpe_vocab=cfg.model.bpe_vocab or 512, **cfg.model.tiny)
         vm = vedas.VedasModel(model, processor, latent)
     else:
         dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
@@ -307,7 +323,7 @@ def main(cfg: TrainConfig) -> Path:
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
 
-    vm = build_model(cfg)
+    vm = build_model(cfg, records)
     vm.model.to(acc.device)
     objective = LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(acc.device)
     params = [p for p in objective.parameters() if p.requires_grad]
