@@ -45,25 +45,28 @@ class DemoSize:
     lr: float = 2e-3
     replay_k: int = 8
     bpe_vocab: int = 512
+    synth: dict[str, Any] = field(default_factory=dict)
+    """Knobs of the synthetic benchmark (:class:`vedas.data.synth.SynthConfig`)."""
 
 
+# A tiny model trained from scratch for minutes must first learn to see: the demo's images use
+# bigger shapes on a clean background, two colours and two shapes, 2-3 step questions.
+DEMO_SYNTH = dict(shape_size=12, max_objects=8, max_count=3, colors=2, shapes=2, noise=0.0, clutter=0, max_steps=3)
 FULL = DemoSize(
     train=2000,
     test=400,
     epochs=8,
     latents=4,
-    tiny=dict(
-        hidden=128, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64, max_pixels=112 * 112
-    ),
+    synth=DEMO_SYNTH,
+    tiny=dict(hidden=128, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64, max_pixels=112 * 112),
 )
 QUICK = DemoSize(
     train=256,
     test=64,
     epochs=4,
     latents=2,
-    tiny=dict(
-        hidden=64, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_hidden=32, max_pixels=112 * 112
-    ),
+    synth=DEMO_SYNTH,
+    tiny=dict(hidden=64, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_hidden=32, max_pixels=112 * 112),
 )
 
 
@@ -123,7 +126,8 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[s
 
     data = out / "data"
     if not (data / "test.jsonl").is_file():
-        synth.write(data, train=size.train, test=size.test, seed=seed, progress=True)
+        synth.write(data, train=size.train, test=size.test, seed=seed, cfg=synth.SynthConfig(**size.synth),
+                    progress=True)
     test = list(load("synthetic", path=str(data), split="test"))
     results = {}
     for method in methods:
@@ -240,7 +244,8 @@ def write_report(
         "",
         f"- machine: {meta['machine']}",
         f"- model: tiny random Qwen2-VL {size.tiny}, BPE vocabulary {size.bpe_vocab}",
-        f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}",
+        f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
+        f"knobs {size.synth}",
         f"- training: {size.epochs} epochs per method, batch {size.batch_size}, lr {size.lr}; latent methods: "
         f"T_r = {size.latents}, K = {size.replay_k}, one curriculum stage per epoch",
         '- scoring rule: `vedas` (strict: the last "the answer is X", one letter); chance is 25 %',

@@ -172,3 +172,12 @@ def test_the_options_alone_do_not_give_the_answer_away() -> None:
     shares = [r / sum(ranks) for r in ranks]
     assert all(abs(s - 0.25) < 0.06 for s in shares), shares
     assert abs(ties / most - 0.25) < 0.08, ties / most
+
+
+def test_clean_images_keep_their_size_and_shapes() -> None:
+    """noise=0 and clutter=0 once produced a 1x1 image; the shapes must still be drawn at full size."""
+    cfg = SynthConfig(noise=0.0, clutter=0, shape_size=12)
+    for i in range(4):
+        image = make_sample(i, cfg=cfg).image
+        assert image.size == (cfg.image_size, cfg.image_size)
+        assert np.asarray(image).std() > 5

@@ -370,7 +370,9 @@ def render(
         else 0
     )
     # Grey noise (same on all channels) keeps the shapes' colours the only colour cue.
-    pixels = np.clip(base + noise, 0, 255).astype(np.uint8) * np.ones((1, 1, 3), dtype=np.uint8)
+    # (the full-size grey plane is built first: with noise=0 a scalar would make a 1x1 image)
+    plane = np.full((size, size, 1), base, dtype=np.int64) + noise
+    pixels = np.clip(plane, 0, 255).astype(np.uint8) * np.ones((1, 1, 3), dtype=np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(0, cfg.clutter + 1))):
