@@ -155,9 +155,11 @@ def test_training_passes_equal_the_recompute_oracle(records, arch):
         assert torch.allclose(g_a[n], g_b[n], atol=1e-5, rtol=1e-4), n
 
 
-def test_recon_target_is_stop_gradient_for_the_vision_tower(records):
-    """With a stop-gradient target the recon loss reaches the vision tower only through b^t: its
-    gradients equal those of the same loss against a constant copy of the target."""
+def test_recon_target_is_stop_gradient_and_embeddings_are_not_pulled(records):
+    """Stop-gradient target: the recon loss's gradient into the vision tower equals that of the same
+    loss against a constant copy of the target (the crop target adds nothing) and flows only through
+    the attention that weights the replay — never through the replayed embeddings (b^t detaches them).
+    F_SR and the decoder train; ``recon_target_grad`` opens a path through the target."""
     vm = _vm()
     batch, _ = _batch(vm, records[:2], "vedas", 3)
     visual = [p for n, p in vm.model.named_parameters() if "visual" in n]
@@ -173,28 +175,44 @@ def test_recon_target_is_stop_gradient_for_the_vision_tower(records):
             recon = obj(batch)["recon"]
         finally:
             vm.backbone.encode_crops = real
-        return torch.autograd.grad(recon, visual, allow_unused=True)
+        return torch.autograd.grad(recon, [*visual, *obj.sr.parameters()], allow_unused=True)
 
     with torch.no_grad():
         captured = []
-        grads_fn = LatentObjective(vm, "vedas", vm.config, SCFVRConfig())
-        grads_fn.sr = copy.deepcopy(sr0)
+        probe = LatentObjective(vm, "vedas", vm.config, SCFVRConfig())
+        probe.sr = copy.deepcopy(sr0)
         vm.backbone.encode_crops = lambda crops: captured.append(real(crops)) or captured[-1]
         try:
-            grads_fn(batch)
+            probe(batch)
         finally:
             vm.backbone.encode_crops = real
     const = captured[0].detach()
+    n = len(visual)
     stop = grads(SCFVRConfig(recon_target_grad=False))
     frozen = grads(SCFVRConfig(recon_target_grad=False), encode=lambda crops: const)
     live = grads(SCFVRConfig(recon_target_grad=True))
-    for a, b in zip(stop, frozen):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-7)
-    differs = [
-        a is not None and b is not None and not torch.allclose(a, b, atol=1e-7) for a, b in zip(stop, live)
-    ]
-    assert any(differs), "recon_target_grad=True should add a gradient path into the vision tower"
+    for a, b in zip(stop[:n], frozen[:n]):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-7))
+    assert all(g is not None and g.abs().max() > 0 for g in stop[n:]), "F_SR must train"
+    differs = [a is not None and b is not None and not torch.allclose(a, b, atol=1e-7) for a, b in zip(stop, live)]
+    assert any(differs[:n]), "recon_target_grad=True should add a gradient path into the vision tower"
+    # the replayed embeddings themselves get no recon gradient: with the replay weights' attention
+    # path cut (weights detached), nothing reaches the tower at all
+    from vedas import replay as replay_mod
+
+    original = replay_mod.build
+
+    def detached_weights(*a, **k):
+        r = original(*a, **k)
+        r.weights = r.weights.detach()
+        return r
+
+    replay_mod.build = detached_weights
+    try:
+        cut = grads(SCFVRConfig(recon_target_grad=False))
+    finally:
+        replay_mod.build = original
+    assert all(g is None or g.abs().max() == 0 for g in cut[:n])
 
 
 # --- the recipe ----------------------------------------------------------------------------

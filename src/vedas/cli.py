@@ -82,15 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# subcommands that take free-form ``--section.field value`` config overrides
-TAKES_OVERRIDES = {"train"}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in TAKES_OVERRIDES:
+        # subcommands taking ``--section.field value`` overrides declare set_defaults(overrides=[])
+        if not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
     return int(args.func(args) or 0)
