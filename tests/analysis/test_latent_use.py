@@ -1,0 +1,79 @@
+"""``vedas analyze latent-use``: the transforms, and the command against plain evaluate / generate runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vedas
+from vedas.analysis.latent_use import make_transform
+from vedas.cli import main
+from vedas.evaluate import evaluate
+
+
+def test_transforms():
+    z = torch.randn(3, 8) * torch.tensor([[1.0], [10.0], [0.1]])
+    assert torch.equal(make_transform("zeros")(0, z), torch.zeros_like(z))
+    shuffled = make_transform("shuffled")(0, z)
+    assert torch.equal(shuffled, z[[2, 0, 1]])  # every sample gets another sample's latent
+    noise = make_transform("noise", seed=3)
+    a = noise(0, z)
+    assert torch.allclose(a.norm(dim=-1), z.norm(dim=-1), rtol=1e-5)  # matched per-latent norm
+    assert not torch.allclose(a, z)
+    assert torch.equal(make_transform("noise", seed=3)(0, z), a)  # seeded
+    assert not torch.equal(noise(1, z), a)  # fresh noise every call
+    assert make_transform("trained") is None
+    with pytest.raises(ValueError, match="condition='dummy'"):
+        make_transform("dummy")
+
+
+def test_latent_use_command(checkpoint, synth_dir, test_records, tmp_path, assert_png, capsys):
+    out = tmp_path / "use"
+    argv = ["analyze", "latent-use", "--checkpoint", str(checkpoint), "--data", f"synthetic:{synth_dir}"]
+    # 8 new tokens keep decoding cheap; every independent run below uses the same cap
+    flags = ["--n", "4", "--batch-size", "2", "--sweep-max", "3", "--max-new-tokens", "8", "--no-progress"]
+    assert main([*argv, *flags, "--out", str(out)]) == 0
+    assert "sweep:" in capsys.readouterr().out
+    assert_png(out / "latent_use.png", min_w=600, min_h=250)
+    report = json.loads((out / "latent_use.json").read_text())
+    assert report["trained_latents"] == 2 and set(report["conditions"]) == {
+        "trained",
+        "zeros",
+        "noise",
+        "shuffled",
+    }
+    assert [p["latents"] for p in report["sweep"]] == [0, 1, 2, 3]
+
+    vm = vedas.load(checkpoint)
+    recs = test_records[:4]
+    plain = evaluate(vm, recs, method="vedas", batch_size=2, max_new_tokens=8, warmup=False, progress=False)
+    trained = report["conditions"]["trained"]
+    assert trained["accuracy"] == plain["accuracy"]
+    assert [s["prediction"] for s in trained["per_sample"]] == [s["prediction"] for s in plain["per_sample"]]
+    assert trained["same_prediction_as_trained"] == 1.0
+    # zeroed latents: the predictions of generate with a zeroing transform, batch by batch
+    zeros = []
+    for i in range(0, 4, 2):
+        b = recs[i : i + 2]
+        zeros += vm.generate(
+            [r.images for r in b],
+            [r.question for r in b],
+            [r.choices for r in b],
+            latent_transform=lambda t, z: torch.zeros_like(z),
+            max_new_tokens=8,
+        )[0]
+    assert [s["prediction"] for s in report["conditions"]["zeros"]["per_sample"]] == zeros
+    same = sum(a == b for a, b in zip(zeros, [s["prediction"] for s in plain["per_sample"]])) / 4
+    assert report["conditions"]["zeros"]["same_prediction_as_trained"] == same
+    # the sweep's count-1 point is evaluate with latents=1
+    one = evaluate(vm, recs, "vedas", 2, latents=1, max_new_tokens=8, warmup=False, progress=False)
+    assert report["sweep"][1]["accuracy"] == one["accuracy"]
+    assert report["sweep"][2]["accuracy"] == trained["accuracy"]
+
+
+def test_latent_use_needs_a_batch_to_shuffle(checkpoint, synth_dir, tmp_path, capsys):
+    argv = ["analyze", "latent-use", "--checkpoint", str(checkpoint), "--data", f"synthetic:{synth_dir}"]
+    assert main([*argv, "--out", str(tmp_path), "--batch-size", "1"]) == 2
+    assert "vedas analyze latent-use: --batch-size: must be ≥ 2" in capsys.readouterr().err
