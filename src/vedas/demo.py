@@ -43,8 +43,11 @@ class DemoSize:
     tiny: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
     lr: float = 2e-3
-    replay_k: int = 8
+    replay_k: int = 4
+    """16 visual tokens per 112-px image: K = 4 leaves something to replay at each of the 4 steps."""
     bpe_vocab: int = 512
+    routing: dict[str, Any] = field(default_factory=lambda: {"layers": "all", "alpha": 8, "depth": 1})
+    """Routing depth scaling for method ``vedas`` (α tokens of each pass get a second layer pass)."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs of the synthetic benchmark (:class:`vedas.data.synth.SynthConfig`)."""
 
@@ -53,7 +56,7 @@ class DemoSize:
 # bigger shapes on a clean background, two colours and two shapes, 2-3 step questions.
 DEMO_SYNTH = dict(shape_size=12, max_objects=8, max_count=3, colors=2, shapes=2, noise=0.0, clutter=0, max_steps=3)
 FULL = DemoSize(
-    train=2000,
+    train=1600,
     test=400,
     epochs=8,
     latents=4,
@@ -111,6 +114,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int):
         latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=64),
         curriculum=CurriculumConfig(epochs_per_stage=1),
         scfvr=SCFVRConfig(window=3, weight=1.0),
+        routing=dict(size.routing) if method == "vedas" else None,
         optim=OptimConfig(
             lr=size.lr, epochs=size.epochs, batch_size=size.batch_size, warmup_ratio=0.05, seed=seed
         ),
@@ -247,7 +251,8 @@ def write_report(
         f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
         f"knobs {size.synth}",
         f"- training: {size.epochs} epochs per method, batch {size.batch_size}, lr {size.lr}; latent methods: "
-        f"T_r = {size.latents}, K = {size.replay_k}, one curriculum stage per epoch",
+        f"T_r = {size.latents}, K = {size.replay_k}, one curriculum stage per epoch; `vedas` adds SCF-VR (λ = 1, "
+        f"W = 3) and routing depth scaling {size.routing}",
         '- scoring rule: `vedas` (strict: the last "the answer is X", one letter); chance is 25 %',
         f"- wall time: {elapsed / 60:.1f} min",
         "",
