@@ -335,9 +335,11 @@ def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
         "train",
         "--config",
         str(ROOT / "configs/synthetic_tiny.yaml"),
-        *_overrides(synth_dir, tmp_path, **{"optim.batch_size": 2}),
+        # routers live outside the HF model: they must be synced too
+        *_overrides(synth_dir, tmp_path, **{"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}),
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
     assert (tmp_path / "final" / "config.yaml").is_file()
+    assert (tmp_path / "final" / "routing.safetensors").is_file()

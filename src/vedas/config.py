@@ -48,6 +48,18 @@ class LatentConfig:
     """Back-propagate through the latent chain (``full``) or detach each fed-back latent (``none``)."""
     max_new_tokens: int = 64
     """Greedy decoding stops at EOS or after this many tokens."""
+    latent_norm: Literal["none", "ema"] = "none"
+    """GAP norm calibration: ``ema`` rescales every fed-back latent to the EMA of the visual
+    input-embedding L2 norm (the text one if no image was ever measured), in training and at
+    inference. The EMA lives in the checkpoint extra ``latent_norm`` (:mod:`vedas.gap`), updated
+    from each training batch's input embeddings or measured with ``vedas.gap.calibrate_norms``.
+    Replayed tokens are not rescaled: ``replay_scale: unit`` keeps them at visual-token norm."""
+    latent_head: Literal["none", "pca"] = "none"
+    """GAP PCA latent head: ``pca`` feeds mean + coeffs · components instead of the hidden state,
+    where a linear head predicts the coefficients of a PCA of the visual input embeddings (the
+    checkpoint extra ``latent_head``). Applied before ``latent_norm``."""
+    pca_variance: float = 0.95
+    """Share of the visual embeddings' variance the PCA head's components keep (fit at training start)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -61,7 +73,20 @@ class LatentConfig:
             f"must be an int ≥ 0, got {self.replay_k!r}",
         )
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens!r}")
-        for name in ("replay_mode", "replay_scale", "replay_positions", "latent_grad"):
+        _check(
+            isinstance(self.pca_variance, (int, float)) and 0.0 < self.pca_variance <= 1.0,
+            "pca_variance",
+            f"must be a share in (0, 1], got {self.pca_variance!r}",
+        )
+        literals = (
+            "replay_mode",
+            "replay_scale",
+            "replay_positions",
+            "latent_grad",
+            "latent_norm",
+            "latent_head",
+        )
+        for name in literals:
             _check_literal(self, name)
         _check(
             not (self.replay_positions == "original" and self.replay_mode == "soft_mix"),

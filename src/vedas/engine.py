@@ -27,8 +27,9 @@ is padded on its left with masked slots, so every row equals the sample run alon
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +66,9 @@ class Details:
     timings_ms: dict[str, float] = field(default_factory=dict)  # batch wall time: prefill / latent / decode
     engine: str = "cached"
     mode: str = "vedas"
+    tto: dict[str, Any] | None = (
+        None  # test-time optimisation: loss trace per stage, extra passes (vedas.tto)
+    )
 
 
 LatentTransform = Callable[[int, torch.Tensor], torch.Tensor]
@@ -271,6 +275,7 @@ class LatentLoop:
         k: int,
         active: torch.Tensor | None = None,
         transform: LatentTransform | None = None,
+        fixed: Sequence[replay.Replay | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[replay.Replay | None]]:
         """T_r chunk passes from the prefill's last state ``h``; returns (latents (B,T,D), last h, replays).
 
@@ -281,6 +286,10 @@ class LatentLoop:
 
         ``transform(t, z) -> z'`` replaces each latent before it is fed (norm calibration,
         latent-use checks, test-time optimisation); the returned latents are the fed ones.
+
+        ``fixed`` (one entry per step, e.g. an earlier run's replays) replays those blocks instead
+        of selecting from attention, so forcing other latents leaves B^t unchanged (test-time
+        optimisation, :mod:`vedas.tto`); no attention is recorded then.
         """
         cfg = self.cfg
         latents, replays = [], []
@@ -290,17 +299,22 @@ class LatentLoop:
                 z = transform(t, z)
             latents.append(z)
             on = None if active is None else active[:, t]
-            if k > 0:
+            if fixed is not None:
+                rep = fixed[t]
+            elif k > 0:
                 assert self.attn is not None
                 scores = self.attn.gather(1, self.visual.seq_index)
                 rep = replay.build(scores, self.visual, self.visited, k, cfg.replay_mode, cfg.replay_scale)
-                if on is not None:
-                    rep.mask = rep.mask & on[:, None]  # not in place: autograd saved the old masks
-                    rep.token_mask = rep.token_mask & on[:, None]
+            else:
+                rep = None
+            if rep is not None:
+                if on is not None:  # a new Replay, not in place: autograd saved the old masks
+                    rep = dataclasses.replace(
+                        rep, mask=rep.mask & on[:, None], token_mask=rep.token_mask & on[:, None]
+                    )
                 self.visited = replay.mark_visited(self.visited, rep)
                 tokens, tmask = rep.tokens.to(z.dtype), rep.token_mask
             else:
-                rep = None
                 tokens = z.new_zeros(z.shape[0], 0, z.shape[-1])
                 tmask = torch.zeros(z.shape[0], 0, dtype=torch.bool, device=z.device)
             replays.append(rep)
@@ -312,7 +326,8 @@ class LatentLoop:
             z_mask = tmask.new_ones(tmask.shape[0], 1) if on is None else on[:, None]
             mask = torch.cat([tmask, z_mask], 1)
             # the last chunk's attention would pick a replay nobody uses: skip recording it
-            hidden, self.attn = self.runner(chunk, pos, mask, record=k > 0 and t < steps - 1, implicit=True)
+            record = k > 0 and fixed is None and t < steps - 1
+            hidden, self.attn = self.runner(chunk, pos, mask, record=record, implicit=True)
             if on is None:
                 self.next_pos, h = next_pos, hidden[:, -1]
             else:
@@ -338,9 +353,28 @@ class LatentLoop:
 
     @torch.no_grad()
     def greedy(
-        self, h: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+        self,
+        h: torch.Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
     ) -> tuple[list[list[int]], torch.Tensor]:
-        """Greedy decoding from the last hidden state ``h``; returns token ids per sample (EOS included) and counts."""
+        """Greedy decoding from the last hidden state ``h``; returns token ids per sample (EOS included) and counts.
+
+        ``temperature > 0`` samples from softmax(logits / temperature) instead (e.g. the GAP
+        difficulty split, :mod:`vedas.gap`). ``seeds`` (one per row) gives each row its own
+        generator, so a row's samples do not depend on what else is in the batch; without
+        them the global torch RNG is used.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature: must be ≥ 0, got {temperature}")
+        if seeds is not None and len(seeds) != h.shape[0]:
+            raise ValueError(f"seeds: {len(seeds)} given for a batch of {h.shape[0]}")
+        gens = None
+        if temperature > 0 and seeds is not None:
+            gens = [torch.Generator(device=h.device).manual_seed(int(s)) for s in seeds]
         head = self.backbone.lm_head()
         suppress = torch.tensor(self.suppress, device=h.device)
         b = h.shape[0]
@@ -350,9 +384,17 @@ class LatentLoop:
         for i in range(max_new_tokens):
             logits = head(h).float()
             logits[:, suppress] = float("-inf")
-            tok = torch.where(
-                finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1)
-            )
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                if gens is None:
+                    pick = torch.multinomial(probs, 1)[:, 0]
+                else:
+                    pick = torch.cat(
+                        [torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, gens)]
+                    )
+            else:
+                pick = logits.argmax(-1)
+            tok = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), pick)
             out.append(tok)
             count += (~finished).long()
             finished = finished | (tok == eos_id)
@@ -361,6 +403,18 @@ class LatentLoop:
             h = self.feed_tokens(tok[:, None])
         ids = torch.stack(out, 1).tolist() if out else [[] for _ in range(b)]
         return [row[: int(c)] for row, c in zip(ids, count.tolist())], count
+
+
+def row_seeds(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
+    """Per-row sampling seeds: an int gives rows ``seed, seed+1, …``; a sequence must have ``n`` entries."""
+    if seed is None:
+        return None
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"seed: {len(seeds)} seeds given for {n} samples")
+    return seeds
 
 
 def run(
@@ -375,11 +429,14 @@ def run(
     engine: str = "cached",
     suppress: list[int] | None = None,
     transform: LatentTransform | None = None,
+    temperature: float = 0.0,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], Details]:
     """Generate for one prompt batch: prefill, ``steps`` latent passes (if ``latent_end_id``), greedy decode.
 
     ``latent_end_id=None`` means a plain prompt (modes ``cot``/``no_cot``): decoding starts from
-    the prefill's last position.
+    the prefill's last position. ``temperature``/``seeds``: sampling instead of greedy
+    decoding (see :meth:`LatentLoop.greedy`); the default is greedy.
     """
     device = batch.input_ids.device
     loop = LatentLoop(backbone, cfg, make_runner(engine, backbone), suppress)
@@ -399,7 +456,7 @@ def run(
         if latent_end_id is not None:
             end = torch.full((h.shape[0], 1), latent_end_id, dtype=torch.long, device=device)
             h = loop.feed_tokens(end)
-        tokens, _ = loop.greedy(h, cfg.max_new_tokens, eos_id, pad_id)
+        tokens, _ = loop.greedy(h, cfg.max_new_tokens, eos_id, pad_id, temperature, seeds)
         _sync(device)
         t3 = time.perf_counter()
     timings = {"prefill": (t1 - t0) * 1e3, "latent": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}

@@ -16,7 +16,10 @@ How it measures, unlike the reference code (no warm-up, no sync, batch 1, lenien
   ``latency_ms`` means are per sample at the batch size used (which the report records);
 - AR steps = sequential forward passes after the prefill: latent chunks + generated tokens;
 - scoring by a named rule (default ``vedas``: the last "the answer is X", one letter only);
-- the latent count is the checkpoint's unless ``--latents`` overrides it, and is recorded.
+- the latent count is the checkpoint's unless ``--latents`` overrides it, and is recorded;
+- ``--tto stage1,stage2`` optimises the latents per batch at inference (:mod:`vedas.tto`); the
+  report then has ``latency_ms["tto"]`` (included in ``total``) and ``tto`` (settings, mean
+  loss before and after each stage, extra latent passes per batch).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vedas import tto as tto_flags
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
 CATEGORY_KEYS = ("category", "domain", "l2_category", "topic")
@@ -61,8 +66,12 @@ def evaluate(
     warmup: bool = True,
     progress: bool = True,
     engine: str = "cached",
+    tto: Any = None,
 ) -> dict[str, Any]:
-    """Run ``vm.generate`` over ``records`` in batches and score each prediction."""
+    """Run ``vm.generate`` over ``records`` in batches and score each prediction.
+
+    ``tto``: a :class:`vedas.tto.TTOConfig` to optimise the latents at inference (weights frozen).
+    """
     from tqdm.auto import tqdm
 
     from vedas.scoring import get_rule, score
@@ -84,6 +93,7 @@ def evaluate(
             return_details=True,
             contexts=[r.context or None for r in batch],
             max_new_tokens=max_new_tokens,
+            tto=tto,
         )
 
     if warmup:
@@ -92,9 +102,14 @@ def evaluate(
     used_latents = 0
     bar = tqdm(total=len(records), disable=not progress, desc=f"eval {method}")
     correct = 0
+    tto_losses: list[dict[str, list[float]]] = []
+    tto_passes: list[int] = []
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         d = run(batch)
+        if tto is not None:
+            tto_losses.append(d.tto["loss"])
+            tto_passes.append(d.tto["passes"])
         used_latents = d.latents.shape[1]
         share = {k: v / len(batch) for k, v in d.timings_ms.items()}
         share["total"] = sum(share.values())
@@ -116,13 +131,26 @@ def evaluate(
         bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
     bar.close()
     n = len(per_sample)
-    latency = {
-        k: sum(s["latency_ms"][k] for s in per_sample) / n for k in ("prefill", "latent", "decode", "total")
-    }
+    phases = (
+        ("prefill", "latent", "tto", "decode", "total")
+        if tto is not None
+        else ("prefill", "latent", "decode", "total")
+    )
+    latency = {k: sum(s["latency_ms"][k] for s in per_sample) / n for k in phases}
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for s in per_sample:
         if s["category"] is not None:
             by_cat[s["category"]].append(s["correct"])
+    report_tto = None
+    if tto is not None:
+        from vedas.config import to_dict
+
+        report_tto = {
+            **to_dict(tto),
+            "loss_before": {st: sum(h[st][0] for h in tto_losses) / len(tto_losses) for st in tto.stages},
+            "loss_after": {st: sum(h[st][-1] for h in tto_losses) / len(tto_losses) for st in tto.stages},
+            "passes_per_batch": sum(tto_passes) / len(tto_passes),
+        }
     return {
         "method": method,
         "dataset": dataset,
@@ -135,6 +163,7 @@ def evaluate(
         "latents": used_latents,
         "device": device_name(vm.device),
         "engine": engine,
+        "tto": report_tto,
         "per_category": {c: {"n": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(by_cat.items())},
         "per_sample": per_sample,
     }
@@ -202,6 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="report.json", help="where to write the JSON (the .md goes beside it)"
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip and count rows with unreadable images")
+    tto_flags.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -213,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         get_rule(args.scoring)
+        tto = tto_flags.from_args(args)
     except ValueError as e:
         print(f"vedas eval: {e}", file=sys.stderr)
         return 2
@@ -231,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_new_tokens,
         dataset=f"{name}/{args.split}",
         engine=args.engine,
+        tto=tto,
     )
     report["checkpoint"] = str(args.checkpoint)
     out, md = write(report, args.out)

@@ -11,6 +11,7 @@ processor files. Nothing is pickled; ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vedas import engine, extras, routing
+from vedas import engine, extras, gap, routing
 from vedas.attention import install_recorder
 from vedas.backbones import arch_module, backbone_for
 from vedas.config import LatentConfig, from_dict, to_dict
@@ -146,6 +147,9 @@ class VedasModel:
         contexts: Sequence[str | None] | None = None,
         max_new_tokens: int | None = None,
         latent_transform: engine.LatentTransform | None = None,
+        temperature: float = 0.0,
+        seed: int | Sequence[int] | None = None,
+        tto: Any = None,
     ) -> tuple[list[str], list[int]] | Details:
         """Answer a batch of questions.
 
@@ -159,6 +163,9 @@ class VedasModel:
             return_details: return a :class:`vedas.engine.Details` instead of ``(texts, ar_steps)``.
             latent_transform: ``f(step, z) -> z'`` applied to each latent before it is fed back
                 (latent-use checks, calibration); see :meth:`vedas.engine.LatentLoop.latent_steps`.
+                It runs after the GAP transforms the config asks for (``latent_head``, ``latent_norm``).
+            temperature: 0 decodes greedily; > 0 samples (``seed``: an int, or one seed per sample).
+            tto: a :class:`vedas.tto.TTOConfig`: optimise the latents at inference, weights frozen.
         """
         if latents is not None and (not isinstance(latents, int) or latents < 0):
             raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
@@ -182,7 +189,10 @@ class VedasModel:
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
         with routing.allowed(mode == "vedas" and self.use_routing):
-            tokens, details = self._run(batch, cfg, steps, latent, engine, latent_transform)
+            # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
+            transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
+            seeds = engine_row_seeds(seed, len(questions))
+            tokens, details = self._run(batch, cfg, steps, latent, engine, transform, temperature, seeds, tto)
         details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         details.mode = mode
         if return_details:
@@ -190,9 +200,23 @@ class VedasModel:
         return details.texts, details.ar_steps
 
     def _run(
-        self, batch: PromptBatch, cfg: LatentConfig, steps: int, latent: bool, engine: str, transform=None
+        self,
+        batch: PromptBatch,
+        cfg: LatentConfig,
+        steps: int,
+        latent: bool,
+        engine: str,
+        transform=None,
+        temperature: float = 0.0,
+        seeds: list[int] | None = None,
+        tto: Any = None,
     ):
-        return engine_run(
+        run = engine_run
+        if tto is not None:
+            from vedas import tto as tto_module
+
+            run = functools.partial(tto_module.run, tto=tto)
+        return run(
             self.backbone,
             batch,
             cfg,
@@ -205,6 +229,8 @@ class VedasModel:
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
             transform=transform,
+            temperature=temperature,
+            seeds=seeds,
         )
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -241,6 +267,7 @@ class VedasModel:
 
 
 engine_run = engine.run
+engine_row_seeds = engine.row_seeds
 
 
 def _model_type(path: str) -> str:

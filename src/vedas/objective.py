@@ -9,6 +9,11 @@ sample that is done early has its remaining chunks masked, so it equals its solo
 
 For method ``vedas`` the SCF-VR loss (:mod:`vedas.scfvr`) is added; ``latent`` is the same
 without it (and, once installed, without routing).
+
+GAP (:mod:`vedas.gap`): ``latent.latent_head: pca`` and ``latent.latent_norm: ema`` rewrite each
+latent through the engine's transform hook, as at inference; in training mode every batch
+first folds its input-embedding norms into the norm EMA. A batch may mix latent and plain
+CoT samples (difficulty-aware supervision): a CoT sample is a 0-latent sample.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vedas import scfvr
+from vedas import gap, scfvr
 from vedas.config import LatentConfig
 from vedas.curriculum import LATENT_METHODS, Layout
 from vedas.engine import LatentLoop, PromptBatch, make_runner
@@ -97,6 +102,10 @@ class LatentObjective(nn.Module):
         dim = vm.model.config.get_text_config().hidden_size
         use_recon = method == "vedas" and recon is not None and recon.weight > 0
         self.sr = scfvr.TokenSR(dim, recon.sr) if use_recon else None
+        # GAP modules (PCA latent head, norm EMA) live here too, so DDP/accelerate sync them
+        self.gap = nn.ModuleDict({n: m for n, (m, _) in vm.extras.items() if n in gap.EXTRAS})
+        # the routers too: as submodules of the wrapped objective, DDP all-reduces their gradients
+        self.routing = vm.extras["routing"][0] if "routing" in vm.extras else None
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
@@ -111,7 +120,10 @@ class LatentObjective(nn.Module):
         replays: list[Replay | None] = []
         if latent:
             active = torch.arange(steps, device=text.device)[None] < batch.latents[:, None]
-            _, _, replays = loop.latent_steps(h, steps, k, active)
+            if self.training and self.latent.latent_norm == "ema" and gap.NORM_EXTRA in vm.extras:
+                vm.extras[gap.NORM_EXTRA][0].update(*gap.input_norms(bb, batch.prompt, loop.visual))
+            transform = gap.latent_transform(vm, self.latent)  # GAP: PCA head, norm calibration
+            _, _, replays = loop.latent_steps(h, steps, k, active, transform=transform)
             end = torch.full_like(text[:, :1], vm.token_ids.end)
             inputs = torch.cat([end, text[:, :-1]], 1)
             mask = torch.cat([torch.ones_like(end), tmask[:, :-1]], 1)
@@ -152,8 +164,13 @@ def recon_loss(
     for rep in replays:
         if rep is None:
             continue
+        # b^t = mean-pool(B^t) with the visual embeddings detached: the recon loss trains F_SR and,
+        # through the replay weights softmax(a_I), the attention that picks the replay; it does not
+        # pull the replayed embeddings themselves (the paper trains LoRA on the decoder only, and a
+        # vision tower trained by this loss collapses to constant features)
+        feats = visual.features.detach().gather(1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1]))
         counts = rep.token_mask.sum(1)
-        b = (rep.tokens * rep.token_mask[..., None]).sum(1) / counts.clamp(min=1)[:, None]
+        b = (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
         for i in range(rep.mask.shape[0]):
             if not bool(rep.mask[i].any()):
                 continue

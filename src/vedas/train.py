@@ -53,6 +53,7 @@ from vedas.scfvr import SCFVRConfig
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
 
+GAP_BUFFERS = "gap_buffers.safetensors"
 LORA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -93,6 +94,10 @@ class DataConfig:
     """Use only the first N records."""
     skip_bad: bool = False
     """Skip (and count) rows with a corrupt image instead of failing."""
+    difficulty: str | None = None
+    """GAP difficulty-aware supervision: a ``vedas data difficulty`` JSON. Only its all-fail questions
+    get latent supervision (the configured latent method); the others train as plain CoT (0 latents,
+    every step explicit) in the same batches. Needs method ``latent`` or ``vedas``."""
 
 
 @dataclass
@@ -183,6 +188,11 @@ class TrainConfig:
             self.routing is None or self.method == "vedas",
             "routing",
             f"routing depth scaling belongs to method 'vedas', not {self.method!r}",
+        )
+        _check(
+            self.data.difficulty is None or self.method in LATENT_METHODS,
+            "data.difficulty",
+            f"difficulty-aware latent supervision needs method 'latent' or 'vedas', not {self.method!r}",
         )
 
 
@@ -275,6 +285,7 @@ def main(cfg: TrainConfig) -> Path:
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
+    from vedas import gap
     from vedas.data import load as load_data
     from vedas.objective import LatentObjective, collate
 
@@ -318,6 +329,10 @@ def main(cfg: TrainConfig) -> Path:
             raise ConfigError(
                 f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
             )
+    hard = gap.hard_ids(cfg.data.difficulty, [r.id for r in records]) if cfg.data.difficulty else None
+    if hard is not None and acc.is_main_process:
+        n_hard = sum(r.id in hard for r in records)
+        print(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
     batches, steps_per_epoch = batch_plan(len(records), cfg, acc.num_processes)
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.run.max_steps:
@@ -325,9 +340,13 @@ def main(cfg: TrainConfig) -> Path:
 
     vm = build_model(cfg, records)
     vm.model.to(acc.device)
+    for line in gap.prepare_training(vm, records, cfg.latent):  # GAP modules the config asks for
+        if acc.is_main_process:
+            print(line)
     objective = LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(acc.device)
     params = [p for p in objective.parameters() if p.requires_grad]
     params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]
+    params = list({id(p): p for p in params}.values())  # GAP extras are also objective submodules
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )
@@ -344,6 +363,8 @@ def main(cfg: TrainConfig) -> Path:
         if last is None:
             raise ConfigError(f"run.resume: no checkpoint under {ckpt_dir}")
         state = train_state.load(last, model_for_state, optimizer, scheduler)
+        if not gap.load_buffers(model_for_state, last / GAP_BUFFERS) and acc.is_main_process:
+            print(f"{last} has no {GAP_BUFFERS}: the GAP norm EMA starts afresh")
         if acc.is_main_process:
             print(
                 f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})"
@@ -379,7 +400,14 @@ def main(cfg: TrainConfig) -> Path:
             chunk = [order[i] for i in range(lo, lo + cfg.optim.batch_size)]
             recs = [records[i] for i in chunk]
             lays = [
-                layout(cfg.method, steps_of[i], records[i].answer, stage, cfg.latent.latents, cfg.curriculum)
+                layout(
+                    gap.supervision(cfg.method, records[i].id, hard),
+                    steps_of[i],
+                    records[i].answer,
+                    stage,
+                    cfg.latent.latents,
+                    cfg.curriculum,
+                )
                 for i in chunk
             ]
             batch = collate(vm, recs, lays, cfg.method)
@@ -436,10 +464,13 @@ def main(cfg: TrainConfig) -> Path:
 
 
 def _save(ckpt_dir, module, optimizer, scheduler, state, resolved, epoch, batches, cfg) -> None:
+    from vedas import gap
+
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= batches - batches % cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
-    train_state.save(ckpt_dir / f"step-{state.step}", module, optimizer, scheduler, snap, resolved)
+    directory = train_state.save(ckpt_dir / f"step-{state.step}", module, optimizer, scheduler, snap, resolved)
+    gap.save_buffers(module, directory / GAP_BUFFERS)  # the norm EMA is state, not a parameter
 
 
 def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:

@@ -5,9 +5,14 @@
     vedas data show synthetic:data/synth --split test --limit 3
     vedas data show m3cot:/data/M3CoT --limit 2
     vedas data show easy_vqa --limit 3
+    vedas data difficulty --checkpoint runs/cot/final --data synthetic:data/synth --samples 8 \
+        --temperature 1.0 --seed 0 --out difficulty.json
 
 ``show`` prints the load summary (rows read, loaded, skipped and why) and the first
 records as the model will see them (the prompt text, the answer, the steps).
+``difficulty`` samples a base model N times per training question (GAP's capacity
+alignment, :mod:`vedas.gap`) and marks the questions it never answers correctly; pass the
+file to ``vedas train --data.difficulty`` to give only those latent supervision.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import argparse
 import sys
 from dataclasses import fields
 
-HELP = "data tools: write the synthetic benchmark, show any dataset as records"
+HELP = "data tools: write the synthetic benchmark, show any dataset as records, split by difficulty"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``synth`` and ``show`` subcommands to the ``vedas data`` parser."""
+    """Add the ``synth``, ``show`` and ``difficulty`` subcommands to the ``vedas data`` parser."""
     from vedas.data.synth import SynthConfig
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
@@ -65,6 +70,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     show.set_defaults(func=_show)
 
+    diff = sub.add_parser(
+        "difficulty",
+        help="sample a base model N times per question; mark the all-fail ones for latent supervision",
+        description="Write a JSON naming the questions the model never answers correctly in N samples "
+        "(GAP's difficulty-aware supervision); `vedas train --data.difficulty FILE` reads it.",
+    )
+    diff.add_argument(
+        "--checkpoint", required=True, help="the base model: a vedas checkpoint or HF model dir"
+    )
+    diff.add_argument(
+        "--data", required=True, metavar="NAME[:PATH]", help="the training data, e.g. synthetic:data/synth"
+    )
+    diff.add_argument("--split", default="train", help="split to sample (default: train)")
+    diff.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    diff.add_argument("--samples", type=int, default=8, help="samples per question (default: 8)")
+    diff.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    diff.add_argument("--seed", type=int, default=0, help="sampling seed; same seed, same split (default: 0)")
+    diff.add_argument(
+        "--mode", default="cot", choices=["cot", "no_cot", "latent", "vedas"], help="how the model answers"
+    )
+    diff.add_argument("--batch-size", type=int, default=8, help="rows per generate call (default: 8)")
+    diff.add_argument("--scoring", default="vedas", help="scoring rule (default: vedas)")
+    diff.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
+    diff.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    diff.add_argument("--out", required=True, help="where to write the JSON")
+    diff.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    diff.set_defaults(func=_difficulty)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from vedas.data.synth import SynthConfig, write
@@ -107,4 +140,51 @@ def _show(args: argparse.Namespace) -> int:
             print(f"meta: {record.meta}")
     for _, message in dataset.skipped[:10]:
         print(f"skipped: {message}")
+    return 0
+
+
+def _difficulty(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    import vedas
+    from vedas.data import DataError, load
+    from vedas.data.registry import split_spec
+    from vedas.gap import sample_difficulty
+
+    name, path = split_spec(args.data)
+    try:
+        records = load(name, path=path, split=args.split, limit=args.limit)
+    except (ValueError, FileNotFoundError, DataError) as exc:
+        print(f"vedas data difficulty: {exc}", file=sys.stderr)
+        return 2
+    print(records.describe())
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vm = vedas.load(args.checkpoint, device=device)
+    try:
+        result = sample_difficulty(
+            vm,
+            list(records),
+            samples=args.samples,
+            temperature=args.temperature,
+            seed=args.seed,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            scoring=args.scoring,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        print(f"vedas data difficulty: {exc}", file=sys.stderr)
+        return 2
+    result = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, **result}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(
+        f"{result['hard']} of {result['n']} questions never answered correctly in {args.samples} samples "
+        f"(latent supervision); wrote {out}"
+    )
     return 0
