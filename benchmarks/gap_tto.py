@@ -1,8 +1,9 @@
 """GAP and test-time latent optimisation on the synthetic benchmark: accuracy and latency, side by side.
 
-    .venv/bin/python benchmarks/gap_tto.py                  # ~1 h on 2 CPU cores
+    .venv/bin/python benchmarks/gap_tto.py                  # ~25 min on 2 quiet CPU cores
     .venv/bin/python benchmarks/gap_tto.py --quick          # a smoke run, a few minutes
     .venv/bin/python benchmarks/gap_tto.py --no-smollm      # skip the SmolLM2 norm diagnostic
+    .venv/bin/python benchmarks/gap_tto.py --reuse          # re-measure with the checkpoints already in --out
 
 What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recipe,
 :mod:`vedas.demo`) on the demo's synthetic benchmark:
@@ -38,12 +39,19 @@ SEED = 0
 TEST_BATCH = 16
 
 
-def train(cfg: Any) -> tuple[Path, float]:
+def train(cfg: Any, reuse: bool) -> tuple[Path, float]:
+    """Train (or, with ``reuse``, take an earlier run's finished checkpoint); returns it and the training time."""
     from vedas.train import main
 
+    out = Path(cfg.run.output_dir)
+    timing = out / "train_seconds.json"
+    if reuse and (out / "final" / "config.yaml").is_file() and timing.is_file():
+        return out / "final", json.loads(timing.read_text())["seconds"]
     t0 = time.perf_counter()
     final = main(cfg)
-    return final, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    timing.write_text(json.dumps({"seconds": secs}))
+    return final, secs
 
 
 def evaluate(vm: Any, test: list[Any], method: str = "vedas", tto: Any = None) -> dict[str, Any]:
@@ -100,6 +108,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the demo's quick sizes: a smoke run")
     parser.add_argument("--no-smollm", action="store_true", help="skip the SmolLM2 norm diagnostic")
     parser.add_argument("--samples", type=int, default=8, help="difficulty samples per question (default: 8)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the checkpoints and difficulty split an earlier run left in --out (re-measure only)",
+    )
     args = parser.parse_args()
 
     import vedas
@@ -134,15 +147,19 @@ def main() -> int:
         print(fmt_row(label, trained, rep, train_s), flush=True)
 
     # 1. the base model (CoT) and its difficulty split
-    cot_final, cot_s = train(config("cot", "cot"))
+    cot_final, cot_s = train(config("cot", "cot"), args.reuse)
     cot = vedas.load(cot_final)
-    t0 = time.perf_counter()
-    split = gap.sample_difficulty(
-        cot, train_recs, samples=args.samples, temperature=1.0, seed=SEED, mode="cot", batch_size=64
-    )
-    diff_s = time.perf_counter() - t0
     diff_path = out / "difficulty.json"
-    diff_path.write_text(json.dumps(split, indent=1))
+    if args.reuse and diff_path.is_file():
+        split = json.loads(diff_path.read_text())
+        diff_s = split["seconds"]
+    else:
+        t0 = time.perf_counter()
+        split = gap.sample_difficulty(
+            cot, train_recs, samples=args.samples, temperature=1.0, seed=SEED, mode="cot", batch_size=64
+        )
+        diff_s = split["seconds"] = time.perf_counter() - t0
+        diff_path.write_text(json.dumps(split, indent=1))
     print(
         f"difficulty: {split['hard']} of {split['n']} training questions all-fail in {args.samples} samples "
         f"({diff_s:.0f} s)",
@@ -151,7 +168,7 @@ def main() -> int:
     record("cot (the base model for the difficulty split)", "cot", evaluate(cot, test, "cot"), cot_s)
 
     # 2. vedas, plain, and the inference-only options on the same checkpoint
-    plain_final, plain_s = train(config("vedas", "vedas"))
+    plain_final, plain_s = train(config("vedas", "vedas"), args.reuse)
     vm = vedas.load(plain_final)
     record("vedas", "plain", evaluate(vm, test), plain_s)
     gap.calibrate_norms(vm, train_recs[:256])
@@ -178,11 +195,11 @@ def main() -> int:
         ("vedas, trained with norm calibration (EMA)", "vedas_ema", {"latent_norm": "ema"}),
         ("vedas, trained with the PCA latent head (95 %)", "vedas_pca", {"latent_head": "pca"}),
     ):
-        final, secs = train(config("vedas", name, **latent))
+        final, secs = train(config("vedas", name, **latent), args.reuse)
         record(label, name.split("_")[1], evaluate(vedas.load(final), test), secs)
     cfg = config("vedas", "vedas_difficulty")
     cfg.data.difficulty = str(diff_path)
-    final, secs = train(cfg)
+    final, secs = train(cfg, args.reuse)
     record(
         f"vedas, difficulty-aware ({split['hard']} of {split['n']} latent, rest CoT)",
         "difficulty",
