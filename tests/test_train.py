@@ -155,6 +155,51 @@ def test_training_passes_equal_the_recompute_oracle(records, arch):
         assert torch.allclose(g_a[n], g_b[n], atol=1e-5, rtol=1e-4), n
 
 
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_decoder_gradient_checkpointing_keeps_loss_and_gradients(records, arch):
+    """Checkpointed decoder layers (KV cache in the loop, recorder row, routing's extra passes)
+    give the loss and gradients of the plain run, and really do recompute in backward."""
+    from vedas import checkpointing
+    from vedas.routing import RoutingConfig, enable_routing
+
+    vm = _vm(arch)
+    rds = enable_routing(vm, RoutingConfig(alpha=4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero step encodings: the routed passes change the output
+        for e in rds.step_encodings.values():
+            e.copy_(torch.randn(e.shape, generator=g))
+    batch, _ = _batch(vm, records[:3], "vedas", 2)  # mixed latent counts
+    obj = LatentObjective(vm, "vedas", vm.config, SCFVRConfig()).train()
+    attn_calls = [0]
+    vm.backbone.decoder_layers()[0].self_attn.register_forward_hook(
+        lambda *a: attn_calls.__setitem__(0, attn_calls[0] + 1)
+    )
+    params = [*vm.model.parameters(), *obj.sr.parameters(), *rds.parameters()]
+
+    def run() -> tuple[dict[str, torch.Tensor], list[torch.Tensor | None], int, int]:
+        for p in params:
+            p.grad = None
+        attn_calls[0] = 0
+        out = obj(batch)
+        forward_calls = attn_calls[0]
+        out["loss"].backward()
+        return out, [None if p.grad is None else p.grad.clone() for p in params], forward_calls, attn_calls[0]
+
+    plain, g_plain, fwd_plain, all_plain = run()
+    assert checkpointing.enable(vm.backbone) == len(vm.backbone.decoder_layers())
+    ckpt, g_ckpt, fwd_ckpt, all_ckpt = run()
+    checkpointing.disable(vm.backbone)
+    assert all_plain == fwd_plain and fwd_ckpt == fwd_plain
+    assert all_ckpt > fwd_ckpt, "backward should have re-run the checkpointed layers"
+    assert ckpt["ce"].item() == pytest.approx(plain["ce"].item(), abs=1e-6)
+    assert ckpt["recon"].item() == pytest.approx(plain["recon"].item(), abs=1e-6)
+    assert sum(g is not None for g in g_plain) > 10
+    for a, b in zip(g_plain, g_ckpt):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_recon_target_is_stop_gradient_and_embeddings_are_not_pulled(records):
     """Stop-gradient target: the recon loss's gradient into the vision tower equals that of the same
     loss against a constant copy of the target (the crop target adds nothing) and flows only through
@@ -194,7 +239,9 @@ def test_recon_target_is_stop_gradient_and_embeddings_are_not_pulled(records):
     for a, b in zip(stop[:n], frozen[:n]):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-7))
     assert all(g is not None and g.abs().max() > 0 for g in stop[n:]), "F_SR must train"
-    differs = [a is not None and b is not None and not torch.allclose(a, b, atol=1e-7) for a, b in zip(stop, live)]
+    differs = [
+        a is not None and b is not None and not torch.allclose(a, b, atol=1e-7) for a, b in zip(stop, live)
+    ]
     assert any(differs[:n]), "recon_target_grad=True should add a gradient path into the vision tower"
     # the replayed embeddings themselves get no recon gradient: with the replay weights' attention
     # path cut (weights detached), nothing reaches the tower at all
@@ -343,3 +390,25 @@ def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
     assert (tmp_path / "final" / "config.yaml").is_file()
     assert (tmp_path / "final" / "routing.safetensors").is_file()
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth_dir, tmp_path):
+    """An absurd learning rate blows the weights up after the first step: the next loss is not finite.
+    Training stops before that step, names the last good checkpoint, and writes nothing after it."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "vedas.cli",
+        "train",
+        "--config",
+        str(ROOT / "configs/synthetic_tiny.yaml"),
+        *_overrides(synth_dir, tmp_path, **{"optim.lr": 1e30, "optim.clip": 0, "run.save_every": 1}),
+    ]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr[-2000:]
+    msg = res.stderr.strip().splitlines()[-1]
+    assert "non-finite loss" in msg and "optimizer step 2" in msg
+    assert f"last good checkpoint is {tmp_path / 'checkpoints' / 'step-1'}" in msg
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1"]
+    assert not (tmp_path / "final").exists()
+    assert "Traceback" not in res.stderr

@@ -57,6 +57,10 @@ GAP_BUFFERS = "gap_buffers.safetensors"
 LORA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf: training stops before the bad step touches any weight."""
+
+
 # --- config ------------------------------------------------------------------------------
 
 
@@ -78,7 +82,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_literal(self, "dtype")
-        _check(self.bpe_vocab == 0 or self.bpe_vocab >= 300, "bpe_vocab", f"must be 0 or ≥ 300, got {self.bpe_vocab}")
+        _check(
+            self.bpe_vocab == 0 or self.bpe_vocab >= 300,
+            "bpe_vocab",
+            f"must be 0 or ≥ 300, got {self.bpe_vocab}",
+        )
 
 
 @dataclass
@@ -133,7 +141,8 @@ class OptimConfig:
     clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
     gradient_checkpointing: bool = False
-    """Recompute the vision tower's activations in backward (the decoder's KV-cached passes are kept)."""
+    """Recompute activations in backward instead of keeping them: every decoder layer (with the KV cache
+    in the loop, :mod:`vedas.checkpointing`) and the vision tower. Same loss and gradients, less memory."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast (GPU); CPUs here gain nothing from it."""
     seed: int = 0
@@ -227,8 +236,13 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
     latent = cfg.latent
     if cfg.model.base == "tiny":
         bpe = corpus(records) if cfg.model.bpe_vocab and records is not None else None
-        model, processor = vedas.tiny_model(cfg.model.arch, seed=cfg.optim.seed, bpe_corpus=bpe,
-                                            bpe_vocab=cfg.model.bpe_vocab or 512, **cfg.model.tiny)
+        model, processor = vedas.tiny_model(
+            cfg.model.arch,
+            seed=cfg.optim.seed,
+            bpe_corpus=bpe,
+            bpe_vocab=cfg.model.bpe_vocab or 512,
+            **cfg.model.tiny,
+        )
         vm = vedas.VedasModel(model, processor, latent)
     else:
         dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
@@ -251,7 +265,10 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
 
         routing.enable_routing(vm, from_dict(routing.RoutingConfig, cfg.routing))  # type: ignore[attr-defined]
     if cfg.optim.gradient_checkpointing:
+        from vedas import checkpointing
+
         vm.model.model.visual.gradient_checkpointing_enable()
+        checkpointing.enable(vm.backbone)
     return vm
 
 
@@ -332,7 +349,9 @@ def main(cfg: TrainConfig) -> Path:
     hard = gap.hard_ids(cfg.data.difficulty, [r.id for r in records]) if cfg.data.difficulty else None
     if hard is not None and acc.is_main_process:
         n_hard = sum(r.id in hard for r in records)
-        print(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
+        print(
+            f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT"
+        )
     batches, steps_per_epoch = batch_plan(len(records), cfg, acc.num_processes)
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.run.max_steps:
@@ -413,9 +432,11 @@ def main(cfg: TrainConfig) -> Path:
             batch = collate(vm, recs, lays, cfg.method)
             with acc.accumulate(wrapped):
                 out = wrapped(batch)
+                check_finite(out["loss"], acc, ckpt_dir, state.step + 1, epoch, b, recs)
                 acc.backward(out["loss"])
                 if acc.sync_gradients and cfg.optim.clip > 0:
-                    acc.clip_grad_norm_(params, cfg.optim.clip)
+                    norm = acc.clip_grad_norm_(params, cfg.optim.clip)
+                    check_finite(norm, acc, ckpt_dir, state.step + 1, epoch, b, recs, what="gradient norm")
                 optimizer.step()
                 scheduler.step() if acc.sync_gradients else None
                 optimizer.zero_grad()
@@ -463,13 +484,37 @@ def main(cfg: TrainConfig) -> Path:
     return final
 
 
+def check_finite(
+    loss: torch.Tensor, acc: Any, ckpt_dir: Path, step: int, epoch: int, batch: int, recs, what: str = "loss"
+) -> None:
+    """Stop (on every rank at once) before a NaN/inf loss reaches the weights; name the last good checkpoint."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    if not bool(bad.item()):
+        return
+    last = train_state.latest(ckpt_dir)
+    kept = (
+        f"the last good checkpoint is {last}"
+        if last
+        else "no checkpoint was written before it (run.save_every)"
+    )
+    raise NonFiniteLossError(
+        f"non-finite {what} ({loss.item()}) at optimizer step {step} (epoch {epoch}, batch {batch}; "
+        f"samples {[r.id for r in recs][:8]}); training stopped before this step changed any weight, "
+        f"{kept}. Lower optim.lr, check the data, or resume with --run.resume true."
+    )
+
+
 def _save(ckpt_dir, module, optimizer, scheduler, state, resolved, epoch, batches, cfg) -> None:
     from vedas import gap
 
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= batches - batches % cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
-    directory = train_state.save(ckpt_dir / f"step-{state.step}", module, optimizer, scheduler, snap, resolved)
+    directory = train_state.save(
+        ckpt_dir / f"step-{state.step}", module, optimizer, scheduler, snap, resolved
+    )
     gap.save_buffers(module, directory / GAP_BUFFERS)  # the norm EMA is state, not a parameter
 
 
@@ -559,5 +604,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    main(cfg)
+    try:
+        main(cfg)
+    except NonFiniteLossError as e:
+        print(f"vedas train: {e}", file=sys.stderr)
+        return 1
     return 0
