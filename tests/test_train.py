@@ -412,3 +412,33 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth_dir,
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1"]
     assert not (tmp_path / "final").exists()
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
+    """The shipped ZeRO-2 config through accelerate (DeepSpeed's CPU accelerator over gloo) trains
+    and ends with the weights plain DDP reaches on the same data: ZeRO-2 shards optimizer state and
+    gradients, it does not change the maths."""
+    pytest.importorskip("deepspeed")
+
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", "29534", "-m", "vedas.cli", "train",
+            "--config", str(ROOT / "configs/synthetic_tiny.yaml"),
+            *_overrides(synth_dir, out, **{"optim.batch_size": 2, "optim.epochs": 2}), *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    zero = run(tmp_path / "zero2", "--run.deepspeed", str(ROOT / "configs/deepspeed/zero2.json"))
+    assert "distributed: DEEPSPEED, 2 processes" in zero.stdout
+    assert "parameters identical across ranks: True" in zero.stdout
+    ddp = run(tmp_path / "ddp")
+    assert "distributed: MULTI_CPU, 2 processes" in ddp.stdout
+    a, b = _final_weights(tmp_path / "zero2"), _final_weights(tmp_path / "ddp")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
