@@ -2,9 +2,12 @@
 
     .venv/bin/python scripts/analysis_pictures.py                 # writes docs/images/analysis_*.png
     .venv/bin/python scripts/analysis_pictures.py --work /tmp/ap --train 128 --epochs 8
+    .venv/bin/python scripts/analysis_pictures.py --demo runs/demo    # the demo's vedas checkpoint and data
 
 Steps: write the synthetic benchmark, train ``configs/synthetic_tiny.yaml`` (the tiny random
-Qwen2-VL, method ``vedas``) on it, run ``vedas analyze gradients | crops | latents |
+Qwen2-VL, method ``vedas``) on it — or, with ``--demo DIR``, take the checkpoint, data and
+resolved training config of a finished ``vedas demo`` (``DIR/vedas/final``, ``DIR/data``,
+``DIR/vedas/config.yaml``) — run ``vedas analyze gradients | crops | latents |
 latent-use`` through the real command line, and copy each figure to
 ``docs/images/analysis_<name>.png`` (the latent map from the ``--normalize unit`` run; palette-quantised, and shrunk if needed, to stay under
 200 KB). The numbers behind the figures stay in ``<work>/analysis/*/*.json``; the script
@@ -80,6 +83,11 @@ def main() -> int:
         "--work", default="runs/analysis_pictures", help="scratch folder (data, run, outputs)"
     )
     parser.add_argument("--images", default=str(ROOT / "docs/images"), help="where the pictures go")
+    parser.add_argument(
+        "--demo",
+        default=None,
+        help="a finished `vedas demo` output dir: use its vedas checkpoint, data and config",
+    )
     parser.add_argument("--train", type=int, default=256, help="synthetic training records (default: 256)")
     parser.add_argument("--test", type=int, default=64, help="synthetic test records (default: 64)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
@@ -94,11 +102,20 @@ def main() -> int:
     from vedas.train import main as train
 
     work = Path(args.work)
-    synth_dir = work / "synth"
-    if not (synth_dir / "test.jsonl").is_file():
-        synth.write(synth_dir, train=args.train, test=args.test, seed=0, progress=True)
-    config = write_config(work, synth_dir, args)
-    final = work / "run" / "final"
+    if args.demo:
+        demo = Path(args.demo)
+        synth_dir, final = demo / "data", demo / "vedas" / "final"
+        config = demo / "vedas" / "config.yaml"
+        for path in (synth_dir / "test.jsonl", final / "config.yaml", config):
+            if not path.is_file():
+                sys.exit(f"--demo {demo}: {path} is missing; run `vedas demo --out {demo}` first")
+        args.test = sum(1 for _ in (synth_dir / "test.jsonl").open())
+    else:
+        synth_dir = work / "synth"
+        if not (synth_dir / "test.jsonl").is_file():
+            synth.write(synth_dir, train=args.train, test=args.test, seed=0, progress=True)
+        config = write_config(work, synth_dir, args)
+        final = work / "run" / "final"
     if not final.is_dir():
         t0 = time.perf_counter()
         train(load_config(str(config), []))

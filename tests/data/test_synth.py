@@ -181,3 +181,30 @@ def test_clean_images_keep_their_size_and_shapes() -> None:
         image = make_sample(i, cfg=cfg).image
         assert image.size == (cfg.image_size, cfg.image_size)
         assert np.asarray(image).std() > 5
+
+
+def test_template_choice_fixed_kinds_and_sorted_options() -> None:
+    """The demo's easy-to-read variant: one template, always red vs blue, options 0..3 in order."""
+    cfg = SynthConfig(
+        colors=4, shapes=1, min_steps=3, max_steps=3, max_count=3, max_objects=8,
+        templates="diff", fixed_kinds=True, sorted_options=True,
+    )  # fmt: skip
+    rows = [make_sample(i, "train", seed=3, cfg=cfg).row for i in range(80)]
+    assert {r["category"] for r in rows} == {"diff"}
+    assert {r["question"] for r in rows} == {
+        "What is the difference between the number of red squares and the number of blue squares?"
+    }
+    assert all(r["choices"] == ["0", "1", "2", "3"] for r in rows)
+    for r in rows:  # the letter is the value, and the rationale's last step computes it
+        value = int(r["rationale"].rsplit(" = ", 1)[1].rstrip("."))
+        assert "ABCD"[value] == r["answer"]
+    counts = np.bincount(["ABCD".index(r["answer"]) for r in rows], minlength=4)
+    assert counts.min() >= 10, counts  # balanced in expectation: the value is drawn uniformly
+    mixed = SynthConfig(templates="sum,diff", fixed_kinds=True)
+    assert {make_sample(i, "test", seed=0, cfg=mixed).row["category"] for i in range(20)} == {"sum", "diff"}
+    with pytest.raises(ValueError, match="--templates: unknown"):
+        SynthConfig(templates="diff,count")
+    with pytest.raises(ValueError, match="--templates: no template fits"):
+        SynthConfig(templates="most", max_steps=3)
+    with pytest.raises(ValueError, match="--shapes: colours x shapes must give at least 4 kinds"):
+        SynthConfig(colors=3, shapes=1)

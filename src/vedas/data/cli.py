@@ -47,8 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # One flag per difficulty knob, named, typed and documented by the SynthConfig field.
     for f in fields(SynthConfig):
         flag = "--" + f.name.replace("_", "-")
+        kind = (
+            {"action": argparse.BooleanOptionalAction}
+            if isinstance(f.default, bool)
+            else {"type": type(f.default)}
+        )
         synth.add_argument(
-            flag, type=type(f.default), default=f.default, help=f"{f.metadata['help']} (default: {f.default})"
+            flag, default=f.default, help=f"{f.metadata['help']} (default: {f.default})", **kind
         )
     synth.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     synth.set_defaults(func=_synth)

@@ -85,7 +85,10 @@ class SynthConfig:
     max_count: int = field(default=4, metadata={"help": "most shapes of one asked-about kind"})
     colors: int = field(default=3, metadata={"help": "colours drawn, 2-4 (red, blue, green, yellow)"})
     shapes: int = field(
-        default=3, metadata={"help": "shape kinds drawn, 2-4 (square, circle, triangle, diamond)"}
+        default=3,
+        metadata={
+            "help": "shape kinds drawn, 1-4 (square, circle, triangle, diamond); 1: colour alone tells kinds apart"
+        },
     )
     min_steps: int = field(default=2, metadata={"help": "fewest reasoning steps a question may need, 2-4"})
     max_steps: int = field(default=4, metadata={"help": "most reasoning steps a question may need, 2-4"})
@@ -93,6 +96,23 @@ class SynthConfig:
         default=0.08, metadata={"help": "background noise amplitude, a fraction of 255 (0: flat)"}
     )
     clutter: int = field(default=10, metadata={"help": "most thin grey clutter strokes per image"})
+    templates: str = field(
+        default="",
+        metadata={"help": "comma-separated templates to draw from (locate,sum,diff,most,net); '' = all"},
+    )
+    fixed_kinds: bool = field(
+        default=False,
+        metadata={
+            "help": "always ask about the first kinds (red, then blue, ...): no kind to copy from the question"
+        },
+    )
+    sorted_options: bool = field(
+        default=False,
+        metadata={
+            "help": "numeric options in ascending order (the letter then follows the value, balanced "
+            "in expectation rather than per block of four)"
+        },
+    )
 
     def __post_init__(self) -> None:
         def check(ok: bool, flag: str, why: str) -> None:
@@ -106,7 +126,12 @@ class SynthConfig:
             f"must be in 3..image_size/4, got {self.shape_size}",
         )
         check(2 <= self.colors <= len(COLORS), "colors", f"must be in 2..{len(COLORS)}, got {self.colors}")
-        check(2 <= self.shapes <= len(SHAPES), "shapes", f"must be in 2..{len(SHAPES)}, got {self.shapes}")
+        check(1 <= self.shapes <= len(SHAPES), "shapes", f"must be in 1..{len(SHAPES)}, got {self.shapes}")
+        check(
+            self.colors * self.shapes >= 4,
+            "shapes",
+            f"colours x shapes must give at least 4 kinds (locate's options), got {self.colors} x {self.shapes}",
+        )
         check(
             2 <= self.min_steps <= self.max_steps <= 4, "min_steps", "need 2 <= min-steps <= max-steps <= 4"
         )
@@ -124,6 +149,21 @@ class SynthConfig:
         )
         check(0.0 <= self.noise <= 0.5, "noise", f"must be in 0..0.5, got {self.noise}")
         check(0 <= self.clutter <= 100, "clutter", f"must be in 0..100, got {self.clutter}")
+        unknown = [t for t in self.template_names() if t not in TEMPLATES]
+        check(not unknown, "templates", f"unknown {unknown}; choose from {list(TEMPLATES)}")
+        check(bool(self.eligible()), "templates", "no template fits --min-steps/--max-steps")
+
+    def template_names(self) -> list[str]:
+        return [t.strip() for t in self.templates.split(",") if t.strip()]
+
+    def eligible(self) -> list[str]:
+        """The templates this config draws from, in table order."""
+        chosen = self.template_names()
+        return [
+            n
+            for n, (steps, _, _) in TEMPLATES.items()
+            if self.min_steps <= steps <= self.max_steps and (not chosen or n in chosen)
+        ]
 
     @property
     def cells(self) -> int:
@@ -413,7 +453,7 @@ def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
     rng = np.random.default_rng([seed, SPLIT_CODES[split], 0, index])
-    names = [n for n, (steps, _, _) in TEMPLATES.items() if cfg.min_steps <= steps <= cfg.max_steps]
+    names = cfg.eligible()
     name = names[int(rng.integers(len(names)))]
     cross = None
     _, n_kinds, build = TEMPLATES[name]
@@ -421,12 +461,17 @@ def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig
         shapes, cross, plan = _locate(rng, cfg)
     else:
         picked = rng.choice(len(cfg.kinds), size=n_kinds, replace=False)
+        if cfg.fixed_kinds:
+            picked = np.arange(n_kinds)
         plan = build(rng, cfg, [cfg.kinds[int(i)] for i in picked])
         drawn = _with_distractors(rng, cfg, plan.kinds, plan.counts)
         shapes = [Shape(*k, x, y) for k, (x, y) in zip(drawn, _place(rng, cfg, len(drawn)))]
     correct = answer_letter(seed, split, index)
     wrong = [plan.distractors[int(i)] for i in rng.permutation(3)]
     choices = [*wrong[:correct], plan.answer, *wrong[correct:]]
+    if cfg.sorted_options and all(c.isdigit() for c in choices):
+        choices = sorted(choices, key=int)
+        correct = choices.index(plan.answer)
     sample_id = f"synth-{split}-{index:06d}"
     row = {
         "id": sample_id,
