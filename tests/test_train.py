@@ -442,3 +442,33 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize(
+    ("vision", "lora"), [("train", False), ("merger", False), ("frozen", False), ("merger", True)]
+)
+def test_model_vision_decides_what_of_the_vision_tower_trains(records, vision, lora):
+    from vedas.train import build_model
+
+    cfg = load_config(
+        str(ROOT / "configs/synthetic_tiny.yaml"),
+        [
+            "--model.vision",
+            vision,
+            "--lora.enabled",
+            str(lora).lower(),
+            "--model.tiny",
+            TINY,
+            "--lora.r",
+            "4",
+        ],
+    )
+    vm = build_model(cfg, records)
+    trains = {n for n, p in vm.model.model.visual.named_parameters() if p.requires_grad}
+    merger = {n for n, _ in vm.model.model.visual.named_parameters() if n.startswith("merger.")}
+    tower = {n for n, _ in vm.model.model.visual.named_parameters()} - merger
+    expected = set() if lora else {"train": tower | merger, "merger": merger, "frozen": set()}[vision]
+    assert trains == expected
+    assert any(p.requires_grad for n, p in vm.model.named_parameters() if "language_model" in n)
+    with pytest.raises(ConfigError, match="vision"):
+        load_config(None, ["--model.vision", "half"])

@@ -81,8 +81,14 @@ class ModelConfig:
     """Tiny models only: 0 = byte-level tokenizer; N = a byte-level BPE of N tokens trained on the
     training records' text (deterministic, so every method of a comparison gets the same one)."""
 
+    vision: Literal["train", "merger", "frozen"] = "train"
+    """What of the vision tower trains in full fine-tuning: all of it, only the merger (the projector into
+    the decoder, as LLaVA-style recipes do), or nothing. A random tiny tower trained at a from-scratch
+    learning rate collapses to one constant direction and the decoder stops seeing the image."""
+
     def __post_init__(self) -> None:
         _check_literal(self, "dtype")
+        _check_literal(self, "vision")
         _check(
             self.bpe_vocab == 0 or self.bpe_vocab >= 300,
             "bpe_vocab",
@@ -261,6 +267,9 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
         inject_adapter_in_model(lc, vm.model)
         for n, p in vm.model.named_parameters():
             p.requires_grad = "lora_" in n
+    if cfg.model.vision != "train":
+        for n, p in vm.model.model.visual.named_parameters():
+            p.requires_grad = cfg.model.vision == "merger" and ".merger." in f".{n}" and p.requires_grad
     if cfg.routing is not None:
         from vedas import routing
 
