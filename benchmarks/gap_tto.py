@@ -95,10 +95,11 @@ def fmt_row(label: str, trained: str, rep: dict[str, Any], train_s: float | None
             f"{st[-1]}: {t['loss_before'][st] / TEST_BATCH:.3f} → {t['loss_after'][st] / TEST_BATCH:.3f}"
             for st in t["stages"]
         )
+    changed = rep.get("changed_vs_plain")
     return (
         f"| {label} | {trained} | {100 * rep['accuracy']:.1f} ± {100 * se:.1f} | {rep['ar_steps_mean']:.1f} "
         f"| {lat['prefill']:.1f} / {lat['latent']:.1f} / {tto} / {lat['decode']:.1f} | **{lat['total']:.1f}** "
-        f"| {'–' if train_s is None else f'{train_s:.0f}'} | {objective} |"
+        f"| {'–' if train_s is None else f'{train_s:.0f}'} | {'–' if changed is None else changed} | {objective} |"
     )
 
 
@@ -141,7 +142,14 @@ def main() -> int:
     rows: list[tuple[str, str, dict[str, Any], float | None]] = []
     reports: dict[str, Any] = {}
 
+    plain_texts: list[str] = []
+
     def record(label: str, trained: str, rep: dict[str, Any], train_s: float | None) -> None:
+        texts = [s["prediction"] for s in rep["per_sample"]]
+        if label == "vedas":
+            plain_texts[:] = texts
+        elif trained == "plain":  # an inference-time option on the plain checkpoint
+            rep["changed_vs_plain"] = sum(a != b for a, b in zip(texts, plain_texts))
         rows.append((label, trained, rep, train_s))
         reports[label] = {k: v for k, v in rep.items() if k != "per_sample"} | {"train_seconds": train_s}
         print(fmt_row(label, trained, rep, train_s), flush=True)
@@ -221,11 +229,16 @@ def main() -> int:
         f"{size.tiny}, BPE {size.bpe_vocab}; {size.epochs} epochs, batch {size.batch_size}, lr {size.lr}; "
         f"T_r = {size.latents}, K = {size.replay_k}; seed {SEED}. Eval: batch {TEST_BATCH}, strict `vedas` scoring "
         f"(chance 25 %), ± one binomial standard error. Machine: {machine()} ({device_name(vm.device)}). "
-        f"Wall time {elapsed / 60:.0f} min.",
+        f"Wall time {elapsed / 60:.0f} min"
+        + (
+            " (a --reuse re-measure: checkpoints, training times and the split from the first run)."
+            if args.reuse
+            else "."
+        ),
         "",
         "| option | checkpoint trained | accuracy % | AR steps | latency ms/sample: prefill / latent / tto / decode "
-        "| total ms | train s | TTO objective per sample, before → after (stage 1; 2) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| total ms | train s | outputs changed vs plain | TTO objective per sample, before → after (stage 1; 2) |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[fmt_row(*r) for r in rows],
         "",
         "Norm ratios (output / input L2 norm, ratio of means; *fed* = after the final norm, what the engine "

@@ -193,11 +193,17 @@ def memory_probe(variant: str, batch: int, device: str) -> int:
             return rec.mean()
 
     forward()  # one-time allocations are not the variant's cost
+    return peak_rise(forward, device)
+
+
+def peak_rise(work: Any, device: str) -> int:
+    """Bytes that one call of ``work()`` adds to the peak: ``max_memory_allocated`` on CUDA; on CPU the
+    peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        forward()
+        work()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
 
@@ -208,7 +214,7 @@ def memory_probe(variant: str, batch: int, device: str) -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = status("VmRSS:")
-    forward()
+    work()
     return status("VmHWM:") - base
 
 
