@@ -85,7 +85,6 @@ def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.o
     objective = LatentObjective(vm, method, vm.config, SCFVRConfig(window=3, weight=1.0), engine=engine)
     objective.to(device).train()
     if ckpt:
-        vm.model.model.visual.gradient_checkpointing_enable()
         checkpointing.enable(vm.backbone)
     params = [p for p in objective.parameters() if p.requires_grad]
     params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]

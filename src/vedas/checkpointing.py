@@ -83,8 +83,11 @@ def checkpoint_with_cache(fn: functools.partial, *args: Any) -> Any:
     return checkpoint(run, *args, use_reentrant=False)
 
 
-def enable(backbone: Any) -> int:
-    """Checkpoint every decoder layer of ``backbone`` (an adapter); returns how many. Train mode only."""
+def enable(backbone: Any, vision: bool = True) -> int:
+    """Checkpoint every decoder layer of ``backbone`` (an adapter) and, with ``vision``, the vision tower
+    (transformers' own checkpointing: it holds no cache). Returns the number of decoder layers. Train mode only."""
+    if vision:
+        backbone.model.model.visual.activation_checkpointing_enable()
     layers = list(backbone.decoder_layers())
     for layer in layers:
         if not hasattr(layer, "_can_checkpoint_with_cache"):
@@ -96,5 +99,6 @@ def enable(backbone: Any) -> int:
 
 
 def disable(backbone: Any) -> None:
+    backbone.model.model.visual.activation_checkpointing_disable()
     for layer in backbone.decoder_layers():
         layer.gradient_checkpointing = False

@@ -277,7 +277,6 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
     if cfg.optim.gradient_checkpointing:
         from vedas import checkpointing
 
-        vm.model.model.visual.gradient_checkpointing_enable()
         checkpointing.enable(vm.backbone)
     return vm
 
