@@ -28,6 +28,7 @@ the same way, without a cache.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -83,6 +84,17 @@ def checkpoint_with_cache(fn: functools.partial, *args: Any) -> Any:
     return checkpoint(run, *args, use_reentrant=False)
 
 
+class _CacheKeptFilter(logging.Filter):
+    """transformers warns that checkpointing sets ``use_cache=False``: our layers keep the cache (the
+    decoder layer itself never reads ``use_cache``), so the warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Caching is incompatible with gradient checkpointing")
+
+
+_FILTER = _CacheKeptFilter()
+
+
 def enable(backbone: Any, vision: bool = True) -> int:
     """Checkpoint every decoder layer of ``backbone`` (an adapter) and, with ``vision``, the vision tower
     (transformers' own checkpointing: it holds no cache). Returns the number of decoder layers. Train mode only."""
@@ -95,6 +107,7 @@ def enable(backbone: Any, vision: bool = True) -> int:
         layer.gradient_checkpointing = True
         layer._can_checkpoint_with_cache = True  # our replay reads the cache, it never writes it again
         layer._gradient_checkpointing_func = checkpoint_with_cache
+    logging.getLogger("transformers.modeling_layers").addFilter(_FILTER)
     return len(layers)
 
 
