@@ -4,14 +4,15 @@
     .venv/bin/python benchmarks/gap_tto.py --quick          # a smoke run, a few minutes
     .venv/bin/python benchmarks/gap_tto.py --no-smollm      # skip the SmolLM2 norm diagnostic
     .venv/bin/python benchmarks/gap_tto.py --reuse          # re-measure with the checkpoints already in --out
+    .venv/bin/python benchmarks/gap_tto.py --from-demo runs/demo   # take cot and plain vedas from a full demo
 
 What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recipe,
 :mod:`vedas.demo`) on the demo's synthetic benchmark:
 
-1. trains ``vedas`` four ways with the same data, seed and epochs: plain; with
-   ``latent_norm: ema``; with ``latent_head: pca``; with difficulty-aware supervision
-   (``data.difficulty`` from ``cot``, the base model, sampled 8× per training question at
-   temperature 1 — ``vedas data difficulty``). ``cot`` is trained once for that and shown too;
+1. trains ``cot`` once (the base model), then ``vedas`` four ways from it, as the demo does,
+   with the same data, seed and epochs: plain; with ``latent_norm: ema``; with ``latent_head:
+   pca``; with difficulty-aware supervision (``data.difficulty`` from ``cot`` sampled 8× per
+   training question at temperature 1 — ``vedas data difficulty``);
 2. evaluates on the test split (strict ``vedas`` scoring, batch 16, warm-up, split latency):
    each trained variant; the plain checkpoint with inference-only options — norm calibration
    measured on 256 training records (GAP's no-training experiment), the *untrained* PCA
@@ -114,6 +115,11 @@ def main() -> int:
         action="store_true",
         help="reuse the checkpoints and difficulty split an earlier run left in --out (re-measure only)",
     )
+    parser.add_argument(
+        "--from-demo",
+        default=None,
+        help="a finished full `vedas demo` dir: use its data and its cot and vedas checkpoints (same recipe)",
+    )
     args = parser.parse_args()
 
     import vedas
@@ -126,14 +132,28 @@ def main() -> int:
     size = QUICK if args.quick else FULL
     out = Path(args.out)
     data = out / "data"
+    from_demo = set()
+    if args.from_demo:  # the demo trained cot and vedas with exactly this recipe, data and seed
+        demo = Path(args.from_demo).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("data", "cot", "vedas"):
+            src, dst = demo / name, out / name
+            if not src.is_dir():
+                raise SystemExit(f"--from-demo: {src} is missing; run `vedas demo --out {demo}` first")
+            if not dst.exists():
+                dst.symlink_to(src, target_is_directory=True)
+            if name != "data":
+                report = json.loads((src / "report.json").read_text())
+                (src / "train_seconds.json").write_text(json.dumps({"seconds": report["train_seconds"]}))
+                from_demo.add(name)
     if not (data / "test.jsonl").is_file():
         synth.write(data, train=size.train, test=size.test, seed=SEED, cfg=synth.SynthConfig(**size.synth))
     train_recs = list(load("synthetic", path=str(data), split="train"))
     test = list(load("synthetic", path=str(data), split="test"))
     t_start = time.perf_counter()
 
-    def config(method: str, name: str, **latent: Any) -> Any:
-        cfg = train_config(method, size, data, out, SEED)
+    def config(method: str, name: str, base: Path | None = None, **latent: Any) -> Any:
+        cfg = train_config(method, size, data, out, SEED, base=base)  # vedas: from cot, as in the demo
         cfg.run.output_dir = str(out / name)
         cfg.run.progress = False
         cfg.latent = dataclasses.replace(cfg.latent, **latent)
@@ -155,7 +175,7 @@ def main() -> int:
         print(fmt_row(label, trained, rep, train_s), flush=True)
 
     # 1. the base model (CoT) and its difficulty split
-    cot_final, cot_s = train(config("cot", "cot"), args.reuse)
+    cot_final, cot_s = train(config("cot", "cot"), args.reuse or "cot" in from_demo)
     cot = vedas.load(cot_final)
     diff_path = out / "difficulty.json"
     if args.reuse and diff_path.is_file():
@@ -176,7 +196,7 @@ def main() -> int:
     record("cot (the base model for the difficulty split)", "cot", evaluate(cot, test, "cot"), cot_s)
 
     # 2. vedas, plain, and the inference-only options on the same checkpoint
-    plain_final, plain_s = train(config("vedas", "vedas"), args.reuse)
+    plain_final, plain_s = train(config("vedas", "vedas", cot_final), args.reuse or "vedas" in from_demo)
     vm = vedas.load(plain_final)
     record("vedas", "plain", evaluate(vm, test), plain_s)
     gap.calibrate_norms(vm, train_recs[:256])
@@ -203,9 +223,9 @@ def main() -> int:
         ("vedas, trained with norm calibration (EMA)", "vedas_ema", {"latent_norm": "ema"}),
         ("vedas, trained with the PCA latent head (95 %)", "vedas_pca", {"latent_head": "pca"}),
     ):
-        final, secs = train(config("vedas", name, **latent), args.reuse)
+        final, secs = train(config("vedas", name, cot_final, **latent), args.reuse)
         record(label, name.split("_")[1], evaluate(vedas.load(final), test), secs)
-    cfg = config("vedas", "vedas_difficulty")
+    cfg = config("vedas", "vedas_difficulty", cot_final)
     cfg.data.difficulty = str(diff_path)
     final, secs = train(cfg, args.reuse)
     record(
@@ -233,6 +253,8 @@ def main() -> int:
         + (
             " (a --reuse re-measure: checkpoints, training times and the split from the first run)."
             if args.reuse
+            else f" (cot and plain vedas: the checkpoints and training times of the demo in {args.from_demo})."
+            if args.from_demo
             else "."
         ),
         "",

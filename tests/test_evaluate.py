@@ -126,6 +126,8 @@ def test_demo_end_to_end_small(tmp_path):
             "16",
             "--epochs",
             "2",
+            "--latent-epochs",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -143,6 +145,15 @@ def test_demo_end_to_end_small(tmp_path):
         assert (tmp_path / png).stat().st_size > 5000
     md = (tmp_path / "report.md").read_text()
     assert "machine:" in md and "scoring rule" in md and "seeds [0]" in md
+    # latent and vedas continue from the trained cot checkpoint (curriculum stage 0 = explicit CoT)
+    for m in ("latent", "vedas"):
+        assert (
+            json.loads((tmp_path / m / "report.json").read_text())["initialised_from"]
+            == rep["checkpoints"]["cot"]
+        )
+    assert (
+        json.loads((tmp_path / "cot" / "report.json").read_text())["initialised_from"] == "tiny random model"
+    )
 
 
 @pytest.mark.slow

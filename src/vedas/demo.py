@@ -6,9 +6,10 @@
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
 2. builds one tiny random model of the real Qwen2-VL architecture with a small BPE trained
-   on the training text, and trains the four methods from it with the same recipe, data and
-   number of epochs: ``no_cot``, ``cot``, ``latent`` (curriculum + visual replay) and
-   ``vedas`` (+ SCF-VR, + routing depth scaling when available);
+   on the training text and trains ``no_cot`` and ``cot`` from it with the same recipe, data
+   and epochs; ``latent`` (curriculum + visual replay) and ``vedas`` (+ SCF-VR, + routing
+   depth scaling) continue from the trained ``cot`` checkpoint through the curriculum —
+   stage 0 of the paper's recipe (and Coconut's) is explicit-CoT training;
 3. evaluates each on the test split (strict ``vedas`` scoring, batch 16, warm-up, split latency);
 4. writes ``<out>/report.md``, ``<out>/report.json`` (a ``methods`` list and ``checkpoints``:
    method → checkpoint directory) and PNG plots (accuracy vs latency; training curves).
@@ -50,6 +51,9 @@ class DemoSize:
     """Routing depth scaling for method ``vedas`` (α tokens of each pass get a second layer pass)."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs of the synthetic benchmark (:class:`vedas.data.synth.SynthConfig`)."""
+    latent_epochs: int = 6
+    """Epochs of ``latent`` and ``vedas`` when they start from the trained ``cot`` checkpoint (curriculum
+    stage 0 is explicit CoT, as in Coconut and the paper): stage 0, then one stage per epoch to T_r."""
     vision: str = "merger"
     """What of the vision tower trains (``model.vision``): the merger only, so the tower keeps its features."""
 
@@ -94,6 +98,7 @@ QUICK = DemoSize(
     test=64,
     epochs=4,
     latents=2,
+    latent_epochs=3,
     synth=DEMO_SYNTH,
     tiny=dict(
         hidden=64, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_hidden=32, max_pixels=112 * 112
@@ -112,7 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--train", type=int, default=None, help="override the number of training samples")
     parser.add_argument("--test", type=int, default=None, help="override the number of test samples")
-    parser.add_argument("--epochs", type=int, default=None, help="override the epochs per method")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of no_cot and cot")
+    parser.add_argument(
+        "--latent-epochs", type=int, default=None, help="override the epochs of latent and vedas (after cot)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -129,7 +137,8 @@ def machine() -> str:
     return f"{cpu}; {torch.get_num_threads()} threads; {dev}; torch {torch.__version__}"
 
 
-def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int):
+def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, base: Path | None = None):
+    """The recipe of one method; ``base`` (the trained ``cot`` checkpoint) starts ``latent``/``vedas`` from CoT."""
     from vedas.config import LatentConfig
     from vedas.curriculum import CurriculumConfig
     from vedas.scfvr import SCFVRConfig
@@ -138,7 +147,11 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int):
     return TrainConfig(
         method=method,  # type: ignore[arg-type]
         model=ModelConfig(
-            base="tiny", arch="qwen2_vl", tiny=dict(size.tiny), bpe_vocab=size.bpe_vocab, vision=size.vision
+            base="tiny" if base is None else str(base),
+            arch="qwen2_vl",
+            tiny=dict(size.tiny),
+            bpe_vocab=size.bpe_vocab,
+            vision=size.vision,
         ),
         data=DataConfig(name="synthetic", path=str(data), split="train"),
         latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=64),
@@ -146,7 +159,11 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int):
         scfvr=SCFVRConfig(window=3, weight=1.0),
         routing=dict(size.routing) if method == "vedas" else None,
         optim=OptimConfig(
-            lr=size.lr, epochs=size.epochs, batch_size=size.batch_size, warmup_ratio=0.05, seed=seed
+            lr=size.lr,
+            epochs=size.epochs if base is None else size.latent_epochs,
+            batch_size=size.batch_size,
+            warmup_ratio=0.05,
+            seed=seed,
         ),
         run=RunConfig(output_dir=str(out / method), log_every=1),
     )
@@ -170,14 +187,20 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[s
         )
     test = list(load("synthetic", path=str(data), split="test"))
     results = {}
-    for method in methods:
+    cot_final: Path | None = None
+    # cot first when asked for: latent and vedas continue from it (curriculum stage 0 is explicit CoT)
+    for method in sorted(methods, key=lambda m: METHODS.index(m)):
+        base = cot_final if method in ("latent", "vedas") else None
         t0 = time.perf_counter()
-        final = train_main(train_config(method, size, data, out, seed))
+        final = train_main(train_config(method, size, data, out, seed, base=base))
         train_s = time.perf_counter() - t0
+        if method == "cot":
+            cot_final = final
         vm = vedas.load(final)
         report = evaluate(vm, test, method, batch_size=16, scoring="vedas", dataset="synthetic/test")
         report["train_seconds"] = train_s
         report["checkpoint"] = str(final)
+        report["initialised_from"] = str(base) if base is not None else "tiny random model"
         (out / method / "report.json").write_text(json.dumps(report, indent=2))
         print(
             f"{method}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
@@ -296,14 +319,16 @@ def write_report(
         f"- model: tiny random Qwen2-VL {size.tiny}, BPE vocabulary {size.bpe_vocab}",
         f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
         f"knobs {size.synth}",
-        f"- training: {size.epochs} epochs per method, batch {size.batch_size}, lr {size.lr}, vision tower: "
-        f"{size.vision} trains; latent methods: "
-        f"T_r = {size.latents}, K = {size.replay_k}, one curriculum stage per epoch; `vedas` adds SCF-VR (λ = 1, "
+        f"- training: `no_cot` and `cot` {size.epochs} epochs from the random model; `latent` and `vedas` start "
+        f"from the trained `cot` checkpoint (curriculum stage 0 = explicit CoT) and train {size.latent_epochs} "
+        f"more epochs, one curriculum stage per epoch, T_r = {size.latents}, K = {size.replay_k}; batch "
+        f"{size.batch_size}, lr {size.lr}, vision tower: {size.vision} trains; `vedas` adds SCF-VR (λ = 1, "
         f"W = 3) and routing depth scaling {size.routing}",
         '- scoring rule: `vedas` (strict: the last "the answer is X", one letter); chance is 25 %',
         f"- wall time: {elapsed / 60:.1f} min",
         "",
-        "| method | accuracy | AR steps | latency ms/sample (prefill / latent / decode / total) | train s |",
+        "| method | accuracy | AR steps | latency ms/sample (prefill / latent / decode / total) "
+        "| train s (latent, vedas: after cot's) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -319,7 +344,13 @@ def write_report(
 
 def run(args: argparse.Namespace) -> int:
     size = QUICK if args.quick else FULL
-    overrides = {k: v for k, v in (("train", args.train), ("test", args.test), ("epochs", args.epochs)) if v}
+    given = (
+        ("train", args.train),
+        ("test", args.test),
+        ("epochs", args.epochs),
+        ("latent_epochs", args.latent_epochs),
+    )
+    overrides = {k: v for k, v in given if v}
     size = DemoSize(**{**size.__dict__, **overrides})
     out = Path(args.out)
     seeds = list(range(args.seeds))
