@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = {v: statistics.median(t) for v, t in times.items()}
     del runs
     mem = {v: peak_memory(v, args.device) for v in VARIANTS}
+
     def ratio(a: str, b: str) -> float:
         """Median over rounds of a/b within each round: both ran back to back, so load drift cancels."""
         return statistics.median(x / y for x, y in zip(times[a], times[b]))

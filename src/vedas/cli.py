@@ -16,8 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 # Subcommands that are planned but not built yet, and the issue that brings each.
-PENDING: dict[str, tuple[str, str]] = {
-}
+PENDING: dict[str, tuple[str, str]] = {}
 
 
 def _pending(name: str) -> Callable[[argparse.Namespace], int]:
@@ -47,8 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vedas import bench, evaluate, infer, train
 
-    bench.add_arguments(sub.add_parser("bench", help=bench.HELP, description=bench.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter))
+    bench.add_arguments(
+        sub.add_parser(
+            "bench",
+            help=bench.HELP,
+            description=bench.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
     evaluate.add_arguments(
         sub.add_parser(

@@ -168,7 +168,9 @@ def recon_loss(
         # through the replay weights softmax(a_I), the attention that picks the replay; it does not
         # pull the replayed embeddings themselves (the paper trains LoRA on the decoder only, and a
         # vision tower trained by this loss collapses to constant features)
-        feats = visual.features.detach().gather(1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1]))
+        feats = visual.features.detach().gather(
+            1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1])
+        )
         counts = rep.token_mask.sum(1)
         b = (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
         for i in range(rep.mask.shape[0]):

@@ -307,6 +307,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def main(cfg: TrainConfig) -> Path:
+    if not torch.cuda.is_available():  # say it, so an installed DeepSpeed does not log its auto-detection
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
