@@ -246,7 +246,8 @@ def main() -> int:
     elapsed = time.perf_counter() - t_start
     lines = [
         f"Synthetic benchmark (demo knobs {size.synth}): {size.train} train / {size.test} test; tiny Qwen2-VL "
-        f"{size.tiny}, BPE {size.bpe_vocab}; {size.epochs} epochs, batch {size.batch_size}, lr {size.lr}; "
+        f"{size.tiny}, BPE {size.bpe_vocab}; cot {size.epochs} epochs, every vedas variant {size.latent_epochs} more "
+        f"from cot's checkpoint; batch {size.batch_size}, lr {size.lr}; "
         f"T_r = {size.latents}, K = {size.replay_k}; seed {SEED}. Eval: batch {TEST_BATCH}, strict `vedas` scoring "
         f"(chance 25 %), ± one binomial standard error. Machine: {machine()} ({device_name(vm.device)}). "
         f"Wall time {elapsed / 60:.0f} min"
