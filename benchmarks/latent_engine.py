@@ -17,7 +17,6 @@ The measuring code is shared with ``vedas bench`` (:mod:`vedas.bench`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -81,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':28s}{'batch 1':>14s}{'batch 8':>14s}")
     for name, vals in rows.items():
         print(f"{name:28s}" + "".join(f"{v:>14s}" for v in vals))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    bench.write_json(args.json, result)
     return 0
 
 

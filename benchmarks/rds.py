@@ -22,7 +22,6 @@ sort, gather/scatter, the extra kernel launches), which dominate on a model this
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vedas import bench
 
 ALPHA, DEPTH = 32, 1
 PHASES = ("prefill", "latent", "decode")
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':30s}" + "".join(f"{'batch ' + str(b):>18s}" for b in (1, 8)))
     for name, vals in rows.items():
         print(f"{name:30s}" + "".join(f"{v:>18s}" for v in vals))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    bench.write_json(args.json, result)
     return 0
 
 

@@ -27,7 +27,6 @@ Targets: vedas / cot ≤ 1.6× (time and memory), recompute / vedas ≥ 2× (tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import time
 from typing import Any
 
 import torch
+
+from vedas import bench
 
 VARIANTS = {
     # name: (method, engine, routing, gradient checkpointing)
@@ -62,7 +63,7 @@ def records(n: int = BATCH) -> list[Any]:
 def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.optim.Optimizer]:
     """The model, the collated batch and the optimizer of one variant (same init for all)."""
     import vedas
-    from vedas import bench, checkpointing
+    from vedas import checkpointing
     from vedas.config import LatentConfig
     from vedas.curriculum import CurriculumConfig, layout, num_stages, record_steps
     from vedas.objective import LatentObjective, collate
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     cot_targets = int(runs["cot"][1].target_mask.sum(1).float().mean())
     vedas_targets = int(batch.target_mask.sum(1).float().mean())
     print(
-        f"tiny Qwen2-VL {__import__('vedas').bench.SIZES}; batch {BATCH}; prompt ≈ {prompt_tokens} tokens "
+        f"tiny Qwen2-VL {bench.SIZES}; batch {BATCH}; prompt ≈ {prompt_tokens} tokens "
         f"({(IMAGE // 28) ** 2} visual); target tokens cot {cot_targets}, vedas {vedas_targets} + T_r = {LATENTS} "
         f"latent chunks of K = {REPLAY_K} replayed tokens + z; device {args.device}, {torch.get_num_threads()} threads"
     )
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "threads": torch.get_num_threads(),
             "sizes": {
-                **__import__("vedas").bench.SIZES,
+                **bench.SIZES,
                 "batch": BATCH,
                 "image": IMAGE,
                 "latents": LATENTS,
@@ -206,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_bytes": mem,
             **ratios,
         }
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+        bench.write_json(args.json, result)
     return 0
 
 

@@ -196,6 +196,14 @@ def memory_probe(variant: str, batch: int, device: str) -> int:
     return peak_rise(forward, device)
 
 
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """The benchmark scripts' ``--json``: write ``result`` there (if a path was given) and say so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {path}")
+
+
 def peak_rise(work: Any, device: str) -> int:
     """Bytes that one call of ``work()`` adds to the peak: ``max_memory_allocated`` on CUDA; on CPU the
     peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call."""

@@ -36,50 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from vedas import demo
-
-    demo.add_arguments(sub.add_parser("demo", help=demo.HELP, description=demo.__doc__))
-
+    from vedas import bench, demo, evaluate, infer, train
+    from vedas.analysis import cli as analysis_cli
     from vedas.data import cli as data_cli
 
-    data_cli.add_arguments(sub.add_parser("data", help=data_cli.HELP, description=data_cli.__doc__))
-
-    from vedas import bench, evaluate, infer, train
-
-    bench.add_arguments(
-        sub.add_parser(
-            "bench",
-            help=bench.HELP,
-            description=bench.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
-
-    evaluate.add_arguments(
-        sub.add_parser(
-            "eval",
-            help=evaluate.HELP,
-            description=evaluate.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
-
-    train.add_arguments(
-        sub.add_parser(
-            "train",
-            help=train.HELP,
-            description=train.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
-
-    infer.add_arguments(sub.add_parser("infer", help=infer.HELP, description=infer.__doc__))
-
-    from vedas.analysis import cli as analysis_cli
-
-    analysis_cli.add_arguments(
-        sub.add_parser("analyze", help=analysis_cli.HELP, description=analysis_cli.__doc__)
-    )
+    raw = argparse.RawDescriptionHelpFormatter  # for docstrings with example blocks
+    for name, module, formatter in (
+        ("demo", demo, None),
+        ("data", data_cli, None),
+        ("bench", bench, raw),
+        ("eval", evaluate, raw),
+        ("train", train, raw),
+        ("infer", infer, None),
+        ("analyze", analysis_cli, None),
+    ):
+        extra = {"formatter_class": formatter} if formatter else {}
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__, **extra))
 
     for name, (what, issue) in PENDING.items():
         p = sub.add_parser(name, help=f"{what} (not built yet: {issue})", description=f"{what}; {issue}.")
