@@ -13,20 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-
-# Subcommands that are planned but not built yet, and the issue that brings each.
-PENDING: dict[str, tuple[str, str]] = {}
-
-
-def _pending(name: str) -> Callable[[argparse.Namespace], int]:
-    what, issue = PENDING[name]
-
-    def run(_: argparse.Namespace) -> int:
-        print(f"vedas {name}: {what} is not built yet ({issue} brings it).", file=sys.stderr)
-        return 2
-
-    return run
+from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
         extra = {"formatter_class": formatter} if formatter else {}
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__, **extra))
 
-    for name, (what, issue) in PENDING.items():
-        p = sub.add_parser(name, help=f"{what} (not built yet: {issue})", description=f"{what}; {issue}.")
-        p.set_defaults(func=_pending(name))
     return parser
 
 
