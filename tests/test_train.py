@@ -364,6 +364,19 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def _run_distributed(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a torchrun command; retry once when a rank aborted in interpreter teardown.
+
+    About one run in four, a rank exits with SIGABRT *after* its work ("terminate called without
+    an active exception": gloo/DeepSpeed threads torn down at interpreter exit); tearing the
+    process group down explicitly instead made a run hang now and then. Only that abort is retried.
+    """
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return res
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -385,7 +398,7 @@ def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
         # routers live outside the HF model: they must be synced too
         *_overrides(synth_dir, tmp_path, **{"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}),
     ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = _run_distributed(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
     assert (tmp_path / "final" / "config.yaml").is_file()
@@ -429,7 +442,7 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
             *_overrides(synth_dir, out, **{"optim.batch_size": 2, "optim.epochs": 2}), *extra,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        res = _run_distributed(cmd, env)
         assert res.returncode == 0, res.stderr[-3000:]
         return res
 
