@@ -69,6 +69,7 @@ def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.o
     from vedas.objective import LatentObjective, collate
     from vedas.routing import RoutingConfig, enable_routing
     from vedas.scfvr import SCFVRConfig
+    from vedas.train import trainable_parameters
 
     method, engine, routed, ckpt = VARIANTS[variant]
     model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE * IMAGE, seed=0, **bench.SIZES)
@@ -88,10 +89,7 @@ def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.o
     objective.to(device).train()
     if ckpt:
         checkpointing.enable(vm.backbone)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]
-    params = list({id(p): p for p in params}.values())
-    return objective, batch, torch.optim.AdamW(params, lr=1e-5)
+    return objective, batch, torch.optim.AdamW(trainable_parameters(objective, vm), lr=1e-5)
 
 
 def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:

@@ -321,15 +321,25 @@ def test_bad_batch_arithmetic_fails_at_start():
         batch_plan(20, cfg, world=1)
 
 
-def _train_cmd(synth_dir, out, *extra):
+RESUMABLE = {"optim.epochs": 6, "run.save_every": 2}
+"""The resume test's run: checkpoints every 2 of 12 steps."""
+
+
+def _train_cmd(synth_dir, out, overrides: dict, *extra: str, torchrun_port: int | None = None) -> list[str]:
+    """``vedas train`` on ``synthetic_tiny.yaml`` (or torchrun with 2 processes) as a subprocess command."""
+    launch = []
+    if torchrun_port is not None:
+        launch = ["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+        launch += ["--master_port", str(torchrun_port), "-m"]
     return [
         sys.executable,
         "-m",
+        *launch,
         "vedas.cli",
         "train",
         "--config",
         str(ROOT / "configs/synthetic_tiny.yaml"),
-        *_overrides(synth_dir, out, **{"optim.epochs": 6, "run.save_every": 2}),
+        *_overrides(synth_dir, out, **overrides),
         *extra,
     ]
 
@@ -342,9 +352,9 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 def test_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_train_cmd(synth_dir, full), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(synth_dir, full, RESUMABLE), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(
-        _train_cmd(synth_dir, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(synth_dir, cut, RESUMABLE), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 120
     while not (cut / "checkpoints" / "step-4").is_dir():
@@ -356,7 +366,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_path):
     assert not (cut / "final").exists()
     assert not (cut / "checkpoints" / "step-12").exists()
     subprocess.run(
-        _train_cmd(synth_dir, cut, "--run.resume", "true"), check=True, env=env, capture_output=True
+        _train_cmd(synth_dir, cut, RESUMABLE, "--run.resume", "true"),
+        check=True,
+        env=env,
+        capture_output=True,
     )
     a, b = _final_weights(full), _final_weights(cut)
     assert a.keys() == b.keys()
@@ -380,24 +393,9 @@ def _run_distributed(cmd: list[str], env: dict[str, str]) -> subprocess.Complete
 @pytest.mark.slow
 def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        "29533",
-        "-m",
-        "vedas.cli",
-        "train",
-        "--config",
-        str(ROOT / "configs/synthetic_tiny.yaml"),
-        # routers live outside the HF model: they must be synced too
-        *_overrides(synth_dir, tmp_path, **{"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}),
-    ]
+    # routers live outside the HF model: they must be synced too
+    overrides = {"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}
+    cmd = _train_cmd(synth_dir, tmp_path, overrides, torchrun_port=29533)
     res = _run_distributed(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
@@ -408,15 +406,7 @@ def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth_dir, tmp_path):
     """An absurd learning rate blows the weights up after the first step: the next loss is not finite.
     Training stops before that step, names the last good checkpoint, and writes nothing after it."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "vedas.cli",
-        "train",
-        "--config",
-        str(ROOT / "configs/synthetic_tiny.yaml"),
-        *_overrides(synth_dir, tmp_path, **{"optim.lr": 1e30, "optim.clip": 0, "run.save_every": 1}),
-    ]
+    cmd = _train_cmd(synth_dir, tmp_path, {"optim.lr": 1e30, "optim.clip": 0, "run.save_every": 1})
     res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert res.returncode == 1, res.stderr[-2000:]
     msg = res.stderr.strip().splitlines()[-1]
@@ -435,12 +425,8 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
     pytest.importorskip("deepspeed")
 
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", "29534", "-m", "vedas.cli", "train",
-            "--config", str(ROOT / "configs/synthetic_tiny.yaml"),
-            *_overrides(synth_dir, out, **{"optim.batch_size": 2, "optim.epochs": 2}), *extra,
-        ]  # fmt: skip
+        overrides = {"optim.batch_size": 2, "optim.epochs": 2}
+        cmd = _train_cmd(synth_dir, out, overrides, *extra, torchrun_port=29534)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         res = _run_distributed(cmd, env)
         assert res.returncode == 0, res.stderr[-3000:]

@@ -171,6 +171,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
 
 def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[str, Any]:
     import vedas
+    from vedas.curriculum import LATENT_METHODS
     from vedas.data import load, synth
     from vedas.evaluate import evaluate
     from vedas.train import main as train_main
@@ -190,7 +191,7 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[s
     cot_final: Path | None = None
     # cot first when asked for: latent and vedas continue from it (curriculum stage 0 is explicit CoT)
     for method in sorted(methods, key=lambda m: METHODS.index(m)):
-        base = cot_final if method in ("latent", "vedas") else None
+        base = cot_final if method in LATENT_METHODS else None
         t0 = time.perf_counter()
         final = train_main(train_config(method, size, data, out, seed, base=base))
         train_s = time.perf_counter() - t0

@@ -281,6 +281,14 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
     return vm
 
 
+def trainable_parameters(objective: Any, vm: Any) -> list[torch.nn.Parameter]:
+    """What the optimizer steps: the objective's trainable parameters and the checkpoint extras', each
+    once (routers and GAP modules are both extras and objective submodules)."""
+    params = [p for p in objective.parameters() if p.requires_grad]
+    params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]
+    return list({id(p): p for p in params}.values())
+
+
 def batch_plan(n_records: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
     """(batches per epoch per rank, optimizer steps per epoch); validates the batch arithmetic."""
     o = cfg.optim
@@ -349,11 +357,12 @@ def main(cfg: TrainConfig) -> Path:
         )
     ds = bool(cfg.run.deepspeed)
     if ds:  # the shipped config says "auto": our config decides
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        o = cfg.optim
-        ds["train_micro_batch_size_per_gpu"] = o.batch_size  # accelerate fills the other "auto"s from it
-        if ds.get("gradient_clipping") == "auto":
-            ds["gradient_clipping"] = o.clip
+        ds_config = acc.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = (
+            cfg.optim.batch_size
+        )  # accelerate fills the other "auto"s
+        if ds_config.get("gradient_clipping") == "auto":
+            ds_config["gradient_clipping"] = cfg.optim.clip
     if acc.is_main_process and acc.num_processes > 1:
         print(f"distributed: {acc.distributed_type.value}, {acc.num_processes} processes")
     seed_everything(cfg.optim.seed)
@@ -393,9 +402,7 @@ def main(cfg: TrainConfig) -> Path:
         if acc.is_main_process:
             print(line)
     objective = LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(acc.device)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]
-    params = list({id(p): p for p in params}.values())  # GAP extras are also objective submodules
+    params = trainable_parameters(objective, vm)
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )

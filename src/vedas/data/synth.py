@@ -461,7 +461,7 @@ def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig
         shapes, cross, plan = _locate(rng, cfg)
     else:
         picked = rng.choice(len(cfg.kinds), size=n_kinds, replace=False)
-        if cfg.fixed_kinds:
+        if cfg.fixed_kinds:  # drawn above all the same: every later draw of the sample stays as it was
             picked = np.arange(n_kinds)
         plan = build(rng, cfg, [cfg.kinds[int(i)] for i in picked])
         drawn = _with_distractors(rng, cfg, plan.kinds, plan.counts)
