@@ -260,7 +260,7 @@ class Recipe:
         from vedas.curriculum import max_steps, record_steps
         from vedas.data import load as load_data
         from vedas.objective import LatentObjective
-        from vedas.train import build_model, seed_everything
+        from vedas.train import build_model, seed_everything, trainable_parameters
 
         self.cfg = cfg
         seed_everything(cfg.optim.seed)
@@ -279,8 +279,7 @@ class Recipe:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         self.vm.model.to(dev)
         self.objective = LatentObjective(self.vm, cfg.method, cfg.latent, cfg.scfvr).to(dev)
-        self.params = [p for p in self.objective.parameters() if p.requires_grad]
-        self.params += [p for _, (m, _) in self.vm.extras.items() for p in m.parameters() if p.requires_grad]
+        self.params = trainable_parameters(self.objective, self.vm)  # each once, as `vedas train` steps them
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.params, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2)
