@@ -40,11 +40,14 @@ SEED = 0
 TEST_BATCH = 16
 
 
-def train(cfg: Any, reuse: bool) -> tuple[Path, float]:
-    """Train (or, with ``reuse``, take an earlier run's finished checkpoint); returns it and the training time."""
+def train(cfg: Any, reuse: bool, seconds: float | None = None) -> tuple[Path, float]:
+    """Train (or, with ``reuse``, take an earlier run's finished checkpoint; with ``seconds``, a demo's
+    checkpoint trained in that time); returns it and the training time."""
     from vedas.train import main
 
     out = Path(cfg.run.output_dir)
+    if seconds is not None:
+        return out / "final", seconds
     timing = out / "train_seconds.json"
     if reuse and (out / "final" / "config.yaml").is_file() and timing.is_file():
         return out / "final", json.loads(timing.read_text())["seconds"]
@@ -132,7 +135,7 @@ def main() -> int:
     size = QUICK if args.quick else FULL
     out = Path(args.out)
     data = out / "data"
-    from_demo = set()
+    demo_seconds: dict[str, float] = {}  # method -> the demo's training time for it
     if args.from_demo:  # the demo trained cot and vedas with exactly this recipe, data and seed
         demo = Path(args.from_demo).resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -143,9 +146,7 @@ def main() -> int:
             if not dst.exists():
                 dst.symlink_to(src, target_is_directory=True)
             if name != "data":
-                report = json.loads((src / "report.json").read_text())
-                (src / "train_seconds.json").write_text(json.dumps({"seconds": report["train_seconds"]}))
-                from_demo.add(name)
+                demo_seconds[name] = json.loads((src / "report.json").read_text())["train_seconds"]
     if not (data / "test.jsonl").is_file():
         synth.write(data, train=size.train, test=size.test, seed=SEED, cfg=synth.SynthConfig(**size.synth))
     train_recs = list(load("synthetic", path=str(data), split="train"))
@@ -175,7 +176,7 @@ def main() -> int:
         print(fmt_row(label, trained, rep, train_s), flush=True)
 
     # 1. the base model (CoT) and its difficulty split
-    cot_final, cot_s = train(config("cot", "cot"), args.reuse or "cot" in from_demo)
+    cot_final, cot_s = train(config("cot", "cot"), args.reuse, demo_seconds.get("cot"))
     cot = vedas.load(cot_final)
     diff_path = out / "difficulty.json"
     if args.reuse and diff_path.is_file():
@@ -196,7 +197,7 @@ def main() -> int:
     record("cot (the base model for the difficulty split)", "cot", evaluate(cot, test, "cot"), cot_s)
 
     # 2. vedas, plain, and the inference-only options on the same checkpoint
-    plain_final, plain_s = train(config("vedas", "vedas", cot_final), args.reuse or "vedas" in from_demo)
+    plain_final, plain_s = train(config("vedas", "vedas", cot_final), args.reuse, demo_seconds.get("vedas"))
     vm = vedas.load(plain_final)
     record("vedas", "plain", evaluate(vm, test), plain_s)
     gap.calibrate_norms(vm, train_recs[:256])
