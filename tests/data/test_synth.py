@@ -208,3 +208,33 @@ def test_template_choice_fixed_kinds_and_sorted_options() -> None:
         SynthConfig(templates="most", max_steps=3)
     with pytest.raises(ValueError, match="--shapes: colours x shapes must give at least 4 kinds"):
         SynthConfig(colors=3, shapes=1)
+
+
+def test_verbose_rationales_enumerate_what_the_image_shows_and_name_the_letter() -> None:
+    """``--rationale verbose`` changes the rationale only: each count is enumerated up to the count
+    the image shows, the terse steps stay, and a last step names the correct letter."""
+    for i in range(40):
+        terse = make_sample(i, "test", seed=2, cfg=SynthConfig(shapes=4, colors=4)).row
+        verbose = make_sample(i, "test", seed=2, cfg=SynthConfig(shapes=4, colors=4, rationale="verbose")).row
+        assert {k: v for k, v in verbose.items() if k != "rationale"} == {
+            k: v for k, v in terse.items() if k != "rationale"
+        }
+        short, long = terse["rationale"].split("\n\n"), verbose["rationale"].split("\n\n")
+        assert len(long) == len(short) + 1
+        assert (
+            long[-1]
+            == f"The answer {terse['choices']['ABCD'.index(terse['answer'])]} is option ({terse['answer']})."
+        )
+        for s, v in zip(short, long):
+            assert v.endswith(s)  # the terse sentence closes the verbose step
+            m = re.fullmatch(
+                r"I look for the (\w+ \w+) and (?:find none|count them one by one: ([\d, ]+))\. (.*)", v
+            )
+            if m is None:
+                assert v == s  # not a count step (arithmetic, comparison, locating)
+                continue
+            count = re.fullmatch(r"There (?:is|are) (no|\d+) .*", m[3])[1]
+            n = 0 if count == "no" else int(count)
+            assert (m[2] or "") == ", ".join(str(k) for k in range(1, n + 1))
+    with pytest.raises(ValueError, match="--rationale: must be one of"):
+        SynthConfig(rationale="long")
