@@ -179,3 +179,29 @@ def test_bench_quick_writes_every_ratio(tmp_path):
         assert isinstance(r[key], float), key
     assert r["device"] and r["sizes"]["visual_tokens"] >= 128 and r["sizes"]["prompt_tokens"] >= 300
     assert r["ar_steps_ratio_cot_over_vedas"] > 1  # forced lengths: the cot target is longer than the answer
+
+
+def test_bench_interleaves_variants_and_takes_ratios_within_a_round():
+    from types import SimpleNamespace
+
+    from vedas import bench
+
+    order: list[str] = []
+
+    def call(name):
+        def run():
+            order.append(name)
+            return SimpleNamespace(timings_ms={"prefill": 1.0}, ar_steps=[3, 5])
+
+        return run
+
+    runs = bench.interleaved({n: call(n) for n in "abc"}, "cpu", repeats=3)
+    assert order == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotating rounds
+    assert all(len(r) == 3 and r[0]["ar_steps"] == 4 and r[0]["total"] >= 0 for r in runs.values())
+    # a slow round slows both sides: the within-round ratio stays 2, the ratio of medians would not
+    paired = {
+        "x": [{"total": 2.0}, {"total": 20.0}, {"total": 200.0}],
+        "y": [{"total": 1.0}, {"total": 10.0}, {"total": 2.0}],
+    }
+    assert bench.ratio(paired, "x", "y") == 2.0
+    assert bench.medians(paired["x"])["total"] / bench.medians(paired["y"])["total"] == 10.0

@@ -17,7 +17,9 @@ For (b) the generated lengths must come from somewhere: with ``--checkpoints`` (
 generates exactly the token count of each method's target text on the synthetic benchmark
 (answer only, or steps + answer), EOS suppressed — the report says which.
 
-Times are medians after a warm-up; CUDA is synchronised before each clock read. Peak memory
+Each part runs its variants once untimed, then round by round in a rotating order; times are
+medians over rounds and every ratio is the median of the ratios measured within one round, so
+drift on a busy machine hits both sides alike. CUDA is synchronised before each clock read. Peak memory
 is ``max_memory_allocated`` on CUDA; on CPU, the rise of the peak RSS (VmHWM, reset through
 /proc/self/clear_refs) in a fresh subprocess per variant.
 """
@@ -32,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,32 +79,53 @@ def build(
     return vm, images, questions, [CHOICES] * n
 
 
-def generate_times(vm, images, questions, choices, repeats: int, forced_length: int | None = None, **kw):
-    """Median per-call wall times (ms) of prefill / latent / decode / total, and mean AR steps, after a warm-up.
+def generate_call(
+    vm, images, questions, choices, forced_length: int | None = None, **kw
+) -> Callable[[], Any]:
+    """One ``vm.generate`` call with details; ``forced_length`` generates exactly that many tokens (EOS
+    suppressed) instead of stopping at EOS."""
+    if forced_length is None:
+        return lambda: vm.generate(images, questions, choices, return_details=True, **kw)
+    return lambda: forced_generate(vm, images, questions, choices, forced_length, **kw)
 
-    ``forced_length`` generates exactly that many tokens (EOS suppressed) instead of stopping at EOS.
+
+def interleaved(
+    calls: dict[str, Callable[[], Any]], device: Any, repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Per-round wall times (ms) of prefill / latent / decode / total and mean AR steps of each call.
+
+    Every call runs once untimed (warm-up), then once per round; the order rotates from round to
+    round so that drift on a busy machine hits every variant alike. Ratios are then taken within a
+    round (:func:`ratio`), as in ``benchmarks/train_step.py``.
     """
+    for call in calls.values():
+        call()
+    names = list(calls)
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            t0 = time.perf_counter()
+            d = calls[name]()
+            sync(device)
+            total = (time.perf_counter() - t0) * 1e3
+            runs[name].append({**d.timings_ms, "total": total, "ar_steps": sum(d.ar_steps) / len(d.ar_steps)})
+    return runs
 
-    def call():
-        if forced_length is None:
-            return vm.generate(images, questions, choices, return_details=True, **kw)
-        return forced_generate(vm, images, questions, choices, forced_length, **kw)
 
-    call()
-    runs = []
-    for _ in range(repeats):
-        sync(vm.device)
-        t0 = time.perf_counter()
-        d = call()
-        sync(vm.device)
-        runs.append(
-            {
-                **d.timings_ms,
-                "total": (time.perf_counter() - t0) * 1e3,
-                "ar_steps": sum(d.ar_steps) / len(d.ar_steps),
-            }
-        )
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def ratio(runs: dict[str, list[dict[str, float]]], num: str, den: str, key: str = "total") -> float:
+    """Median over rounds of ``num``'s / ``den``'s time measured in the same round."""
+    return statistics.median(a[key] / b[key] for a, b in zip(runs[num], runs[den]))
+
+
+def generate_times(vm, images, questions, choices, repeats: int, forced_length: int | None = None, **kw):
+    """Median per-call wall times (ms) of prefill / latent / decode / total, and mean AR steps, after a warm-up."""
+    call = generate_call(vm, images, questions, choices, forced_length, **kw)
+    return medians(interleaved({"call": call}, vm.device, repeats)["call"])
 
 
 def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas"):
@@ -245,15 +269,16 @@ def peak_memory(batch: int, device: str) -> dict[str, int]:
 
 
 def target_lengths(vm: Any, n: int = 64) -> dict[str, int]:
-    """Mean token counts of each method's target text on the synthetic benchmark (EOS included)."""
+    """Mean token counts of each method's target text on the demo's synthetic benchmark (EOS included)."""
     from vedas.curriculum import CurriculumConfig, layout, record_steps
-    from vedas.data.synth import make_sample
+    from vedas.data.synth import SynthConfig, make_sample
+    from vedas.demo import DEMO_SYNTH
 
-    cc, out = CurriculumConfig(), {}
+    cc, out, cfg = CurriculumConfig(), {}, SynthConfig(**DEMO_SYNTH)
     for method in ("no_cot", "cot", "vedas"):
         lens = []
         for i in range(n):
-            row = make_sample(i).row
+            row = make_sample(i, cfg=cfg).row
             steps = record_steps(None, row["rationale"], 4)
             lay = layout(method, steps, row["answer"], 99, 4, cc)
             lens.append(len(vm.tokenizer.encode(lay.target, add_special_tokens=False)) + 1)
@@ -262,31 +287,31 @@ def target_lengths(vm: Any, n: int = 64) -> dict[str, int]:
 
 
 def methods_side_by_side(vm, images, questions, choices, repeats: int, checkpoints: dict[str, str] | None):
-    """(b): latency and AR steps per method, on trained checkpoints or forced target lengths."""
+    """(b): per-round latency and AR steps per method, on trained checkpoints or forced target lengths."""
     import vedas
 
-    results: dict[str, dict[str, float]] = {}
+    methods = ("no_cot", "cot", "vedas")
     if checkpoints:
-        for method in ("no_cot", "cot", "vedas"):
-            m = vedas.load(checkpoints[method], device=vm.device)
-            results[method] = generate_times(m, images, questions, choices, repeats, mode=method)
-        return results, "each method's trained checkpoint, generation stops at EOS"
+        models = {m: vedas.load(checkpoints[m], device=vm.device) for m in methods}
+        calls = {m: generate_call(models[m], images, questions, choices, mode=m) for m in methods}
+        return interleaved(
+            calls, vm.device, repeats
+        ), "each method's trained checkpoint, generation stops at EOS"
     lengths = target_lengths(vm)
-    for method in ("no_cot", "cot", "vedas"):
-        results[method] = generate_times(
-            vm, images, questions, choices, repeats, forced_length=lengths[method], mode=method
-        )
-    return results, f"one random model, EOS suppressed, lengths forced to the target texts {lengths}"
+    calls = {m: generate_call(vm, images, questions, choices, lengths[m], mode=m) for m in methods}
+    how = f"one random model, EOS suppressed, lengths forced to the demo benchmark's target texts {lengths}"
+    return interleaved(calls, vm.device, repeats), how
 
 
 def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[str, Any]:
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 7
     vm, images, questions, choices = build(device, n=16)
     one = (images[:1], questions[:1], choices[:1])
     batch = vm.prepare(*one)
     result: dict[str, Any] = {
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "repeats": repeats,
         "sizes": {
             **SIZES,
             "prompt_tokens": int(batch.attention_mask.sum()),
@@ -296,28 +321,34 @@ def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[
             "samples": len(images),
         },
     }
-    cached = generate_times(vm, *one, repeats, engine="cached")
-    recompute = generate_times(vm, *one, repeats, engine="recompute")
+    engines = interleaved(
+        {e: generate_call(vm, *one, engine=e) for e in ("cached", "recompute")}, device, repeats
+    )
     methods, how = methods_side_by_side(vm, *one, repeats, checkpoints)
-    b1 = generate_times(vm, *one, repeats)
-    b16 = generate_times(vm, images, questions, choices, max(1, repeats // 2))
+    batches = interleaved(
+        {"batch1": generate_call(vm, *one), "batch16": generate_call(vm, images, questions, choices)},
+        device,
+        max(2, repeats // 2),
+    )
     rec = recording_overhead(vm, *one, repeats)
     mem = peak_memory(8, device)
+    b1, b16 = medians(batches["batch1"]), medians(batches["batch16"])
     result.update(
         {
-            "cached_ms": cached,
-            "recompute_ms": recompute,
-            "methods": methods,
+            "cached_ms": medians(engines["cached"]),
+            "recompute_ms": medians(engines["recompute"]),
+            "methods": {m: medians(runs) for m, runs in methods.items()},
             "methods_lengths": how,
+            "batch_ms": {"batch1": b1, "batch16": b16},
             "throughput_samples_per_s": {"batch1": 1e3 / b1["total"], "batch16": 16e3 / b16["total"]},
             "recording": rec,
             "peak_memory_bytes": {**mem, "batch": 8},
-            "latent_speedup_cached_vs_recompute": recompute["latent"] / cached["latent"],
-            "e2e_speedup_cached_vs_recompute": recompute["total"] / cached["total"],
-            "e2e_latency_ratio_vedas_over_no_cot": methods["vedas"]["total"] / methods["no_cot"]["total"],
-            "e2e_speedup_vedas_over_cot": methods["cot"]["total"] / methods["vedas"]["total"],
-            "ar_steps_ratio_cot_over_vedas": methods["cot"]["ar_steps"] / methods["vedas"]["ar_steps"],
-            "throughput_ratio_batch16_over_batch1": (16e3 / b16["total"]) / (1e3 / b1["total"]),
+            "latent_speedup_cached_vs_recompute": ratio(engines, "recompute", "cached", "latent"),
+            "e2e_speedup_cached_vs_recompute": ratio(engines, "recompute", "cached"),
+            "e2e_latency_ratio_vedas_over_no_cot": ratio(methods, "vedas", "no_cot"),
+            "e2e_speedup_vedas_over_cot": ratio(methods, "cot", "vedas"),
+            "ar_steps_ratio_cot_over_vedas": ratio(methods, "cot", "vedas", "ar_steps"),
+            "throughput_ratio_batch16_over_batch1": 16 * ratio(batches, "batch1", "batch16"),
             "recording_overhead": rec["overhead"],
             "peak_memory_ratio_eager_over_recording": mem["eager"] / max(mem["recording"], 1),
         }
