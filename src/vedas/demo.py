@@ -65,10 +65,15 @@ class DemoSize:
 # spread 0.41 -> 0.08). So the demo asks one question whose reading is trivial — "What is the
 # difference between the number of red squares and the number of blue squares?", options 0-3 in
 # order — over clean one-colour squares, trains only the vision merger (`model.vision: merger`),
-# and leaves counting twice and subtracting as the work: 3 steps that `cot` writes out.
-# Epochs: trained `cot` breaks through late — its loss sits at ~0.075 and then drops between
-# steps ~900 and ~1100 (batch 16). Side runs on the same data: 10 epochs (1000 steps) 22.5 %,
-# 12 epochs 56.0 %, 14 epochs 100 %; batch 8 for 10 epochs (2000 steps) stayed at 24 %.
+# and leaves counting twice and subtracting as the work. `cot` writes it out in 4 verbose steps
+# (count, count, subtract, match the option; 71.6 BPE tokens): with the terse one-sentence steps
+# (27.4 tokens) `cot` took 35.4 AR steps against latent's 12, under the 5x the demo must show.
+# Epochs: trained `cot` breaks through late — its loss sits on a plateau and then drops, at
+# steps ~900-1100 (batch 16) for seed 0, terse or verbose. Side runs (terse): 10 epochs (1000
+# steps) 22.5 %, 12 epochs 56.0 %, 14 epochs 100 %; batch 8 for 10 epochs stayed at 24 %. With
+# the verbose rationale and 14 epochs seed 2 never broke through (22.8 %; lr 4e-3 did not help
+# either); with 20 epochs (the linear decay keeps lr higher for longer) it did, at step ~850.
+# `cot`'s answer comes after ~80 tokens, so generation may run to 160 (64 cut it off: 8 %).
 DEMO_SYNTH = dict(
     shape_size=12,
     max_objects=8,
@@ -82,11 +87,12 @@ DEMO_SYNTH = dict(
     templates="diff",
     fixed_kinds=True,
     sorted_options=True,
+    rationale="verbose",
 )
 FULL = DemoSize(
     train=1600,
     test=400,
-    epochs=14,
+    epochs=20,
     latents=4,
     synth=DEMO_SYNTH,
     tiny=dict(
@@ -154,7 +160,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
             vision=size.vision,
         ),
         data=DataConfig(name="synthetic", path=str(data), split="train"),
-        latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=64),
+        latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=160),
         curriculum=CurriculumConfig(epochs_per_stage=1),
         scfvr=SCFVRConfig(window=3, weight=1.0),
         routing=dict(size.routing) if method == "vedas" else None,
