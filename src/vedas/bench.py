@@ -294,12 +294,13 @@ def methods_side_by_side(vm, images, questions, choices, repeats: int, checkpoin
     if checkpoints:
         models = {m: vedas.load(checkpoints[m], device=vm.device) for m in methods}
         calls = {m: generate_call(models[m], images, questions, choices, mode=m) for m in methods}
-        return interleaved(
-            calls, vm.device, repeats
-        ), "each method's trained checkpoint, generation stops at EOS"
-    lengths = target_lengths(vm)
-    calls = {m: generate_call(vm, images, questions, choices, lengths[m], mode=m) for m in methods}
-    how = f"one random model, EOS suppressed, lengths forced to the demo benchmark's target texts {lengths}"
+        how = "each method's trained checkpoint, generation stops at EOS"
+    else:
+        lengths = target_lengths(vm)
+        calls = {m: generate_call(vm, images, questions, choices, lengths[m], mode=m) for m in methods}
+        how = (
+            f"one random model, EOS suppressed, lengths forced to the demo benchmark's target texts {lengths}"
+        )
     return interleaved(calls, vm.device, repeats), how
 
 

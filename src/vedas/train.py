@@ -358,9 +358,8 @@ def main(cfg: TrainConfig) -> Path:
     ds = bool(cfg.run.deepspeed)
     if ds:  # the shipped config says "auto": our config decides
         ds_config = acc.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = (
-            cfg.optim.batch_size
-        )  # accelerate fills the other "auto"s
+        # accelerate fills the other "auto"s from the micro-batch size
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
         if ds_config.get("gradient_clipping") == "auto":
             ds_config["gradient_clipping"] = cfg.optim.clip
     if acc.is_main_process and acc.num_processes > 1:
