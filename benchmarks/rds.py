@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from vedas import bench
+from vedas.dev import bench
 
 ALPHA, DEPTH = 32, 1
 PHASES = ("prefill", "latent", "decode")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from latent_engine import SIZES, build
-    from vedas.routing import RoutingConfig, enable_routing
+    from vedas.method.routing import RoutingConfig, enable_routing
 
     repeats = args.repeats or (3 if args.quick else 10)
     vm, images, questions, choices = build(args.device)

@@ -2,19 +2,19 @@
 
     .venv/bin/python benchmarks/train_step.py [--quick] [--json benchmarks/results/train_step_cpu.json]
 
-One run, one tiny random Qwen2-VL (real architecture, sizes of ``vedas.bench.SIZES``), the same
+One run, one tiny random Qwen2-VL (real architecture, sizes of ``vedas.dev.bench.SIZES``), the same
 8 synthetic-benchmark samples (336-px images: 144 visual tokens each) for every variant:
 
 - ``cot``: explicit-CoT SFT, one teacher-forced pass over prompt + rationale + answer;
 - ``vedas``: the final curriculum stage (T_r = 4 latent steps, K = 32 replayed tokens each), SCF-VR
   (λ = 1, W = 3: crops re-encoded by the vision tower) and routing depth scaling (α = 32, D = 1,
-  every layer) — the passes of :class:`vedas.objective.LatentObjective` through the KV cache;
+  every layer) — the passes of :class:`vedas.train.objective.LatentObjective` through the KV cache;
 - ``latent``: the same latent passes without SCF-VR and routing (the IVT-LR-style baseline);
 - ``vedas (no routing)``: ``vedas`` without routing;
 - ``vedas, recompute``: the same objective on the recompute engine — every latent step re-runs
   the whole prefix with eager attention maps, as the reference code's training forward does;
 - ``vedas, grad ckpt``: the cached step with every decoder layer and the vision tower
-  checkpointed (:mod:`vedas.checkpointing`): the memory it saves and the time it costs.
+  checkpointed (:mod:`vedas.train.grad_checkpoint`): the memory it saves and the time it costs.
 
 A step = forward + backward + AdamW update (full fine-tuning). Variants run interleaved, round
 by round, after a warm-up; the table shows each variant's median step time and every ratio is
@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vedas import bench
+from vedas.dev import bench
 
 VARIANTS = {
     # name: (method, engine, routing, gradient checkpointing)
@@ -63,13 +63,13 @@ def records(n: int = BATCH) -> list[Any]:
 def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.optim.Optimizer]:
     """The model, the collated batch and the optimizer of one variant (same init for all)."""
     import vedas
-    from vedas import checkpointing
     from vedas.config import LatentConfig
-    from vedas.curriculum import CurriculumConfig, layout, num_stages, record_steps
-    from vedas.objective import LatentObjective, collate
-    from vedas.routing import RoutingConfig, enable_routing
-    from vedas.scfvr import SCFVRConfig
-    from vedas.train import trainable_parameters
+    from vedas.method.curriculum import CurriculumConfig, layout, num_stages, record_steps
+    from vedas.method.routing import RoutingConfig, enable_routing
+    from vedas.method.scfvr import SCFVRConfig
+    from vedas.train import grad_checkpoint as checkpointing
+    from vedas.train.objective import LatentObjective, collate
+    from vedas.train.recipe import trainable_parameters
 
     method, engine, routed, ckpt = VARIANTS[variant]
     model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE * IMAGE, seed=0, **bench.SIZES)
@@ -93,7 +93,7 @@ def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.o
 
 
 def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:
-    from vedas.bench import sync
+    from vedas.dev.bench import sync
 
     device = batch.target_ids.device
     sync(device)
@@ -109,7 +109,7 @@ def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:
 def probe(variant: str, device: str) -> int:
     """Bytes one step adds to the peak (after a warm-up step that allocated the optimizer state)."""
     objective, batch, optimizer = setup(variant, records(), device)
-    from vedas.bench import peak_rise
+    from vedas.dev.bench import peak_rise
 
     step(objective, batch, optimizer)
     return peak_rise(lambda: step(objective, batch, optimizer), device)

@@ -98,8 +98,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from vedas.data import synth
-    from vedas.train import load_config
-    from vedas.train import main as train
+    from vedas.train.recipe import load_config
+    from vedas.train.recipe import main as train
 
     work = Path(args.work)
     if args.demo:

@@ -21,14 +21,14 @@ _LAZY = {
     "LatentConfig": "vedas.config",
     "VedasModel": "vedas.model",
     "load": "vedas.model",
-    "tiny_model": "vedas.tiny",
+    "tiny_model": "vedas.dev.tiny",
 }
 __all__ = ["LatentConfig", "VedasModel", "__version__", "load", "tiny_model"]
 
 if TYPE_CHECKING:
     from vedas.config import LatentConfig
+    from vedas.dev.tiny import tiny_model
     from vedas.model import VedasModel, load
-    from vedas.tiny import tiny_model
 
 
 def __getattr__(name: str) -> Any:

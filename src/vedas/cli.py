@@ -23,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from vedas import bench, demo, evaluate, infer, train
     from vedas.analysis import cli as analysis_cli
     from vedas.data import cli as data_cli
+    from vedas.dev import bench, demo
+    from vedas.evaluation import evaluate, infer
+    from vedas.train import recipe as train
 
     raw = argparse.RawDescriptionHelpFormatter  # for docstrings with example blocks
     for name, module, formatter in (

@@ -51,8 +51,8 @@ class LatentConfig:
     latent_norm: Literal["none", "ema"] = "none"
     """GAP norm calibration: ``ema`` rescales every fed-back latent to the EMA of the visual
     input-embedding L2 norm (the text one if no image was ever measured), in training and at
-    inference. The EMA lives in the checkpoint extra ``latent_norm`` (:mod:`vedas.gap`), updated
-    from each training batch's input embeddings or measured with ``vedas.gap.calibrate_norms``.
+    inference. The EMA lives in the checkpoint extra ``latent_norm`` (:mod:`vedas.method.gap`), updated
+    from each training batch's input embeddings or measured with ``vedas.method.gap.calibrate_norms``.
     Replayed tokens are not rescaled: ``replay_scale: unit`` keeps them at visual-token norm."""
     latent_head: Literal["none", "pca"] = "none"
     """GAP PCA latent head: ``pca`` feeds mean + coeffs · components instead of the hidden state,

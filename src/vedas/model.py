@@ -24,13 +24,15 @@ import torch
 import yaml
 from PIL import Image
 
-from vedas import engine, extras, gap, routing
-from vedas.attention import install_recorder
+from vedas import extras
 from vedas.backbones import arch_module, backbone_for
 from vedas.config import LatentConfig, from_dict, to_dict
-from vedas.engine import Details, PromptBatch
-from vedas.prompts import build_messages
-from vedas.tokens import LATENT_START, add_latent_tokens, latent_token_ids
+from vedas.engine import loop as engine
+from vedas.engine.attention import install_recorder
+from vedas.engine.loop import Details, PromptBatch
+from vedas.engine.prompts import build_messages
+from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
+from vedas.method import gap, routing
 
 MODES = ("vedas", "latent", "cot", "no_cot")
 LATENT_MODES = ("vedas", "latent")
@@ -160,12 +162,12 @@ class VedasModel:
             mode: ``vedas``/``latent`` (latent steps with visual replay), ``cot`` or ``no_cot`` (plain decoding).
             latents: T_r override; None uses the checkpoint's count (``config.latents``).
             engine: ``cached`` (KV cache, fast) or ``recompute`` (re-runs the prefix each step; the oracle).
-            return_details: return a :class:`vedas.engine.Details` instead of ``(texts, ar_steps)``.
+            return_details: return a :class:`vedas.engine.loop.Details` instead of ``(texts, ar_steps)``.
             latent_transform: ``f(step, z) -> z'`` applied to each latent before it is fed back
-                (latent-use checks, calibration); see :meth:`vedas.engine.LatentLoop.latent_steps`.
+                (latent-use checks, calibration); see :meth:`vedas.engine.loop.LatentLoop.latent_steps`.
                 It runs after the GAP transforms the config asks for (``latent_head``, ``latent_norm``).
             temperature: 0 decodes greedily; > 0 samples (``seed``: an int, or one seed per sample).
-            tto: a :class:`vedas.tto.TTOConfig`: optimise the latents at inference, weights frozen.
+            tto: a :class:`vedas.method.tto.TTOConfig`: optimise the latents at inference, weights frozen.
         """
         if latents is not None and (not isinstance(latents, int) or latents < 0):
             raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
@@ -213,7 +215,7 @@ class VedasModel:
     ):
         run = engine_run
         if tto is not None:
-            from vedas import tto as tto_module
+            from vedas.method import tto as tto_module
 
             run = functools.partial(tto_module.run, tto=tto)
         return run(

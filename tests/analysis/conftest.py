@@ -53,7 +53,7 @@ def train_config(synth_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(train_config) -> Path:
     """``<output_dir>/final`` of a tiny ``vedas train`` run."""
-    from vedas.train import load_config, main
+    from vedas.train.recipe import load_config, main
 
     return main(load_config(str(train_config), []))
 

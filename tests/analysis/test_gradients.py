@@ -11,10 +11,10 @@ from vedas.analysis import gradients
 from vedas.analysis.base import AnalysisError
 from vedas.cli import main
 from vedas.config import from_dict
-from vedas.curriculum import layout, max_steps, record_steps
 from vedas.data import load as load_data
-from vedas.objective import LatentObjective, collate
-from vedas.train import TrainConfig, build_model, seed_everything
+from vedas.method.curriculum import layout, max_steps, record_steps
+from vedas.train.objective import LatentObjective, collate
+from vedas.train.recipe import TrainConfig, build_model, seed_everything
 
 
 def _objective_and_batch(cfg: TrainConfig, ids: list[str], split: str, stage: int):

@@ -10,7 +10,7 @@ import torch
 import vedas
 from vedas.analysis.latent_use import make_transform
 from vedas.cli import main
-from vedas.evaluate import evaluate
+from vedas.evaluation.evaluate import evaluate
 
 
 def test_transforms():

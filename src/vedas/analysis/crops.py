@@ -5,15 +5,15 @@
 
 For every sample and latent step t the figure shows the image with the replayed tokens I^t
 highlighted as cells of the image's merged grid, and the SCF-VR crop window (the W×W window
-holding most of I^t, found by :func:`vedas.scfvr.best_windows` and mapped to pixels by
-:func:`vedas.scfvr.window_to_pixels`, as training does) drawn as a dashed box, with the crop
+holding most of I^t, found by :func:`vedas.method.scfvr.best_windows` and mapped to pixels by
+:func:`vedas.method.scfvr.window_to_pixels`, as training does) drawn as a dashed box, with the crop
 itself beside it; the first column holds the question, the prediction and the
 answer. Writes ``crops.png`` and ``crops.json`` (per sample and step: the replayed
 visual-token indices, their cells, the window in cells and in pixels, how many replayed
 tokens fall inside it).
 
 Where the selection comes from: ``generate(..., return_details=True)`` returns each step's
-replayed indices into the sample's visual tokens; :func:`vedas.engine.embed_prompt` gives
+replayed indices into the sample's visual tokens; :func:`vedas.engine.loop.embed_prompt` gives
 every visual token's image, row and column (the engine's own layout, not a re-derivation).
 A sample with several images shows, per step, the image holding most of the step's tokens
 (the image SCF-VR crops in training). :func:`replay_views` and :func:`draw_replay` are the
@@ -101,8 +101,8 @@ def replay_views(
 
     ``images``/``questions``/``choices``/``contexts`` must be what was passed to ``generate``.
     """
-    from vedas import scfvr
-    from vedas.engine import embed_prompt
+    from vedas.engine.loop import embed_prompt
+    from vedas.method import scfvr
 
     base.require(window >= 1, "--window", f"must be ≥ 1, got {window}")
     batch = vm.prepare(images, questions, choices, contexts, mode="vedas")
@@ -259,7 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vedas.scoring import get_rule, score
+    from vedas.evaluation.scoring import get_rule, score
 
     try:
         get_rule(args.scoring)

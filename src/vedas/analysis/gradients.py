@@ -3,8 +3,8 @@
     vedas analyze gradients --config configs/synthetic_tiny.yaml --steps 40 --out runs/analysis/grads \\
         --data.path data/synth            # any config field can follow, as for `vedas train`
 
-Trains ``--steps`` optimizer steps with the config's recipe pieces (:func:`vedas.train.build_model`,
-:func:`vedas.objective.collate`, :class:`vedas.objective.LatentObjective`, AdamW with the
+Trains ``--steps`` optimizer steps with the config's recipe pieces (:func:`vedas.train.recipe.build_model`,
+:func:`vedas.train.objective.collate`, :class:`vedas.train.objective.LatentObjective`, AdamW with the
 config's learning rate, warm-up + cosine schedule and clip; the curriculum stage follows the
 epoch as in ``vedas train``; one micro-batch per step) and measures, at the weights *before*
 each update, on fixed probe batches (eval mode, so the numbers are deterministic; a new
@@ -23,7 +23,7 @@ training batch every step would make the curves mostly sampling noise):
 
 (b, c) **LoRA gradient nuclear norms** for easy vs hard samples (Fig. 1b–c). After
     ``--probe-after`` steps the model answers ``--val-n`` records of ``--val-split`` with
-    :func:`vedas.evaluate.evaluate`: correct → easy, wrong → hard (the paper's split by early
+    :func:`vedas.evaluation.evaluate.evaluate`: correct → easy, wrong → hard (the paper's split by early
     validation correctness). If either group is empty (a young model often gets everything
     wrong) the split falls back to the per-sample validation loss (lower half easy), and the
     JSON and the output say so; ``--easy-hard loss`` asks for that rule directly. From then
@@ -219,7 +219,7 @@ def group_nuclear(
 def resolve_config(path: str, overrides: list[str]) -> tuple[Any, bool]:
     """The training config with LoRA on; also whether this command had to switch LoRA on."""
     from vedas.config import ConfigError
-    from vedas.train import load_config
+    from vedas.train.recipe import load_config
 
     try:
         cfg = load_config(path, overrides)
@@ -257,10 +257,10 @@ class Recipe:
     """Model, objective, data and optimizer built from a TrainConfig as ``vedas train`` builds them."""
 
     def __init__(self, cfg: Any, val_split: str, val_n: int) -> None:
-        from vedas.curriculum import max_steps, record_steps
         from vedas.data import load as load_data
-        from vedas.objective import LatentObjective
-        from vedas.train import build_model, seed_everything, trainable_parameters
+        from vedas.method.curriculum import max_steps, record_steps
+        from vedas.train.objective import LatentObjective
+        from vedas.train.recipe import build_model, seed_everything, trainable_parameters
 
         self.cfg = cfg
         seed_everything(cfg.optim.seed)
@@ -294,15 +294,15 @@ class Recipe:
         )
 
     def stage(self, step: int, batches_per_epoch: int) -> int:
-        from vedas.curriculum import LATENT_METHODS, stage_for_epoch
+        from vedas.method.curriculum import LATENT_METHODS, stage_for_epoch
 
         if self.cfg.method not in LATENT_METHODS:
             return 0
         return stage_for_epoch(step // batches_per_epoch, self.cfg.latent.latents, self.cfg.curriculum)
 
     def batch(self, records: list[Any], stage: int) -> Any:
-        from vedas.curriculum import layout
-        from vedas.objective import collate
+        from vedas.method.curriculum import layout
+        from vedas.train.objective import collate
 
         c = self.cfg
         lays = [
@@ -314,7 +314,7 @@ class Recipe:
 
 def split_easy_hard(recipe: Recipe, stage: int, rule: str, progress: bool) -> dict[str, Any]:
     """Evaluate the validation records; correct → easy, wrong → hard (or by loss, see the module doc)."""
-    from vedas.evaluate import evaluate
+    from vedas.evaluation.evaluate import evaluate
 
     method = recipe.cfg.method
     report = evaluate(
@@ -356,7 +356,7 @@ def split_easy_hard(recipe: Recipe, stage: int, rule: str, progress: bool) -> di
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from vedas.config import ConfigError, to_dict
-    from vedas.train import batch_plan, epoch_order
+    from vedas.train.recipe import batch_plan, epoch_order
 
     cfg, enabled_here = resolve_config(args.config, list(getattr(args, "overrides", []) or []))
     if enabled_here:

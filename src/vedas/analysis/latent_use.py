@@ -5,7 +5,7 @@
 
 Recent analyses of latent reasoners report that replacing the latents by dummy tokens
 leaves accuracy unchanged. This command measures that on a checkpoint, with
-:func:`vedas.evaluate.evaluate` (same prompts, scoring rule and decoding as ``vedas eval``):
+:func:`vedas.evaluation.evaluate.evaluate` (same prompts, scoring rule and decoding as ``vedas eval``):
 
 - ``trained``: the latents as the model produces them;
 - ``zeros``: every fed-back latent replaced by a zero vector;
@@ -90,7 +90,7 @@ def _summary(report: dict[str, Any], reference: list[str] | None) -> dict[str, A
 
 def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     """Every condition and every sweep point; returns the JSON report."""
-    from vedas.evaluate import evaluate
+    from vedas.evaluation.evaluate import evaluate
 
     trained_count = vm.config.latents
     sweep_max = 2 * trained_count if args.sweep_max is None else args.sweep_max
@@ -201,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vedas.scoring import get_rule
+    from vedas.evaluation.scoring import get_rule
 
     try:
         get_rule(args.scoring)

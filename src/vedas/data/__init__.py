@@ -11,7 +11,7 @@ Modules: ``record`` (the record and the returned list), ``rows`` (row -> record 
 rationale splitter), ``options`` (options written inside question text), one module per
 dataset (``m3cot``, ``scienceqa``, ``gqa``, ``mmstar``, ``mmvp``, ``onethinker``,
 ``easyvqa``), ``synth`` (the synthetic benchmark), ``registry`` (``load`` by name) and
-``cli`` (``vedas data``). Scoring rules live in :mod:`vedas.scoring`.
+``cli`` (``vedas data``). Scoring rules live in :mod:`vedas.evaluation.scoring`.
 """
 
 from vedas.data.record import DataError, Dataset, Record, SkipRow

@@ -11,7 +11,7 @@
 ``show`` prints the load summary (rows read, loaded, skipped and why) and the first
 records as the model will see them (the prompt text, the answer, the steps).
 ``difficulty`` samples a base model N times per training question (GAP's capacity
-alignment, :mod:`vedas.gap`) and marks the questions it never answers correctly; pass the
+alignment, :mod:`vedas.method.gap`) and marks the questions it never answers correctly; pass the
 file to ``vedas train --data.difficulty`` to give only those latent supervision.
 """
 
@@ -125,7 +125,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
-    from vedas.prompts import answer_target, format_question
+    from vedas.engine.prompts import answer_target, format_question
 
     name, path = split_spec(args.dataset)
     try:
@@ -157,7 +157,7 @@ def _difficulty(args: argparse.Namespace) -> int:
     import vedas
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
-    from vedas.gap import sample_difficulty
+    from vedas.method.gap import sample_difficulty
 
     name, path = split_spec(args.data)
     try:

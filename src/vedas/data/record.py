@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from vedas.prompts import option_letter
+from vedas.engine.prompts import option_letter
 
 
 class DataError(ValueError):

@@ -1,0 +1,464 @@
+"""``vedas bench``: speed and memory ratios measured side by side in one run.
+
+    vedas bench [--quick] [--checkpoints runs/demo/report.json] --json bench.json
+
+On one model and one set of samples it measures:
+
+(a) latent-phase and end-to-end latency, cached engine vs recompute engine (the reference
+    code's way: every step re-runs the prefix with eager attention maps);
+(b) end-to-end latency and AR steps of ``vedas`` vs ``no_cot`` vs ``cot``;
+(c) throughput (samples/s) at batch 16 vs batch 1;
+(d) the attention-recording overhead over a plain prefill forward;
+(e) peak memory of the last-query recorder vs eager attention maps.
+
+For (b) the generated lengths must come from somewhere: with ``--checkpoints`` (the demo's
+``report.json``, mapping method → checkpoint) each method runs its own trained checkpoint
+(same architecture and sizes) and stops at its own EOS. Without it, one random model
+generates exactly the token count of each method's target text on the synthetic benchmark
+(answer only, or steps + answer), EOS suppressed — the report says which.
+
+Each part runs its variants once untimed, then round by round in a rotating order; times are
+medians over rounds and every ratio is the median of the ratios measured within one round, so
+drift on a busy machine hits both sides alike. CUDA is synchronised before each clock read. Peak memory
+is ``max_memory_allocated`` on CUDA; on CPU, the rise of the peak RSS (VmHWM, reset through
+/proc/self/clear_refs) in a fresh subprocess per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+HELP = "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording"
+
+# The engine benchmark's model and prompt: ≥ 300 prompt tokens, ≥ 128 visual tokens.
+SIZES = dict(hidden=256, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64, vision_heads=2)
+IMAGE_HW = (224, 448)  # 16 × 32 patches -> 8 × 16 = 128 merged visual tokens
+QUESTION = (
+    "Look carefully at the small coloured shapes scattered over the picture. First count the red squares, "
+    "then count the blue circles, and finally tell how many more circles than squares there are. "
+    "Think about each region of the image in turn before you answer."
+)
+CHOICES = ["0", "1", "2", "3"]
+
+
+def sync(device: torch.device | str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build(
+    device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32
+) -> tuple[Any, list, list, list]:
+    """The benchmark model (tiny Qwen2-VL of :data:`SIZES`) and ``n`` samples."""
+    import numpy as np
+    from PIL import Image
+
+    import vedas
+    from vedas.config import LatentConfig
+
+    torch.manual_seed(0)
+    model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE_HW[0] * IMAGE_HW[1], seed=0, **SIZES)
+    model.to(device)
+    vm = vedas.VedasModel(
+        model, processor, LatentConfig(latents=latents, replay_k=replay_k, max_new_tokens=8)
+    )
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((*IMAGE_HW, 3)) * 255).astype("uint8")) for _ in range(n)]
+    questions = [f"{QUESTION} (sample {i})" for i in range(n)]
+    return vm, images, questions, [CHOICES] * n
+
+
+def generate_call(
+    vm, images, questions, choices, forced_length: int | None = None, **kw
+) -> Callable[[], Any]:
+    """One ``vm.generate`` call with details; ``forced_length`` generates exactly that many tokens (EOS
+    suppressed) instead of stopping at EOS."""
+    if forced_length is None:
+        return lambda: vm.generate(images, questions, choices, return_details=True, **kw)
+    return lambda: forced_generate(vm, images, questions, choices, forced_length, **kw)
+
+
+def interleaved(
+    calls: dict[str, Callable[[], Any]], device: Any, repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Per-round wall times (ms) of prefill / latent / decode / total and mean AR steps of each call.
+
+    Every call runs once untimed (warm-up), then once per round; the order rotates from round to
+    round so that drift on a busy machine hits every variant alike. Ratios are then taken within a
+    round (:func:`ratio`), as in ``benchmarks/train_step.py``.
+    """
+    for call in calls.values():
+        call()
+    names = list(calls)
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            t0 = time.perf_counter()
+            d = calls[name]()
+            sync(device)
+            total = (time.perf_counter() - t0) * 1e3
+            runs[name].append({**d.timings_ms, "total": total, "ar_steps": sum(d.ar_steps) / len(d.ar_steps)})
+    return runs
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def ratio(runs: dict[str, list[dict[str, float]]], num: str, den: str, key: str = "total") -> float:
+    """Median over rounds of ``num``'s / ``den``'s time measured in the same round."""
+    return statistics.median(a[key] / b[key] for a, b in zip(runs[num], runs[den]))
+
+
+def generate_times(vm, images, questions, choices, repeats: int, forced_length: int | None = None, **kw):
+    """Median per-call wall times (ms) of prefill / latent / decode / total, and mean AR steps, after a warm-up."""
+    call = generate_call(vm, images, questions, choices, forced_length, **kw)
+    return medians(interleaved({"call": call}, vm.device, repeats)["call"])
+
+
+def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas"):
+    """``vm.generate`` with EOS suppressed so every sample generates exactly ``length`` tokens."""
+    from vedas.config import LatentConfig, to_dict
+    from vedas.engine import loop as engine
+
+    latent = mode in ("vedas", "latent")
+    batch = vm.prepare(images, questions, choices, mode=mode)
+    cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
+    eos = vm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    _, details = engine.run(
+        vm.backbone,
+        batch,
+        cfg,
+        steps=cfg.latents if latent else 0,
+        latent_end_id=vm.token_ids.end if latent else None,
+        eos_id=eos,
+        pad_id=vm.tokenizer.pad_token_id,
+        suppress=[eos, *vars(vm.token_ids).values()],
+    )
+    return details
+
+
+def prefill_inputs(vm, images, questions, choices):
+    from vedas.engine.loop import embed_prompt
+
+    batch = vm.prepare(images, questions, choices)
+    with torch.no_grad():
+        embeds, _, positions = embed_prompt(vm.backbone, batch)
+    return batch, embeds, positions
+
+
+def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str, float]:
+    """Prefill forward with the recorder off and on, alternated call by call; median of paired ratios."""
+    from vedas.engine.attention import LastQueryRecorder
+
+    batch, embeds, positions = prefill_inputs(vm, images, questions, choices)
+    dec = vm.backbone.decoder()
+
+    def forward(record: bool) -> float:
+        ctx = LastQueryRecorder() if record else contextlib.nullcontext()
+        sync(vm.device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), ctx:
+            dec(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions)
+        sync(vm.device)
+        return (time.perf_counter() - t0) * 1e3
+
+    forward(False), forward(True)
+    plain, rec = [], []
+    for i in range(4 * repeats):
+        # alternate which goes first so drift on a busy machine hits both alike
+        if i % 2 == 0:
+            a, b = forward(False), forward(True)
+        else:
+            b, a = forward(True), forward(False)
+        plain.append(a)
+        rec.append(b)
+    return {
+        "plain_ms": statistics.median(plain),
+        "recording_ms": statistics.median(rec),
+        "overhead": statistics.median(r / p for p, r in zip(plain, rec)) - 1,
+    }
+
+
+def memory_probe(variant: str, batch: int, device: str) -> int:
+    """Bytes one prefill forward adds to the peak, recording the attention row by ``variant``."""
+    from vedas.engine.attention import LastQueryRecorder
+    from vedas.engine.loop import eager_attention
+
+    vm, images, questions, choices = build(device, n=batch)
+    b, embeds, positions = prefill_inputs(vm, images, questions, choices)
+    dec = vm.backbone.decoder()
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            if variant == "eager":
+                with eager_attention(vm.model):
+                    out = dec(
+                        inputs_embeds=embeds,
+                        attention_mask=b.attention_mask,
+                        position_ids=positions,
+                        output_attentions=True,
+                    )
+                return torch.stack([a[:, :, -1] for a in out.attentions]).mean(dim=(0, 2))
+            with LastQueryRecorder() as rec:
+                dec(inputs_embeds=embeds, attention_mask=b.attention_mask, position_ids=positions)
+            return rec.mean()
+
+    forward()  # one-time allocations are not the variant's cost
+    return peak_rise(forward, device)
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """The benchmark scripts' ``--json``: write ``result`` there (if a path was given) and say so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {path}")
+
+
+def peak_rise(work: Any, device: str) -> int:
+    """Bytes that one call of ``work()`` adds to the peak: ``max_memory_allocated`` on CUDA; on CPU the
+    peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        work()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = status("VmRSS:")
+    work()
+    return status("VmHWM:") - base
+
+
+def peak_memory(batch: int, device: str) -> dict[str, int]:
+    if device.startswith("cuda"):
+        return {v: memory_probe(v, batch, device) for v in ("recording", "eager")}
+    # glibc returns freed blocks above this size to the OS, so RSS tracks live tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = {}
+    for v in ("recording", "eager"):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vedas.dev.bench",
+                "--probe",
+                v,
+                "--batch",
+                str(batch),
+                "--device",
+                device,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[v] = int(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def target_lengths(vm: Any, n: int = 64) -> dict[str, int]:
+    """Mean token counts of each method's target text on the demo's synthetic benchmark (EOS included)."""
+    from vedas.data.synth import SynthConfig, make_sample
+    from vedas.dev.demo import DEMO_SYNTH
+    from vedas.method.curriculum import CurriculumConfig, layout, record_steps
+
+    cc, out, cfg = CurriculumConfig(), {}, SynthConfig(**DEMO_SYNTH)
+    for method in ("no_cot", "cot", "vedas"):
+        lens = []
+        for i in range(n):
+            row = make_sample(i, cfg=cfg).row
+            steps = record_steps(None, row["rationale"], 4)
+            lay = layout(method, steps, row["answer"], 99, 4, cc)
+            lens.append(len(vm.tokenizer.encode(lay.target, add_special_tokens=False)) + 1)
+        out[method] = round(sum(lens) / len(lens))
+    return out
+
+
+def methods_side_by_side(vm, images, questions, choices, repeats: int, checkpoints: dict[str, str] | None):
+    """(b): per-round latency and AR steps per method, on trained checkpoints or forced target lengths."""
+    import vedas
+
+    methods = ("no_cot", "cot", "vedas")
+    if checkpoints:
+        models = {m: vedas.load(checkpoints[m], device=vm.device) for m in methods}
+        calls = {m: generate_call(models[m], images, questions, choices, mode=m) for m in methods}
+        how = "each method's trained checkpoint, generation stops at EOS"
+    else:
+        lengths = target_lengths(vm)
+        calls = {m: generate_call(vm, images, questions, choices, lengths[m], mode=m) for m in methods}
+        how = (
+            f"one random model, EOS suppressed, lengths forced to the demo benchmark's target texts {lengths}"
+        )
+    return interleaved(calls, vm.device, repeats), how
+
+
+def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[str, Any]:
+    repeats = 2 if quick else 7
+    vm, images, questions, choices = build(device, n=16)
+    one = (images[:1], questions[:1], choices[:1])
+    batch = vm.prepare(*one)
+    result: dict[str, Any] = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "sizes": {
+            **SIZES,
+            "prompt_tokens": int(batch.attention_mask.sum()),
+            "visual_tokens": int(batch.input_ids.eq(vm.backbone.image_token_id).sum()),
+            "latents": vm.config.latents,
+            "replay_k": vm.config.replay_k,
+            "samples": len(images),
+        },
+    }
+    engines = interleaved(
+        {e: generate_call(vm, *one, engine=e) for e in ("cached", "recompute")}, device, repeats
+    )
+    methods, how = methods_side_by_side(vm, *one, repeats, checkpoints)
+    batches = interleaved(
+        {"batch1": generate_call(vm, *one), "batch16": generate_call(vm, images, questions, choices)},
+        device,
+        max(2, repeats // 2),
+    )
+    rec = recording_overhead(vm, *one, repeats)
+    mem = peak_memory(8, device)
+    b1, b16 = medians(batches["batch1"]), medians(batches["batch16"])
+    result.update(
+        {
+            "cached_ms": medians(engines["cached"]),
+            "recompute_ms": medians(engines["recompute"]),
+            "methods": {m: medians(runs) for m, runs in methods.items()},
+            "methods_lengths": how,
+            "batch_ms": {"batch1": b1, "batch16": b16},
+            "throughput_samples_per_s": {"batch1": 1e3 / b1["total"], "batch16": 16e3 / b16["total"]},
+            "recording": rec,
+            "peak_memory_bytes": {**mem, "batch": 8},
+            "latent_speedup_cached_vs_recompute": ratio(engines, "recompute", "cached", "latent"),
+            "e2e_speedup_cached_vs_recompute": ratio(engines, "recompute", "cached"),
+            "e2e_latency_ratio_vedas_over_no_cot": ratio(methods, "vedas", "no_cot"),
+            "e2e_speedup_vedas_over_cot": ratio(methods, "cot", "vedas"),
+            "ar_steps_ratio_cot_over_vedas": ratio(methods, "cot", "vedas", "ar_steps"),
+            "throughput_ratio_batch16_over_batch1": 16 * ratio(batches, "batch1", "batch16"),
+            "recording_overhead": rec["overhead"],
+            "peak_memory_ratio_eager_over_recording": mem["eager"] / max(mem["recording"], 1),
+        }
+    )
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    m = r["methods"]
+    rows = [
+        (
+            "(a) latent phase, cached vs recompute",
+            f"{r['cached_ms']['latent']:.1f} vs {r['recompute_ms']['latent']:.1f} ms",
+            f"{r['latent_speedup_cached_vs_recompute']:.1f}× faster",
+        ),
+        (
+            "(a) end-to-end, cached vs recompute",
+            f"{r['cached_ms']['total']:.1f} vs {r['recompute_ms']['total']:.1f} ms",
+            f"{r['e2e_speedup_cached_vs_recompute']:.1f}× faster",
+        ),
+        (
+            "(b) end-to-end vedas / no_cot / cot",
+            f"{m['vedas']['total']:.1f} / {m['no_cot']['total']:.1f} / {m['cot']['total']:.1f} ms",
+            f"vedas/no_cot {r['e2e_latency_ratio_vedas_over_no_cot']:.2f}×, "
+            f"cot/vedas {r['e2e_speedup_vedas_over_cot']:.2f}×",
+        ),
+        (
+            "(b) AR steps vedas / no_cot / cot",
+            f"{m['vedas']['ar_steps']:.1f} / {m['no_cot']['ar_steps']:.1f} / {m['cot']['ar_steps']:.1f}",
+            f"cot/vedas {r['ar_steps_ratio_cot_over_vedas']:.2f}×",
+        ),
+        (
+            "(c) throughput batch 16 vs 1",
+            f"{r['throughput_samples_per_s']['batch16']:.1f} vs "
+            f"{r['throughput_samples_per_s']['batch1']:.1f} samples/s",
+            f"{r['throughput_ratio_batch16_over_batch1']:.2f}×",
+        ),
+        (
+            "(d) recording overhead (prefill)",
+            f"{r['recording']['recording_ms']:.1f} vs {r['recording']['plain_ms']:.1f} ms",
+            f"{100 * r['recording_overhead']:+.1f}%",
+        ),
+        (
+            "(e) peak memory eager maps vs recorder",
+            f"{r['peak_memory_bytes']['eager'] / 2**20:.1f} vs "
+            f"{r['peak_memory_bytes']['recording'] / 2**20:.1f} MiB (batch 8)",
+            f"{r['peak_memory_ratio_eager_over_recording']:.1f}×",
+        ),
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    lines = [f"{'measure':{w}s} | {'measured':42s} | ratio", "-" * (w + 60)]
+    lines += [f"{a:{w}s} | {b:42s} | {c}" for a, b, c in rows]
+    lines.append(f"(b) lengths: {r['methods_lengths']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoints = None
+    if args.checkpoints:
+        with open(args.checkpoints) as f:
+            checkpoints = json.load(f)["checkpoints"]
+    r = bench(args.device, args.quick, checkpoints)
+    s = r["sizes"]
+    print(
+        f"tiny Qwen2-VL h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "
+        f"({s['visual_tokens']} visual), T_r={s['latents']}, K={s['replay_k']}, device={r['device']}, "
+        f"{r['threads']} threads"
+    )
+    print(table(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", choices=["recording", "eager"], required=True, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    print(memory_probe(a.probe, a.batch, a.device))
+    return 0
+
+
+if __name__ == "__main__":  # the memory probe's subprocess entry
+    sys.exit(_main())

@@ -1,0 +1,100 @@
+"""``vedas infer``: answer one question about one image with a checkpoint.
+
+    vedas infer --checkpoint runs/demo/vedas --image cat.png --question "How many cats?" --choices 1 2 3
+
+Prints the answer, the mode, the latent count used and the autoregressive steps. With
+``--show-replay out.png`` (modes ``vedas``/``latent``) it also draws what each latent step
+replayed: one panel per step with the replayed tokens on the image's merged grid and the
+SCF-VR crop window (the figure of ``vedas analyze crops``, drawn by the same function).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "answer one question about one image with a checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, help="vedas checkpoint directory, or a base HF model dir / hub id"
+    )
+    parser.add_argument("--image", default=None, help="image file (omit for a text-only question)")
+    parser.add_argument("--question", required=True, help="the question text")
+    parser.add_argument(
+        "--choices", nargs="*", default=None, help="answer options, lettered (A), (B), … in the prompt"
+    )
+    parser.add_argument(
+        "--mode", default="vedas", choices=["vedas", "latent", "cot", "no_cot"], help="how to answer"
+    )
+    parser.add_argument(
+        "--latents", type=int, default=None, help="override the checkpoint's latent count T_r"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
+    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    parser.add_argument(
+        "--show-replay",
+        default=None,
+        metavar="PNG",
+        help="draw the replayed tokens and crop window of every latent step into this PNG",
+    )
+    parser.add_argument(
+        "--replay-window", type=int, default=3, help="SCF-VR window W in merged cells for --show-replay"
+    )
+    from vedas.method import tto
+
+    tto.add_arguments(parser)  # --tto stage1,stage2 --tto-steps N --tto-lr X
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import vedas
+
+    if args.show_replay is not None:
+        problem = None
+        if args.mode not in ("vedas", "latent"):
+            problem = f"--show-replay: needs --mode vedas or latent (mode {args.mode!r} has no latent steps)"
+        elif args.image is None:
+            problem = "--show-replay: needs --image (nothing is replayed without one)"
+        elif args.replay_window < 1:
+            problem = f"--replay-window: must be ≥ 1, got {args.replay_window}"
+        if problem:
+            print(f"vedas infer: {problem}", file=sys.stderr)
+            return 2
+    from vedas.method.tto import from_args
+
+    try:
+        tto = from_args(args)
+    except ValueError as e:
+        print(f"vedas infer: {e}", file=sys.stderr)
+        return 2
+    vm = vedas.load(args.checkpoint, device=args.device)
+    d = vm.generate(
+        [args.image],
+        [args.question],
+        [args.choices] if args.choices else None,
+        mode=args.mode,
+        latents=args.latents,
+        return_details=True,
+        max_new_tokens=args.max_new_tokens,
+        tto=tto,
+    )
+    print(d.texts[0])
+    print(f"[mode={args.mode} latents={d.latents.shape[1]} ar_steps={d.ar_steps[0]}]")
+    if d.tto is not None:
+        print(f"[tto {','.join(tto.stages)}: loss {d.tto['loss']}, +{d.timings_ms['tto']:.0f} ms]")
+    if args.show_replay is not None:
+        from vedas.analysis.crops import draw_replay, replay_views
+
+        views = replay_views(
+            vm,
+            [args.image],
+            [args.question],
+            d,
+            [args.choices] if args.choices else None,
+            window=args.replay_window,
+        )
+        print(f"wrote {draw_replay(views, args.show_replay)}")
+    return 0

@@ -1,0 +1,81 @@
+"""Visual replay selection against a per-sample brute force, on random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vedas.method import replay
+from vedas.method.replay import VisualTokens
+
+
+def _visual(b: int, n: int, d: int, counts: list[int], seed: int) -> VisualTokens:
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.arange(n)[None] < torch.tensor(counts)[:, None]
+    return VisualTokens(
+        seq_index=torch.arange(n).repeat(b, 1),
+        valid=valid,
+        features=torch.randn(b, n, d, generator=g),
+        positions=torch.zeros(3, b, n, dtype=torch.long),
+    )
+
+
+def _brute(scores, valid, visited, k):
+    out = []
+    for s, v, vis in zip(scores.tolist(), valid.tolist(), visited.tolist()):
+        free = [i for i in range(len(s)) if v[i] and not vis[i]]
+        best = sorted(free, key=lambda i: -s[i])[:k]
+        out.append(sorted(best))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 3, 7, 50])
+def test_select_equals_brute_force_over_steps(seed, k):
+    b, n = 4, 20
+    counts = [20, 13, 0, 5]
+    vis = _visual(b, n, 8, counts, seed)
+    visited = torch.zeros(b, n, dtype=torch.bool)
+    g = torch.Generator().manual_seed(100 + seed)
+    seen: list[set[int]] = [set() for _ in range(b)]
+    for _ in range(4):
+        scores = torch.rand(b, n, generator=g)
+        expect = _brute(scores, vis.valid, visited, k)
+        rep = replay.build(scores, vis, visited, k)
+        got = [rep.index[i][rep.mask[i]].tolist() for i in range(b)]
+        assert got == expect
+        for i in range(b):
+            assert not seen[i] & set(got[i]), "a visual token was replayed twice"
+            seen[i] |= set(got[i])
+            assert len(got[i]) == min(k, counts[i] - len(seen[i]) + len(got[i]))
+            # invalid slots come first, so the chunk stays left-padded
+            m = rep.mask[i].tolist()
+            assert m == sorted(m)
+        visited = replay.mark_visited(visited, rep)
+        assert visited.sum(1).tolist() == [len(s) for s in seen]
+
+
+def test_weights_are_softmax_of_selected_scores_and_scales():
+    vis = _visual(2, 6, 4, [6, 2], 0)
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.0, 0.3], [0.7, 0.2, 0.9, 0.9, 0.9, 0.9]])
+    visited = torch.zeros(2, 6, dtype=torch.bool)
+    rep = replay.build(scores, vis, visited, 3)
+    assert rep.index[0].tolist() == [1, 3, 5]
+    w = torch.softmax(torch.tensor([0.5, 0.9, 0.3]), 0)
+    assert torch.allclose(rep.weights[0], w)
+    assert torch.allclose(rep.tokens[0], vis.features[0, [1, 3, 5]] * w[:, None])
+    # sample 1 has only 2 valid tokens: one invalid slot first, with zero weight
+    assert rep.mask[1].tolist() == [False, True, True] and rep.index[1, 1:].tolist() == [0, 1]
+    assert rep.weights[1, 0] == 0
+    unit = replay.build(scores, vis, visited, 3, scale="unit")
+    assert torch.allclose(unit.weights[0], w * 3) and torch.allclose(unit.weights[1].sum(), torch.tensor(2.0))
+    mix = replay.build(scores, vis, visited, 3, mode="soft_mix")
+    assert mix.tokens.shape == (2, 1, 4)
+    assert torch.allclose(mix.tokens[0, 0], (vis.features[0, [1, 3, 5]] * w[:, None]).sum(0))
+
+
+def test_nothing_left_gives_an_empty_chunk():
+    vis = _visual(2, 3, 4, [3, 1], 0)
+    visited = vis.valid.clone()
+    rep = replay.build(torch.rand(2, 3), vis, visited, 4)
+    assert rep.tokens.shape == (2, 0, 4) and rep.mask.shape == (2, 0)
