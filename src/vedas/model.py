@@ -33,9 +33,11 @@ from vedas.engine.loop import Details, PromptBatch
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.method import gap, routing
+from vedas.methods import LATENT_METHODS, METHODS
 
-MODES = ("vedas", "latent", "cot", "no_cot")
-LATENT_MODES = ("vedas", "latent")
+# the inference modes are the method names
+MODES = METHODS
+LATENT_MODES = LATENT_METHODS
 CONFIG_FILE = "config.yaml"
 WEIGHTS_DIR = "model"
 
@@ -67,7 +69,7 @@ class VedasModel:
         self.token_ids = latent_token_ids(self.tokenizer)
         install_recorder(model)
         # modules saved beside the backbone (routers, heads…): name -> (module, plain-dict config)
-        self.extras: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
+        self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
         self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
@@ -236,10 +238,6 @@ class VedasModel:
         )
 
     # --- checkpoints ---------------------------------------------------------------------
-    def add_extra(self, name: str, module: torch.nn.Module, config: dict[str, Any]) -> None:
-        """Attach a module the checkpoint must carry (see :mod:`vedas.extras`)."""
-        self.extras[name] = (module, dict(config))
-
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory atomically (temp dir, then rename)."""
         dest = Path(path)
@@ -248,10 +246,9 @@ class VedasModel:
         try:
             meta: dict[str, Any] = {"arch": self.model.config.model_type, "latent": to_dict(self.config)}
             if self.extras:
-                meta["extras"] = {name: cfg for name, (_, cfg) in self.extras.items()}
+                meta["extras"] = self.extras.configs()
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
-            for name, (module, _) in self.extras.items():
-                extras.save(tmp, name, module)
+            self.extras.save(tmp)
             self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
             self.processor.save_pretrained(tmp / WEIGHTS_DIR)
             if dest.exists():
@@ -312,6 +309,5 @@ def load(
     if device is not None:
         model.to(device)
     vm = VedasModel(model.eval(), processor, latent)
-    for name, cfg in (meta.get("extras") or {}).items():
-        vm.add_extra(name, extras.load(Path(path), vm, name, cfg), cfg)
+    vm.extras.load(Path(path), vm, meta.get("extras") or {})
     return vm

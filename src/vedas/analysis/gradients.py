@@ -163,7 +163,7 @@ class TokenGradients:
 def clear_grads(objective: Any) -> None:
     """Drop every gradient a probe left: the objective's and the checkpoint extras' (routers…)."""
     objective.zero_grad(set_to_none=True)
-    for module, _ in objective.vm[0].extras.values():
+    for module in objective.vm[0].extras.modules().values():
         module.zero_grad(set_to_none=True)
 
 

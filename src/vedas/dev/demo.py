@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vedas.methods import METHODS
+
 HELP = "run the main job on the embedded default: synthetic data, tiny Qwen2-VL, 4 methods, report"
-METHODS = ("no_cot", "cot", "latent", "vedas")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from vedas.method import tto as tto_flags
+from vedas.methods import METHODS
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
 CATEGORY_KEYS = ("category", "domain", "l2_category", "topic")
@@ -216,9 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
-    parser.add_argument(
-        "--method", default="vedas", choices=["no_cot", "cot", "latent", "vedas"], help="decoding mode"
-    )
+    parser.add_argument("--method", default="vedas", choices=METHODS, help="decoding mode")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default: 8)")
     parser.add_argument(
         "--scoring", default="vedas", help="scoring rule: vedas, m3cot, lmms_sqa, lmms_mcq, gqa"

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from vedas.config import _check
 from vedas.data.steps import split_steps
 from vedas.engine.prompts import answer_target
-
-METHODS = ("no_cot", "cot", "latent", "vedas")
-LATENT_METHODS = ("latent", "vedas")
+from vedas.methods import LATENT_METHODS, METHODS  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -126,7 +126,7 @@ def input_norms(backbone: Any, batch: PromptBatch, visual: VisualTokens) -> tupl
 def enable_norm_calibration(vm: Any, momentum: float = DEFAULT_MOMENTUM) -> NormEMA:
     """Attach a fresh :class:`NormEMA` as the checkpoint extra ``latent_norm`` (replacing an old one)."""
     module = NormEMA(momentum).to(vm.device)
-    vm.add_extra(NORM_EXTRA, module, {"momentum": momentum})
+    vm.extras.add(NORM_EXTRA, module, {"momentum": momentum})
     return module
 
 
@@ -149,8 +149,7 @@ def calibrate_norms(vm: Any, records: Sequence[Any], batch_size: int = 8) -> Nor
     """Set the norm averages to the plain per-token means over ``records`` (installing the extra if needed)."""
     if not records:
         raise ValueError("records: nothing to calibrate on")
-    entry = vm.extras.get(NORM_EXTRA)
-    module = entry[0] if entry is not None else enable_norm_calibration(vm)
+    module = vm.extras.get(NORM_EXTRA) or enable_norm_calibration(vm)
     texts, visuals = [], []
     for batch, visual in _prompt_batches(vm, records, batch_size):
         t, v = input_norms(vm.backbone, batch, visual)
@@ -242,7 +241,7 @@ def visual_embeddings(
 def enable_pca_head(vm: Any, embeddings: torch.Tensor, share: float = 0.95) -> PCAHead:
     """Fit a :class:`PCAHead` on ``embeddings`` and attach it as the checkpoint extra ``latent_head``."""
     head = PCAHead.fit(embeddings, share).to(device=vm.device)
-    vm.add_extra(HEAD_EXTRA, head, {"dim": int(embeddings.shape[1]), "rank": head.rank, "variance": share})
+    vm.extras.add(HEAD_EXTRA, head, {"dim": int(embeddings.shape[1]), "rank": head.rank, "variance": share})
     return head
 
 
@@ -260,10 +259,10 @@ def _build_head(vm: Any, cfg: dict[str, Any]) -> nn.Module:
 
 
 def _extra(vm: Any, name: str, option: str, how: str) -> nn.Module:
-    entry = vm.extras.get(name)
-    if entry is None:
+    module = vm.extras.get(name)
+    if module is None:
         raise ValueError(f"{option}: the model has no {name!r} module; {how}")
-    return entry[0]
+    return module
 
 
 def latent_transform(vm: Any, cfg: LatentConfig | None = None) -> LatentTransform | None:

@@ -419,11 +419,11 @@ def install(target: Any, cfg: RoutingConfig) -> RoutingDepthScaling:
 def enable_routing(vm: Any, cfg: RoutingConfig | None = None) -> RoutingDepthScaling:
     """Install RDS on ``vm`` and register it as the checkpoint extra ``routing`` (replacing an old one)."""
     cfg = cfg or RoutingConfig()
-    old = vm.extras.pop("routing", None)
+    old = vm.extras.pop("routing")
     if old is not None:
-        old[0].remove()
+        old.remove()
     module = install(vm, cfg)
-    vm.add_extra("routing", module, to_dict(cfg))
+    vm.extras.add("routing", module, to_dict(cfg))
     return module
 
 
@@ -435,8 +435,7 @@ def _build(vm: Any, cfg: dict[str, Any]) -> nn.Module:
 
 def routing_module(vm: Any) -> RoutingDepthScaling | None:
     """The RDS module registered on ``vm``, if any."""
-    entry = vm.extras.get("routing")
-    return entry[0] if entry is not None else None
+    return vm.extras.get("routing")
 
 
 __all__ = [

@@ -103,9 +103,9 @@ class LatentObjective(nn.Module):
         use_recon = method == "vedas" and recon is not None and recon.weight > 0
         self.sr = scfvr.TokenSR(dim, recon.sr) if use_recon else None
         # GAP modules (PCA latent head, norm EMA) live here too, so DDP/accelerate sync them
-        self.gap = nn.ModuleDict({n: m for n, (m, _) in vm.extras.items() if n in gap.EXTRAS})
+        self.gap = nn.ModuleDict({n: m for n, m in vm.extras.modules().items() if n in gap.EXTRAS})
         # the routers too: as submodules of the wrapped objective, DDP all-reduces their gradients
-        self.routing = vm.extras["routing"][0] if "routing" in vm.extras else None
+        self.routing = vm.extras.get("routing")
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
@@ -121,7 +121,7 @@ class LatentObjective(nn.Module):
         if latent:
             active = torch.arange(steps, device=text.device)[None] < batch.latents[:, None]
             if self.training and self.latent.latent_norm == "ema" and gap.NORM_EXTRA in vm.extras:
-                vm.extras[gap.NORM_EXTRA][0].update(*gap.input_norms(bb, batch.prompt, loop.visual))
+                vm.extras.get(gap.NORM_EXTRA).update(*gap.input_norms(bb, batch.prompt, loop.visual))
             transform = gap.latent_transform(vm, self.latent)  # GAP: PCA head, norm calibration
             _, _, replays = loop.latent_steps(h, steps, k, active, transform=transform)
             end = torch.full_like(text[:, :1], vm.token_ids.end)

@@ -50,6 +50,7 @@ from vedas.method.curriculum import (
     stage_for_epoch,
 )
 from vedas.method.scfvr import SCFVRConfig
+from vedas.methods import Method
 from vedas.train import state as train_state
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
@@ -186,7 +187,7 @@ class RunConfig:
 class TrainConfig:
     """Everything ``vedas train`` reads; every field can be overridden as ``--section.field value``."""
 
-    method: Literal["no_cot", "cot", "latent", "vedas"] = "vedas"
+    method: Method = "vedas"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
@@ -285,7 +286,7 @@ def trainable_parameters(objective: Any, vm: Any) -> list[torch.nn.Parameter]:
     """What the optimizer steps: the objective's trainable parameters and the checkpoint extras', each
     once (routers and GAP modules are both extras and objective submodules)."""
     params = [p for p in objective.parameters() if p.requires_grad]
-    params += [p for _, (m, _) in vm.extras.items() for p in m.parameters() if p.requires_grad]
+    params += [p for m in vm.extras.modules().values() for p in m.parameters() if p.requires_grad]
     return list({id(p): p for p in params}.values())
 
 
@@ -408,9 +409,7 @@ def main(cfg: TrainConfig) -> Path:
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps
     )
-    model_for_state = torch.nn.ModuleDict(
-        {"objective": objective, **{n: m for n, (m, _) in vm.extras.items()}}
-    )
+    model_for_state = torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()})
     state = train_state.TrainState()
     ckpt_dir = out_dir / "checkpoints"
     if cfg.run.resume:
@@ -582,7 +581,7 @@ def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name), child, module.get_base_layer())
     out = VedasModel(model, vm.processor, cfg.latent)
-    out.extras = dict(vm.extras)
+    out.extras = vm.extras.copy()
     out.save(dest)
     return dest
 
