@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,16 @@ setup: $(VENV)/.installed
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# the suite without the slow integration tests
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# radon prints every function of complexity D or worse; any output fails the target
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	@out="$$($(BIN)/radon cc -n D src)"; if [ -n "$$out" ]; then echo "$$out"; \
+		echo "radon: the functions above are too complex (grade D or worse)"; exit 1; fi
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/vedas demo
