@@ -1,13 +1,17 @@
-"""The ``vedas`` command line: every subcommand has --help."""
+"""The ``vedas`` command line: every subcommand has --help and the shared flags read the same everywhere."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from vedas import cli_args
 from vedas.cli import build_parser, main
+from vedas.methods import LATENT_METHODS, METHODS
 
 SUBCOMMANDS = ["demo", "train", "eval", "infer", "bench", "analyze", "data"]
 
@@ -62,4 +66,64 @@ def test_infer_end_to_end(tiny, tmp_path, make_image):
         text=True,
         check=True,
     )
-    assert "[mode=vedas latents=2 ar_steps=" in out.stdout
+    assert "[method=vedas latents=2 ar_steps=" in out.stdout
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every (command path, parser) that has no subcommands of its own."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, (*path, name))
+
+
+def _method_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options that take a method name: named like one, or choosing among the method names."""
+    return [
+        a
+        for a in parser._actions
+        if a.dest in ("method", "methods", "mode") or (a.choices and set(a.choices) & set(METHODS))
+    ]
+
+
+# the analyses that inspect latent steps offer only the latent methods
+LATENT_ONLY = {("analyze", "crops"), ("analyze", "latents"), ("analyze", "latent-use")}
+
+
+def test_every_method_flag_is_spelled_method_with_the_method_names():
+    seen = set()
+    for path, parser in _leaf_parsers(build_parser()):
+        for action in _method_actions(parser):
+            assert action.option_strings == ["--method"], (path, action.option_strings)
+            expected = LATENT_METHODS if path in LATENT_ONLY else METHODS
+            assert tuple(action.choices) == expected, path
+            assert action.help, path
+            seen.add(path)
+    expected_commands = {("eval",), ("infer",), ("demo",), ("data", "difficulty"), *LATENT_ONLY}
+    assert seen == expected_commands
+
+
+def test_every_flag_has_a_help_string():
+    for path, parser in _leaf_parsers(build_parser()):
+        for action in parser._actions:
+            assert action.help, (path, action.option_strings or action.dest)
+
+
+def test_device_auto_is_cuda_when_visible_else_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert cli_args.resolve_device("auto") == expected
+    assert cli_args.resolve_device(None) == expected
+    args = build_parser().parse_args(["eval", "--checkpoint", "c", "--data", "synthetic:d"])
+    assert args.device == "auto" and cli_args.resolve_device(args.device) == expected
+
+
+@pytest.mark.parametrize("value", ["graphics", "cuda:x", "cuda:99"])
+def test_bad_device_is_an_argument_error_naming_the_flag(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--checkpoint", "c", "--data", "synthetic:d", "--device", value])
+    assert e.value.code == 2
+    assert "argument --device:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--device"):
+        cli_args.resolve_device(value)

@@ -1,12 +1,15 @@
 """The ``vedas`` command line: one entry point, one subcommand per job.
 
-    vedas demo            the main job on the embedded default (no download)
-    vedas data synth ...  write the synthetic benchmark
-    vedas infer ...       answer one question about one image
-    vedas bench ...       measured speed ratios, side by side
+    vedas demo               the main job on the embedded default (no download)
+    vedas data synth ...     write the synthetic benchmark (also: data show, data difficulty)
+    vedas train --config ... train one method (the recipe; ``--section.field value`` overrides)
+    vedas eval ...           accuracy, AR steps and latency of a checkpoint (report.json + .md)
+    vedas infer ...          answer one question about one image
+    vedas bench ...          measured speed ratios, side by side
+    vedas analyze ...        diagnostics as PNG + JSON (norms, gradients, crops, latents, latent-use)
 
-Each subcommand has its own ``--help``. Subcommands whose issue has not landed yet say so
-and exit with status 2 rather than print anything that looks like a result.
+Each subcommand has its own ``--help``. The flags they share (``--checkpoint``, ``--data``,
+``--split``, ``--method``, ``--device``) are declared once, in :mod:`vedas.cli_args`.
 """
 
 from __future__ import annotations
@@ -29,18 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     from vedas.evaluation import evaluate, infer
     from vedas.train import recipe as train
 
-    raw = argparse.RawDescriptionHelpFormatter  # for docstrings with example blocks
-    for name, module, formatter in (
-        ("demo", demo, None),
-        ("data", data_cli, None),
-        ("bench", bench, raw),
-        ("eval", evaluate, raw),
-        ("train", train, raw),
-        ("infer", infer, None),
-        ("analyze", analysis_cli, None),
+    for name, module in (
+        ("demo", demo),
+        ("data", data_cli),
+        ("bench", bench),
+        ("eval", evaluate),
+        ("train", train),
+        ("infer", infer),
+        ("analyze", analysis_cli),
     ):
-        extra = {"formatter_class": formatter} if formatter else {}
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__, **extra))
+        # the module docstring is the description; its example blocks keep their line breaks
+        module.add_arguments(
+            sub.add_parser(
+                name,
+                help=module.HELP,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
 
     return parser
 

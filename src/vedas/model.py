@@ -237,6 +237,27 @@ class VedasModel:
             seeds=seeds,
         )
 
+    # --- dataset records (vedas.data.Record) ---------------------------------------------
+    @staticmethod
+    def record_inputs(records: Sequence[Any]) -> dict[str, list[Any]]:
+        """The ``images``/``questions``/``choices``/``contexts`` arguments of :meth:`prepare` for ``records``."""
+        return {
+            "images": [r.images for r in records],
+            "questions": [r.question for r in records],
+            "choices": [r.choices or None for r in records],
+            "contexts": [r.context or None for r in records],
+        }
+
+    def prepare_records(self, records: Sequence[Any], mode: str = "vedas") -> PromptBatch:
+        """:meth:`prepare` on dataset records."""
+        return self.prepare(**self.record_inputs(records), mode=mode)
+
+    def generate_records(
+        self, records: Sequence[Any], **kwargs: Any
+    ) -> tuple[list[str], list[int]] | Details:
+        """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…)."""
+        return self.generate(**self.record_inputs(records), **kwargs)
+
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory atomically (temp dir, then rename)."""

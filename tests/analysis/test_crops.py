@@ -72,7 +72,7 @@ def test_infer_show_replay_draws_one_sample(checkpoint, test_records, tmp_path, 
 
 @pytest.mark.parametrize(
     ("extra", "flag"),
-    [(["--mode", "no_cot"], "--show-replay"), (["--replay-window", "0"], "--replay-window")],
+    [(["--method", "no_cot"], "--show-replay"), (["--replay-window", "0"], "--replay-window")],
 )
 def test_infer_show_replay_rejects_bad_flags_before_loading(tmp_path, capsys, extra, flag):
     argv = ["infer", "--checkpoint", str(tmp_path / "missing"), "--image", "x.png", "--question", "Q?"]

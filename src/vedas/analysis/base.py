@@ -1,8 +1,8 @@
 """What every ``vedas analyze`` command shares: its inputs, its outputs and its figure canvas.
 
-- Inputs: a checkpoint and a dataset split (``--checkpoint DIR --data NAME[:PATH] --split S --n N``),
-  checked before any compute; a bad value raises :class:`AnalysisError` naming the flag, which
-  the command prints and answers with exit status 2.
+- Inputs: a checkpoint and a dataset split (``--checkpoint DIR --data NAME[:PATH] --split S --n N``,
+  the shared flags of :mod:`vedas.cli_args`), checked before any compute; a bad value raises
+  :class:`AnalysisError` naming the flag, which the command prints and answers with exit status 2.
 - Outputs: figures are drawn on a ``matplotlib.figure.Figure`` with an explicit Agg canvas
   (no pyplot, no global backend switch, nothing left open) and saved as PNG; the numbers
   behind each figure go to a JSON file beside it.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from vedas import cli_args
 
 # one palette for every analysis figure, so the same kind of token has the same colour everywhere
 COLORS = {
@@ -46,33 +46,48 @@ def require(ok: bool, flag: str, message: str) -> None:
 # --- inputs --------------------------------------------------------------------------------
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, n_default: int, n_help: str) -> None:
-    """``--checkpoint --data --split --n --batch-size --device --out`` for the checkpoint analyses."""
-    parser.add_argument("--checkpoint", required=True, help="vedas checkpoint directory (from `vedas train`)")
-    parser.add_argument(
-        "--data",
-        required=True,
-        metavar="NAME[:PATH]",
-        help="dataset and its folder, e.g. synthetic:data/synth (names: see `vedas data --help`)",
-    )
-    parser.add_argument("--split", default="test", help="dataset split to read (default: test)")
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    n_default: int,
+    n_help: str,
+    *,
+    batch_size: int = 8,
+    data_default: str | None = None,
+    latent_method: bool = True,
+) -> None:
+    """``--checkpoint --data --split --n --batch-size --device --out`` (and ``--method``) for the analyses.
+
+    ``data_default``: what happens without ``--data`` (it is required when None);
+    ``latent_method``: add ``--method`` with the latent methods as its choices.
+    """
+    cli_args.add_checkpoint(parser)
+    data_help = None if data_default is None else f"dataset and its folder (default: {data_default})"
+    cli_args.add_data(parser, required=data_default is None, data_help=data_help, limit=False)
     parser.add_argument("--n", type=int, default=n_default, help=f"{n_help} (default: {n_default})")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default: 8)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"samples per batch (default: {batch_size})"
+    )
+    if latent_method:
+        cli_args.add_method(parser, default="vedas", latent_only=True, help="latent decoding method")
+    cli_args.add_device(parser)
     parser.add_argument("--out", required=True, help="output directory for the PNG and JSON files")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def load_model_and_records(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    """The checkpoint and the first ``--n`` records of ``--data``/``--split``; errors name the flag."""
-    import vedas
-    from vedas.data import load
-    from vedas.data.registry import canonical_name, split_spec
-
+def check_model_arguments(args: argparse.Namespace) -> Path:
+    """``--n``, ``--batch-size`` and ``--checkpoint`` checked before any compute; the checkpoint path."""
     require(args.n >= 1, "--n", f"must be ≥ 1, got {args.n}")
     require(args.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {args.batch_size}")
     ckpt = Path(args.checkpoint)
     require(ckpt.exists(), "--checkpoint", f"{ckpt} does not exist")
+    return ckpt
+
+
+def load_records(args: argparse.Namespace) -> list[Any]:
+    """The first ``--n`` records of ``--data``/``--split``; errors name the flag."""
+    from vedas.data import load
+    from vedas.data.registry import canonical_name, split_spec
+
     name, path = split_spec(args.data)
     try:
         canonical_name(name)
@@ -83,9 +98,21 @@ def load_model_and_records(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     except (OSError, ValueError) as e:
         raise AnalysisError(f"--data/--split: cannot read {args.data!r} split {args.split!r}: {e}") from None
     require(len(records) > 0, "--data", f"{args.data!r} split {args.split!r} has no records")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vm = vedas.load(ckpt, device=device)
-    return vm, list(records)
+    return list(records)
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The ``--checkpoint`` on the ``--device``."""
+    import vedas
+
+    return vedas.load(Path(args.checkpoint), device=cli_args.resolve_device(args.device))
+
+
+def load_model_and_records(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The checkpoint and the first ``--n`` records of ``--data``/``--split``; errors name the flag."""
+    check_model_arguments(args)
+    records = load_records(args)
+    return load_model(args), records
 
 
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -1,39 +1,34 @@
 """``vedas analyze``: one subcommand per diagnostic, each writing PNGs and the numbers as JSON.
 
-Each analysis is a module of this package exposing ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``; the table below names them. A module that is not there yet is
-listed with the issue that brings it, and exits with status 2.
+    vedas analyze norms --checkpoint CKPT --out runs/analysis/norms
+    vedas analyze crops --checkpoint CKPT --data synthetic:data/synth --out runs/analysis/crops
+
+Each diagnostic has its own ``--help``. Adding one: a module of this package with ``HELP``
+(one line), ``add_arguments(parser)`` (which sets ``func``) and a docstring (its ``--help``),
+named in :data:`ANALYSES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 HELP = "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use"
 
-# subcommand -> (module, issue that brings it)
-ANALYSES: dict[str, tuple[str, str]] = {
-    "norms": ("vedas.analysis.norms", "issue 7"),
-    "gradients": ("vedas.analysis.gradients", "issue 8"),
-    "crops": ("vedas.analysis.crops", "issue 8"),
-    "latents": ("vedas.analysis.latents", "issue 8"),
-    "latent-use": ("vedas.analysis.latent_use", "issue 8"),
+ANALYSES: dict[str, str] = {
+    "norms": "vedas.analysis.norms",
+    "gradients": "vedas.analysis.gradients",
+    "crops": "vedas.analysis.crops",
+    "latents": "vedas.analysis.latents",
+    "latent-use": "vedas.analysis.latent_use",
 }
+"""Subcommand -> the module that implements it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
-    for name, (module, issue) in ANALYSES.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            p = sub.add_parser(name, help=f"(not built yet: {issue})")
-            p.set_defaults(func=_pending(name, issue))
-            continue
+    for name, module in ANALYSES.items():
+        mod = importlib.import_module(module)
         mod.add_arguments(
             sub.add_parser(
                 name,
@@ -42,11 +37,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
         )
-
-
-def _pending(name: str, issue: str):
-    def run(_: argparse.Namespace) -> int:
-        print(f"vedas analyze {name}: not built yet ({issue} brings it).", file=sys.stderr)
-        return 2
-
-    return run

@@ -248,7 +248,6 @@ def draw_replay(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_model_arguments(parser, n_default=8, n_help="samples to draw, the first N of the split")
-    parser.add_argument("--method", default="vedas", choices=["vedas", "latent"], help="latent decoding mode")
     parser.add_argument(
         "--latents", type=int, default=None, help="override the checkpoint's latent count T_r"
     )
@@ -272,21 +271,15 @@ def run(args: argparse.Namespace) -> int:
     views: list[ReplayView] = []
     bar = base.progress(len(records), "crops", not args.no_progress)
     for chunk in base.batches(records, args.batch_size):
-        images = [r.images for r in chunk]
-        questions = [r.question for r in chunk]
-        choices = [r.choices or None for r in chunk]
-        contexts = [r.context or None for r in chunk]
-        d = vm.generate(
-            images,
-            questions,
-            choices,
+        d = vm.generate_records(
+            chunk,
             mode=args.method,
             latents=args.latents,
             return_details=True,
-            contexts=contexts,
             max_new_tokens=args.max_new_tokens,
         )
-        for r, view in zip(chunk, replay_views(vm, images, questions, d, choices, contexts, args.window)):
+        chunk_views = replay_views(vm, details=d, window=args.window, **vm.record_inputs(chunk))
+        for r, view in zip(chunk, chunk_views):
             view.id, view.answer, view.correct = r.id, r.answer, bool(score(view.prediction, r, args.scoring))
             views.append(view)
         bar.update(len(chunk))

@@ -58,7 +58,7 @@ def make_transform(condition: str, seed: int = 0) -> Any:
 
 
 class TransformedModel:
-    """A VedasModel whose ``generate`` applies a latent transform (``evaluate`` takes none itself)."""
+    """A VedasModel whose ``generate_records`` applies a latent transform (``evaluate`` takes none itself)."""
 
     def __init__(self, vm: Any, transform: Any) -> None:
         self.vm = vm
@@ -68,8 +68,8 @@ class TransformedModel:
     def device(self) -> torch.device:
         return self.vm.device
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.vm.generate(*args, latent_transform=self.transform, **kwargs)
+    def generate_records(self, records: Any, **kwargs: Any) -> Any:
+        return self.vm.generate_records(records, latent_transform=self.transform, **kwargs)
 
 
 def _summary(report: dict[str, Any], reference: list[str] | None) -> dict[str, Any]:
@@ -188,7 +188,6 @@ def draw(report: dict[str, Any], path: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_model_arguments(parser, n_default=64, n_help="samples evaluated, the first N of the split")
-    parser.add_argument("--method", default="vedas", choices=["vedas", "latent"], help="latent decoding mode")
     parser.add_argument(
         "--scoring", default="vedas", help="scoring rule: vedas, m3cot, lmms_sqa, lmms_mcq, gqa"
     )

@@ -128,22 +128,15 @@ def collect(
     visual, latents = [], []
     bar = base.progress(len(records), "latents", not args.no_progress)
     for chunk in base.batches(records, args.batch_size):
-        images = [r.images for r in chunk]
-        questions = [r.question for r in chunk]
-        choices = [r.choices or None for r in chunk]
-        contexts = [r.context or None for r in chunk]
-        d = vm.generate(
-            images,
-            questions,
-            choices,
+        d = vm.generate_records(
+            chunk,
             mode=args.method,
             latents=args.latents,
             return_details=True,
-            contexts=contexts,
             max_new_tokens=args.max_new_tokens,
         )
         latents.append(d.latents.detach().float().cpu())
-        batch = vm.prepare(images, questions, choices, contexts, mode=args.method)
+        batch = vm.prepare_records(chunk, mode=args.method)
         with torch.no_grad():
             _, vis, _ = embed_prompt(vm.backbone, batch)
         visual.append(vis.features[vis.valid].float().cpu())
@@ -213,7 +206,6 @@ def draw(coords: dict[str, torch.Tensor], steps: int, dist: dict[str, Any], path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_model_arguments(parser, n_default=32, n_help="samples whose latents and embeddings are mapped")
-    parser.add_argument("--method", default="vedas", choices=["vedas", "latent"], help="latent decoding mode")
     parser.add_argument(
         "--latents", type=int, default=None, help="override the checkpoint's latent count T_r"
     )

@@ -28,8 +28,10 @@ norms by step against the input norms).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +42,18 @@ from vedas.analysis import base
 HELP = "hidden-state vs input-embedding norm ratios, text and visual (GAP's diagnostic), PNG + JSON"
 GAP_MONET_7B = {"text": 546.4, "visual": 8.7}
 """GAP's measurement on Monet-7B (Qwen2.5-VL-7B): output / input L2 norm, text and visual tokens."""
+KINDS = ("text", "visual")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, help="vedas checkpoint directory (or a base HF model dir)"
+    base.add_model_arguments(
+        parser,
+        n_default=16,
+        n_help="samples to measure",
+        batch_size=4,
+        data_default="--n fresh synthetic samples",
+        latent_method=False,
     )
-    parser.add_argument(
-        "--data",
-        default=None,
-        metavar="NAME[:PATH]",
-        help="dataset and its folder, e.g. synthetic:data/synth (default: --n fresh synthetic samples)",
-    )
-    parser.add_argument("--split", default="test", help="dataset split to read (default: test)")
-    parser.add_argument("--n", type=int, default=16, help="samples to measure (default: 16)")
-    parser.add_argument("--batch-size", type=int, default=4, help="samples per forward (default: 4)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", required=True, help="output directory for norms.json and norms.png")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=base.run_command("norms", run_body))
 
 
@@ -95,73 +91,84 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 @torch.no_grad()
 def prompt_norms(vm: Any, records: list[Any], batch_size: int = 4, progress: bool = False) -> dict[str, Any]:
     """Input, per-layer and output norms of the prompts' text and visual tokens (one plain forward each)."""
-    from vedas.engine.loop import embed_prompt
-
-    bb = vm.backbone
-    layers = bb.decoder_layers()
     sums = _Norms()
+    layers = vm.backbone.decoder_layers()
+    with (
+        _layer_outputs(layers) as captured,
+        base.progress(len(records), "norms", progress) as bar,
+    ):
+        for chunk in base.batches(records, batch_size):
+            _add_prompt_norms(vm, chunk, captured, sums)
+            bar.update(len(chunk))
+    return _summarise(sums, len(layers))
+
+
+@contextlib.contextmanager
+def _layer_outputs(layers: Any) -> Iterator[dict[int, torch.Tensor]]:
+    """While open, a dict from each decoder layer's index to its latest output hidden states."""
     captured: dict[int, torch.Tensor] = {}
 
-    def hook(i: int):
+    def hook(i: int) -> Any:
         def fn(_module: Any, _args: Any, output: Any) -> None:
             captured[i] = output[0] if isinstance(output, tuple) else output
 
         return fn
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    bar = base.progress(len(records), "norms", progress)
     try:
-        for chunk in base.batches(records, batch_size):
-            batch = vm.prepare(
-                [r.images for r in chunk],
-                [r.question for r in chunk],
-                [r.choices or None for r in chunk],
-                [r.context or None for r in chunk],
-                mode="vedas",
-            )
-            embeds, _, positions = embed_prompt(bb, batch)
-            out = bb.decoder()(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=positions,
-                use_cache=False,
-            ).last_hidden_state
-            is_img = batch.input_ids == bb.image_token_id
-            kinds = {"text": batch.attention_mask.bool() & ~is_img, "visual": is_img}
-            for kind, sel in kinds.items():
-                sums.add(f"input.{kind}", embeds[sel].float().norm(dim=-1))
-                sums.add(f"output.{kind}", out[sel].float().norm(dim=-1))
-                for i in range(len(layers)):
-                    sums.add(f"layer{i}.{kind}", captured[i][sel].float().norm(dim=-1))
-            bar.update(len(chunk))
+        yield captured
     finally:
         for h in handles:
             h.remove()
-        bar.close()
-    last = len(layers) - 1
-    res: dict[str, Any] = {}
-    for name, key in (("input_norm", "input"), ("output_norm", "output"), ("pre_final_norm", f"layer{last}")):
-        res[name] = {k: sums.mean(f"{key}.{k}") for k in ("text", "visual")}
-    res["ratio"] = {k: _ratio(res["output_norm"][k], res["input_norm"][k]) for k in ("text", "visual")}
-    res["ratio_pre_final_norm"] = {
-        k: _ratio(res["pre_final_norm"][k], res["input_norm"][k]) for k in ("text", "visual")
-    }
+
+
+def _add_prompt_norms(vm: Any, chunk: Any, captured: dict[int, torch.Tensor], sums: _Norms) -> None:
+    """One plain forward of ``chunk``'s prompts; every real token's norms into ``sums``, by kind."""
+    from vedas.engine.loop import embed_prompt
+
+    bb = vm.backbone
+    batch = vm.prepare_records(chunk, mode="vedas")
+    embeds, _, positions = embed_prompt(bb, batch)
+    out = bb.decoder()(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        use_cache=False,
+    ).last_hidden_state
+    is_img = batch.input_ids == bb.image_token_id
+    kinds = {"text": batch.attention_mask.bool() & ~is_img, "visual": is_img}
+    for kind, sel in kinds.items():
+        sums.add(f"input.{kind}", embeds[sel].float().norm(dim=-1))
+        sums.add(f"output.{kind}", out[sel].float().norm(dim=-1))
+        for i, hidden in sorted(captured.items()):
+            sums.add(f"layer{i}.{kind}", hidden[sel].float().norm(dim=-1))
+
+
+def _summarise(sums: _Norms, n_layers: int) -> dict[str, Any]:
+    """Means, medians and their output / input ratios, per kind, from the collected norms."""
+    last = f"layer{n_layers - 1}"
+    quantities = (("input", "input"), ("output", "output"), ("pre_final_norm", last))
+    mean = {name: {k: sums.mean(f"{key}.{k}") for k in KINDS} for name, key in quantities}
     # outlier tokens (attention sinks) can dominate a mean: the medians show the typical token
-    med = {
-        name: {k: sums.median(f"{key}.{k}") for k in ("text", "visual")}
-        for name, key in (("input", "input"), ("output", "output"), ("pre_final_norm", f"layer{last}"))
+    med = {name: {k: sums.median(f"{key}.{k}") for k in KINDS} for name, key in quantities}
+
+    def ratios(of: dict[str, dict[str, float | None]], top: str) -> dict[str, float | None]:
+        return {k: _ratio(of[top][k], of["input"][k]) for k in KINDS}
+
+    return {
+        "input_norm": mean["input"],
+        "output_norm": mean["output"],
+        "pre_final_norm": mean["pre_final_norm"],
+        "ratio": ratios(mean, "output"),
+        "ratio_pre_final_norm": ratios(mean, "pre_final_norm"),
+        "median_norm": med,
+        "ratio_of_medians": ratios(med, "output"),
+        "ratio_of_medians_pre_final_norm": ratios(med, "pre_final_norm"),
+        "by_layer": {
+            k: [mean["input"][k], *[sums.mean(f"layer{i}.{k}") for i in range(n_layers)]] for k in KINDS
+        },
+        "tokens": {k: sums.count(f"input.{k}") for k in KINDS},
     }
-    res["median_norm"] = med
-    res["ratio_of_medians"] = {k: _ratio(med["output"][k], med["input"][k]) for k in ("text", "visual")}
-    res["ratio_of_medians_pre_final_norm"] = {
-        k: _ratio(med["pre_final_norm"][k], med["input"][k]) for k in ("text", "visual")
-    }
-    res["by_layer"] = {
-        k: [res["input_norm"][k], *[sums.mean(f"layer{i}.{k}") for i in range(len(layers))]]
-        for k in ("text", "visual")
-    }
-    res["tokens"] = {k: sums.count(f"input.{k}") for k in ("text", "visual")}
-    return res
 
 
 @torch.no_grad()
@@ -176,15 +183,7 @@ def latent_norms(vm: Any, records: list[Any], batch_size: int = 4) -> dict[str, 
             vm.config = c
             per_step = []
             for chunk in base.batches(records, batch_size):
-                d = vm.generate(
-                    [r.images for r in chunk],
-                    [r.question for r in chunk],
-                    [r.choices or None for r in chunk],
-                    mode="vedas",
-                    contexts=[r.context or None for r in chunk],
-                    max_new_tokens=1,
-                    return_details=True,
-                )
+                d = vm.generate_records(chunk, mode="vedas", max_new_tokens=1, return_details=True)
                 per_step.append(d.latents.float().norm(dim=-1))  # (B, T)
             norms = torch.cat(per_step)
             res[name] = {"by_step": norms.mean(0).tolist(), "mean": float(norms.mean())}
@@ -275,32 +274,18 @@ def plot(res: dict[str, Any], title: str, path: Path) -> Path:
 
 def _records(args: argparse.Namespace, tmp: str) -> list[Any]:
     from vedas.data import load, synth
-    from vedas.data.registry import canonical_name, split_spec
 
     if args.data is None:
         synth.write(tmp, train=0, test=args.n, seed=0)
         return list(load("synthetic", path=tmp, split="test"))
-    name, path = split_spec(args.data)
-    try:
-        canonical_name(name)
-        records = load(name, path=path, split=args.split, limit=args.n)
-    except (OSError, ValueError) as e:
-        raise base.AnalysisError(f"--data: cannot read {args.data!r} split {args.split!r}: {e}") from None
-    base.require(len(records) > 0, "--data", f"{args.data!r} split {args.split!r} has no records")
-    return list(records)
+    return base.load_records(args)
 
 
 def run_body(args: argparse.Namespace) -> int:
-    import vedas
-
-    base.require(args.n >= 1, "--n", f"must be ≥ 1, got {args.n}")
-    base.require(args.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {args.batch_size}")
-    ckpt = Path(args.checkpoint)
-    base.require(ckpt.exists(), "--checkpoint", f"{ckpt} does not exist")
+    ckpt = base.check_model_arguments(args)
     with tempfile.TemporaryDirectory() as tmp:
         records = _records(args, tmp)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        vm = vedas.load(ckpt, device=device)
+        vm = base.load_model(args)
         res = measure(vm, records, args.batch_size, progress=not args.no_progress)
     data = args.data or f"synthetic (fresh, seed 0, {args.n} samples)"
     res = {"checkpoint": str(ckpt), "data": data, "split": args.split, "n": len(records), **res}

@@ -5,7 +5,7 @@
     vedas data show synthetic:data/synth --split test --limit 3
     vedas data show m3cot:/data/M3CoT --limit 2
     vedas data show easy_vqa --limit 3
-    vedas data difficulty --checkpoint runs/cot/final --data synthetic:data/synth --samples 8 \
+    vedas data difficulty --checkpoint runs/cot/final --data synthetic:data/synth --samples 8 \\
         --temperature 1.0 --seed 0 --out difficulty.json
 
 ``show`` prints the load summary (rows read, loaded, skipped and why) and the first
@@ -21,6 +21,8 @@ import argparse
 import sys
 from dataclasses import fields
 
+from vedas import cli_args
+
 HELP = "data tools: write the synthetic benchmark, show any dataset as records, split by difficulty"
 
 
@@ -28,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``synth``, ``show`` and ``difficulty`` subcommands to the ``vedas data`` parser."""
     from vedas.data.synth import SynthConfig
 
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     synth = sub.add_parser(
@@ -68,11 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME[:PATH]",
         help="dataset name (m3cot, scienceqa, gqa, mmstar, mmvp, onethinker, easy_vqa, synthetic) and its folder or file",
     )
-    show.add_argument("--split", default="test", help="split to load (default: test)")
-    show.add_argument("--limit", type=int, default=3, help="records to load and print (default: 3)")
-    show.add_argument(
-        "--skip-bad", action="store_true", help="skip and count bad rows instead of stopping at the first"
-    )
+    show.add_argument("--split", default="test", help="split to read (default: test)")
+    cli_args.add_limit(show, default=3, help="records to load and print")
+    cli_args.add_skip_bad(show)
     show.set_defaults(func=_show)
 
     diff = sub.add_parser(
@@ -81,24 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Write a JSON naming the questions the model never answers correctly in N samples "
         "(GAP's difficulty-aware supervision); `vedas train --data.difficulty FILE` reads it.",
     )
-    diff.add_argument(
-        "--checkpoint", required=True, help="the base model: a vedas checkpoint or HF model dir"
-    )
-    diff.add_argument(
-        "--data", required=True, metavar="NAME[:PATH]", help="the training data, e.g. synthetic:data/synth"
-    )
-    diff.add_argument("--split", default="train", help="split to sample (default: train)")
-    diff.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    cli_args.add_checkpoint(diff, help="the base model: a vedas checkpoint, or a base HF model dir / hub id")
+    cli_args.add_data(diff, split="train", data_help="the training data, e.g. synthetic:data/synth")
     diff.add_argument("--samples", type=int, default=8, help="samples per question (default: 8)")
     diff.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     diff.add_argument("--seed", type=int, default=0, help="sampling seed; same seed, same split (default: 0)")
-    diff.add_argument(
-        "--mode", default="cot", choices=["cot", "no_cot", "latent", "vedas"], help="how the model answers"
-    )
+    cli_args.add_method(diff, default="cot")
     diff.add_argument("--batch-size", type=int, default=8, help="rows per generate call (default: 8)")
     diff.add_argument("--scoring", default="vedas", help="scoring rule (default: vedas)")
     diff.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
-    diff.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    cli_args.add_device(diff)
     diff.add_argument("--out", required=True, help="where to write the JSON")
     diff.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     diff.set_defaults(func=_difficulty)
@@ -152,8 +143,6 @@ def _difficulty(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     import vedas
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
@@ -166,8 +155,7 @@ def _difficulty(args: argparse.Namespace) -> int:
         print(f"vedas data difficulty: {exc}", file=sys.stderr)
         return 2
     print(records.describe())
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vm = vedas.load(args.checkpoint, device=device)
+    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
     try:
         result = sample_difficulty(
             vm,
@@ -175,7 +163,7 @@ def _difficulty(args: argparse.Namespace) -> int:
             samples=args.samples,
             temperature=args.temperature,
             seed=args.seed,
-            mode=args.mode,
+            mode=args.method,
             batch_size=args.batch_size,
             scoring=args.scoring,
             max_new_tokens=args.max_new_tokens,

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from vedas import cli_args
+
 HELP = "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording"
 
 # The engine benchmark's model and prompt: ≥ 300 prompt tokens, ≥ 128 visual tokens.
@@ -424,9 +426,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
     )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
+    cli_args.add_device(parser)
     parser.set_defaults(func=run)
 
 
@@ -435,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoints:
         with open(args.checkpoints) as f:
             checkpoints = json.load(f)["checkpoints"]
-    r = bench(args.device, args.quick, checkpoints)
+    r = bench(cli_args.resolve_device(args.device), args.quick, checkpoints)
     s = r["sizes"]
     print(
         f"tiny Qwen2-VL h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "

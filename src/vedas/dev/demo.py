@@ -3,6 +3,7 @@
     vedas demo                      # about 20 minutes on 2 CPU cores
     vedas demo --quick              # a smaller run, about 3 minutes
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
+    vedas demo --method no_cot cot  # only some of the methods
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
 2. builds one tiny random model of the real Qwen2-VL architecture with a small BPE trained
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vedas import cli_args
 from vedas.methods import METHODS
 
 HELP = "run the main job on the embedded default: synthetic data, tiny Qwen2-VL, 4 methods, report"
@@ -119,9 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help="repeat over this many seeds and report the spread"
     )
-    parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to train"
-    )
+    cli_args.add_method(parser, default=list(METHODS), several=True, help="methods to train and compare")
     parser.add_argument("--train", type=int, default=None, help="override the number of training samples")
     parser.add_argument("--test", type=int, default=None, help="override the number of test samples")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of no_cot and cot")
@@ -367,8 +367,8 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         d = out if len(seeds) == 1 else out / f"seed{seed}"
         seed_dirs.append(d)
-        per_seed.append(run_seed(seed, size, args.methods, d))
-    rows = summarise(per_seed, args.methods)
+        per_seed.append(run_seed(seed, size, args.method, d))
+    rows = summarise(per_seed, args.method)
     write_report(out, rows, size, seeds, seed_dirs, time.perf_counter() - t0)
     print((out / "report.md").read_text())
     return 0

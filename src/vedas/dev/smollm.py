@@ -86,44 +86,11 @@ def transplant(
 
     from vedas.backbones import qwen2_vl
     from vedas.dev.tiny import CHAT_TEMPLATE
-    from vedas.engine.tokens import INIT_FROM, add_latent_tokens
+    from vedas.engine.tokens import add_latent_tokens
 
     lc = llama.config
-    head_dim = lc.hidden_size // lc.num_attention_heads
-    if getattr(lc, "head_dim", head_dim) != head_dim or head_dim % 8:
-        raise ValueError(f"llama: head_dim {lc.head_dim} does not fit a Qwen2-VL text tower")
-    rope = dict(getattr(lc, "rope_parameters", None) or {})
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"llama: rope type {rope.get('rope_type')!r} cannot transplant into M-RoPE")
-    n_vocab = lc.vocab_size
-    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
-    tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    text = _text_config(lc, tokenizer)  # checks the Llama fits, adds the vision tokens
     c = tokenizer.convert_tokens_to_ids
-    half = head_dim // 2
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=lc.hidden_size,
-        intermediate_size=lc.intermediate_size,
-        num_hidden_layers=lc.num_hidden_layers,
-        num_attention_heads=lc.num_attention_heads,
-        num_key_value_heads=lc.num_key_value_heads,
-        max_position_embeddings=lc.max_position_embeddings,
-        rms_norm_eps=lc.rms_norm_eps,
-        hidden_act=lc.hidden_act,
-        eos_token_id=c("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=bool(lc.tie_word_embeddings),
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": float(rope.get("rope_theta", 1e4)),
-            # t gets a quarter of the frequencies, h and w the rest: [8, 12, 12] for head_dim 64
-            "mrope_section": [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2],
-        },
-    )
     cfg = qwen2_vl.tiny_config(
         text,
         vision_depth,
@@ -138,36 +105,7 @@ def transplant(
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = qwen2_vl.MODEL_CLASS(cfg).eval()
-
-    state = {}
-    for key, value in llama.state_dict().items():
-        if key.startswith("model."):
-            state["model.language_model." + key[len("model.") :]] = value
-        elif key == "lm_head.weight" and not lc.tie_word_embeddings:
-            state[key] = value
-    emb_key = "model.language_model.embed_tokens.weight"
-    emb = model.state_dict()[emb_key].clone()
-    src = tokenizer.encode(INIT_FROM, add_special_tokens=False)[-1]
-    emb[:n_vocab] = state[emb_key]
-    emb[n_vocab:] = state[emb_key][src]  # new special tokens copy an existing token's row
-    state[emb_key] = emb
-    if "lm_head.weight" in state:
-        head = model.lm_head.weight.detach().clone()
-        head[:n_vocab] = state["lm_head.weight"]
-        head[n_vocab:] = state["lm_head.weight"][src]
-        state["lm_head.weight"] = head
-    for i in range(lc.num_hidden_layers):
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            bias = f"model.language_model.layers.{i}.self_attn.{proj}.bias"
-            state[bias] = torch.zeros_like(model.state_dict()[bias])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    text_missing = [
-        k for k in missing if "language_model" in k or (k == "lm_head.weight" and not cfg.tie_word_embeddings)
-    ]
-    if text_missing or unexpected:
-        raise RuntimeError(
-            f"transplant: text weights missing {text_missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    _load_text_weights(model, _text_state(llama, model, tokenizer))
 
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=min_pixels, max_pixels=max_pixels
@@ -179,6 +117,85 @@ def transplant(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = c("<|im_end|>")
     return model, processor
+
+
+def _text_config(lc: Any, tokenizer: Any) -> dict[str, Any]:
+    """The Qwen2-VL text config of Llama config ``lc``; ``tokenizer`` gains the vision tokens and a pad."""
+    head_dim = lc.hidden_size // lc.num_attention_heads
+    if getattr(lc, "head_dim", head_dim) != head_dim or head_dim % 8:
+        raise ValueError(f"llama: head_dim {lc.head_dim} does not fit a Qwen2-VL text tower")
+    rope = dict(getattr(lc, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"llama: rope type {rope.get('rope_type')!r} cannot transplant into M-RoPE")
+    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    half = head_dim // 2
+    # t gets a quarter of the frequencies, h and w the rest: [8, 12, 12] for head_dim 64
+    t_part = half // 4
+    h_part = (half - t_part) // 2
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=lc.hidden_size,
+        intermediate_size=lc.intermediate_size,
+        num_hidden_layers=lc.num_hidden_layers,
+        num_attention_heads=lc.num_attention_heads,
+        num_key_value_heads=lc.num_key_value_heads,
+        max_position_embeddings=lc.max_position_embeddings,
+        rms_norm_eps=lc.rms_norm_eps,
+        hidden_act=lc.hidden_act,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=bool(lc.tie_word_embeddings),
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": float(rope.get("rope_theta", 1e4)),
+            "mrope_section": [t_part, h_part, half - t_part - h_part],
+        },
+    )
+
+
+def _text_state(llama: Any, model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
+    """The Llama's weights under the Qwen2-VL text tower's names, resized to the grown vocabulary."""
+    from vedas.engine.tokens import INIT_FROM
+
+    lc = llama.config
+    n_vocab = lc.vocab_size
+    state = {}
+    for key, value in llama.state_dict().items():
+        if key.startswith("model."):
+            state["model.language_model." + key[len("model.") :]] = value
+        elif key == "lm_head.weight" and not lc.tie_word_embeddings:
+            state[key] = value
+    src = tokenizer.encode(INIT_FROM, add_special_tokens=False)[-1]
+    emb_key = "model.language_model.embed_tokens.weight"
+    current = {emb_key: model.state_dict()[emb_key], "lm_head.weight": model.lm_head.weight.detach()}
+    for key in (emb_key, "lm_head.weight"):
+        if key in state:
+            grown = current[key].clone()
+            grown[:n_vocab] = state[key]
+            grown[n_vocab:] = state[key][src]  # new special tokens copy an existing token's row
+            state[key] = grown
+    for i in range(lc.num_hidden_layers):
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            # Llama has no q/k/v biases: zero ones keep Qwen2's attention equal to it
+            bias = f"model.language_model.layers.{i}.self_attn.{proj}.bias"
+            state[bias] = torch.zeros_like(model.state_dict()[bias])
+    return state
+
+
+def _load_text_weights(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model``; every text-tower weight must be in it (the vision tower stays random)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = model.config.tie_word_embeddings
+    text_missing = [k for k in missing if "language_model" in k or (k == "lm_head.weight" and not tied)]
+    if text_missing or unexpected:
+        raise RuntimeError(
+            f"transplant: text weights missing {text_missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def smollm_vlm(**sizes: Any) -> tuple[Any, Any]:

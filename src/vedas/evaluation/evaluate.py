@@ -3,7 +3,7 @@
     vedas eval --checkpoint runs/demo/vedas --data synthetic:data/synth --split test \\
         --method vedas --batch-size 8 --scoring vedas --out report.json
 
-Writes the JSON of SPEC §3 and a Markdown table beside it (``report.md``):
+Writes the JSON report and a Markdown table beside it (``report.md``):
 
 ``{"method", "dataset", "n", "accuracy", "scoring_rule", "ar_steps_mean", "latency_ms":
 {"prefill", "latent", "decode", "total"}, "batch_size", "latents", "device", "per_sample":
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from vedas import cli_args
 from vedas.method import tto as tto_flags
-from vedas.methods import METHODS
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
 CATEGORY_KEYS = ("category", "domain", "l2_category", "topic")
@@ -69,13 +69,11 @@ def evaluate(
     engine: str = "cached",
     tto: Any = None,
 ) -> dict[str, Any]:
-    """Run ``vm.generate`` over ``records`` in batches and score each prediction.
+    """Run ``vm.generate_records`` over ``records`` in batches and score each prediction.
 
     ``tto``: a :class:`vedas.method.tto.TTOConfig` to optimise the latents at inference (weights frozen).
     """
-    from tqdm.auto import tqdm
-
-    from vedas.evaluation.scoring import get_rule, score
+    from vedas.evaluation.scoring import get_rule
 
     get_rule(scoring)  # an unknown rule fails before any compute
     if batch_size < 1:
@@ -83,90 +81,115 @@ def evaluate(
     if not records:
         raise ValueError("records: nothing to evaluate")
 
-    def run(batch: list[Any]):
-        return vm.generate(
-            [r.images for r in batch],
-            [r.question for r in batch],
-            [r.choices or None for r in batch],
+    def run(batch: list[Any]) -> Any:
+        return vm.generate_records(
+            batch,
             mode=method,
             latents=latents,
             engine=engine,
             return_details=True,
-            contexts=[r.context or None for r in batch],
             max_new_tokens=max_new_tokens,
             tto=tto,
         )
 
     if warmup:
         run(records[:batch_size])
-    per_sample: list[dict[str, Any]] = []
-    used_latents = 0
-    bar = tqdm(total=len(records), disable=not progress, desc=f"eval {method}")
-    correct = 0
-    tto_losses: list[dict[str, list[float]]] = []
-    tto_passes: list[int] = []
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        d = run(batch)
-        if tto is not None:
-            tto_losses.append(d.tto["loss"])
-            tto_passes.append(d.tto["passes"])
-        used_latents = d.latents.shape[1]
-        share = {k: v / len(batch) for k, v in d.timings_ms.items()}
-        share["total"] = sum(share.values())
-        for r, text, steps in zip(batch, d.texts, d.ar_steps):
-            ok = score(text, r, scoring)
-            correct += ok
-            per_sample.append(
-                {
-                    "id": r.id,
-                    "prediction": text,
-                    "answer": r.answer,
-                    "correct": bool(ok),
-                    "ar_steps": steps,
-                    "latency_ms": dict(share),
-                    "category": _category(r),
-                }
-            )
-        bar.update(len(batch))
-        bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
-    bar.close()
-    n = len(per_sample)
-    phases = (
-        ("prefill", "latent", "tto", "decode", "total")
-        if tto is not None
-        else ("prefill", "latent", "decode", "total")
+    per_sample, tto_runs, used_latents = _run_batches(
+        run, records, batch_size, scoring, progress, f"eval {method}"
     )
-    latency = {k: sum(s["latency_ms"][k] for s in per_sample) / n for k in phases}
-    by_cat: dict[str, list[bool]] = defaultdict(list)
-    for s in per_sample:
-        if s["category"] is not None:
-            by_cat[s["category"]].append(s["correct"])
-    report_tto = None
-    if tto is not None:
-        from vedas.config import to_dict
-
-        report_tto = {
-            **to_dict(tto),
-            "loss_before": {st: sum(h[st][0] for h in tto_losses) / len(tto_losses) for st in tto.stages},
-            "loss_after": {st: sum(h[st][-1] for h in tto_losses) / len(tto_losses) for st in tto.stages},
-            "passes_per_batch": sum(tto_passes) / len(tto_passes),
-        }
+    n = len(per_sample)
     return {
         "method": method,
         "dataset": dataset,
         "n": n,
-        "accuracy": correct / n,
+        "accuracy": sum(s["correct"] for s in per_sample) / n,
         "scoring_rule": scoring,
         "ar_steps_mean": sum(s["ar_steps"] for s in per_sample) / n,
-        "latency_ms": latency,
+        "latency_ms": _mean_latency(per_sample, with_tto=tto is not None),
         "batch_size": batch_size,
         "latents": used_latents,
         "device": device_name(vm.device),
         "engine": engine,
-        "tto": report_tto,
-        "per_category": {c: {"n": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(by_cat.items())},
+        "tto": None if tto is None else _tto_report(tto, tto_runs),
+        "per_category": _per_category(per_sample),
         "per_sample": per_sample,
+    }
+
+
+def _run_batches(
+    run: Any, records: list[Any], batch_size: int, scoring: str, progress: bool, desc: str
+) -> tuple[list[dict[str, Any]], list[Any], int]:
+    """Every batch through ``run``: the per-sample rows, each batch's TTO record, the latent count run.
+
+    Only these are kept, not the batches' details (their latents would pile up on the device).
+    """
+    from tqdm.auto import tqdm
+
+    per_sample: list[dict[str, Any]] = []
+    tto_runs: list[Any] = []
+    correct = used_latents = 0
+    bar = tqdm(total=len(records), disable=not progress, desc=desc)
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        d = run(batch)
+        tto_runs.append(d.tto)
+        used_latents = d.latents.shape[1]
+        rows = _sample_rows(batch, d, scoring)
+        correct += sum(row["correct"] for row in rows)
+        per_sample += rows
+        bar.update(len(batch))
+        bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
+    bar.close()
+    return per_sample, tto_runs, used_latents
+
+
+def _sample_rows(batch: list[Any], d: Any, scoring: str) -> list[dict[str, Any]]:
+    """One report row per sample; the batch's phase times are split evenly over its samples."""
+    from vedas.evaluation.scoring import score
+
+    share = {k: v / len(batch) for k, v in d.timings_ms.items()}
+    share["total"] = sum(share.values())
+    return [
+        {
+            "id": r.id,
+            "prediction": text,
+            "answer": r.answer,
+            "correct": bool(score(text, r, scoring)),
+            "ar_steps": steps,
+            "latency_ms": dict(share),
+            "category": _category(r),
+        }
+        for r, text, steps in zip(batch, d.texts, d.ar_steps)
+    ]
+
+
+def _mean_latency(per_sample: list[dict[str, Any]], with_tto: bool) -> dict[str, float]:
+    phases = (
+        ("prefill", "latent", "tto", "decode", "total")
+        if with_tto
+        else ("prefill", "latent", "decode", "total")
+    )
+    return {k: sum(s["latency_ms"][k] for s in per_sample) / len(per_sample) for k in phases}
+
+
+def _per_category(per_sample: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for s in per_sample:
+        if s["category"] is not None:
+            by_cat[s["category"]].append(s["correct"])
+    return {c: {"n": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(by_cat.items())}
+
+
+def _tto_report(tto: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The TTO settings, each stage's mean loss before and after, and the extra passes per batch."""
+    from vedas.config import to_dict
+
+    losses = [r["loss"] for r in runs]
+    return {
+        **to_dict(tto),
+        "loss_before": {st: sum(h[st][0] for h in losses) / len(losses) for st in tto.stages},
+        "loss_after": {st: sum(h[st][-1] for h in losses) / len(losses) for st in tto.stages},
+        "passes_per_batch": sum(r["passes"] for r in runs) / len(runs),
     }
 
 
@@ -208,28 +231,27 @@ def write(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="vedas checkpoint directory (or a base HF model)")
-    parser.add_argument(
-        "--data",
-        required=True,
-        metavar="NAME[:PATH]",
-        help="dataset and its folder, e.g. synthetic:data/synth",
-    )
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
-    parser.add_argument("--method", default="vedas", choices=METHODS, help="decoding mode")
+    cli_args.add_checkpoint(parser)
+    cli_args.add_data(parser, split="test", skip_bad=True)
+    cli_args.add_method(parser, default="vedas")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default: 8)")
     parser.add_argument(
-        "--scoring", default="vedas", help="scoring rule: vedas, m3cot, lmms_sqa, lmms_mcq, gqa"
+        "--scoring",
+        default="vedas",
+        help="scoring rule: vedas, m3cot, lmms_sqa, lmms_mcq, gqa (default: vedas)",
     )
     parser.add_argument("--latents", type=int, default=None, help="override the checkpoint's latent count")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
-    parser.add_argument("--engine", default="cached", choices=["cached", "recompute"], help="latent engine")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--engine",
+        default="cached",
+        choices=["cached", "recompute"],
+        help="latent engine: cached (KV cache) or recompute (the oracle) (default: cached)",
+    )
+    cli_args.add_device(parser)
     parser.add_argument(
         "--out", default="report.json", help="where to write the JSON (the .md goes beside it)"
     )
-    parser.add_argument("--skip-bad", action="store_true", help="skip and count rows with unreadable images")
     tto_flags.add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -249,8 +271,7 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vm = vedas.load(args.checkpoint, device=device)
+    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
     report = evaluate(
         vm,
         list(records),

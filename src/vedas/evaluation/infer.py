@@ -2,8 +2,8 @@
 
     vedas infer --checkpoint runs/demo/vedas --image cat.png --question "How many cats?" --choices 1 2 3
 
-Prints the answer, the mode, the latent count used and the autoregressive steps. With
-``--show-replay out.png`` (modes ``vedas``/``latent``) it also draws what each latent step
+Prints the answer, the method, the latent count used and the autoregressive steps. With
+``--show-replay out.png`` (methods ``vedas``/``latent``) it also draws what each latent step
 replayed: one panel per step with the replayed tokens on the image's merged grid and the
 SCF-VR crop window (the figure of ``vedas analyze crops``, drawn by the same function).
 """
@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import argparse
 
+from vedas import cli_args
+
 HELP = "answer one question about one image with a checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, help="vedas checkpoint directory, or a base HF model dir / hub id"
-    )
+    cli_args.add_checkpoint(parser)
     parser.add_argument("--image", default=None, help="image file (omit for a text-only question)")
     parser.add_argument("--question", required=True, help="the question text")
     parser.add_argument(
         "--choices", nargs="*", default=None, help="answer options, lettered (A), (B), … in the prompt"
     )
-    parser.add_argument(
-        "--mode", default="vedas", choices=["vedas", "latent", "cot", "no_cot"], help="how to answer"
-    )
+    cli_args.add_method(parser, default="vedas")
     parser.add_argument(
         "--latents", type=int, default=None, help="override the checkpoint's latent count T_r"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    cli_args.add_device(parser)
     parser.add_argument(
         "--show-replay",
         default=None,
@@ -39,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw the replayed tokens and crop window of every latent step into this PNG",
     )
     parser.add_argument(
-        "--replay-window", type=int, default=3, help="SCF-VR window W in merged cells for --show-replay"
+        "--replay-window",
+        type=int,
+        default=3,
+        help="SCF-VR window W in merged cells for --show-replay (default: 3)",
     )
     from vedas.method import tto
 
@@ -51,11 +52,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     import vedas
+    from vedas.methods import LATENT_METHODS
 
     if args.show_replay is not None:
         problem = None
-        if args.mode not in ("vedas", "latent"):
-            problem = f"--show-replay: needs --mode vedas or latent (mode {args.mode!r} has no latent steps)"
+        if args.method not in LATENT_METHODS:
+            problem = (
+                f"--show-replay: needs --method vedas or latent (method {args.method!r} has no latent steps)"
+            )
         elif args.image is None:
             problem = "--show-replay: needs --image (nothing is replayed without one)"
         elif args.replay_window < 1:
@@ -70,19 +74,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"vedas infer: {e}", file=sys.stderr)
         return 2
-    vm = vedas.load(args.checkpoint, device=args.device)
+    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
     d = vm.generate(
         [args.image],
         [args.question],
         [args.choices] if args.choices else None,
-        mode=args.mode,
+        mode=args.method,
         latents=args.latents,
         return_details=True,
         max_new_tokens=args.max_new_tokens,
         tto=tto,
     )
     print(d.texts[0])
-    print(f"[mode={args.mode} latents={d.latents.shape[1]} ar_steps={d.ar_steps[0]}]")
+    print(f"[method={args.method} latents={d.latents.shape[1]} ar_steps={d.ar_steps[0]}]")
     if d.tto is not None:
         print(f"[tto {','.join(tto.stages)}: loss {d.tto['loss']}, +{d.timings_ms['tto']:.0f} ms]")
     if args.show_replay is not None:

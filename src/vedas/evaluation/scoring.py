@@ -1,6 +1,6 @@
 """Scoring rules: named pure functions that read the answer out of a model's output.
 
-Every reported accuracy names the rule that produced it (SPEC §4): the same outputs can
+Every reported accuracy names the rule that produced it: the same outputs can
 score very differently under a strict and a lenient reader. Each rule has the signature
 ``rule(prediction, choices) -> str | None``: the option letter (multiple choice) or the
 answer string (open-ended) it finds, or None when it finds no answer.

@@ -1,4 +1,4 @@
-"""GAP (arXiv 2605.12374, SPEC §2.5) on the latent loop: norm calibration, PCA latent head, difficulty split.
+"""GAP (arXiv 2605.12374) on the latent loop: norm calibration, PCA latent head, difficulty split.
 
 GAP finds that fed-back hidden states live far from the input space the model knows (on
 Monet-7B, output text states are ~546× the norm of input text embeddings, visual ones ~8.7×)
@@ -133,13 +133,7 @@ def enable_norm_calibration(vm: Any, momentum: float = DEFAULT_MOMENTUM) -> Norm
 def _prompt_batches(vm: Any, records: Sequence[Any], batch_size: int):
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        batch = vm.prepare(
-            [r.images for r in chunk],
-            [r.question for r in chunk],
-            [r.choices or None for r in chunk],
-            [r.context or None for r in chunk],
-            mode="vedas",
-        )
+        batch = vm.prepare_records(chunk, mode="vedas")
         with torch.no_grad():
             _, visual, _ = embed_prompt(vm.backbone, batch)
         yield batch, visual
@@ -386,7 +380,45 @@ def sample_difficulty(
     """
     from tqdm.auto import tqdm
 
-    from vedas.evaluation.scoring import get_rule, score
+    from vedas.evaluation.scoring import score
+
+    _check_sampling(records, samples, temperature, batch_size, scoring)
+    rows = [(r, j) for r in records for j in range(samples)]
+    per: dict[str, dict[str, Any]] = {r.id: {"correct": 0, "predictions": []} for r in records}
+    bar = tqdm(total=len(rows), disable=not progress, desc="difficulty")
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        texts, _ = vm.generate_records(
+            [r for r, _ in chunk],
+            mode=mode,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=[sample_seed(seed, r.id, j) for r, j in chunk],
+        )
+        for (r, _), text in zip(chunk, texts):
+            per[r.id]["predictions"].append(text)
+            per[r.id]["correct"] += int(score(text, r, scoring))
+        bar.update(len(chunk))
+    bar.close()
+    hard = [r.id for r in records if per[r.id]["correct"] == 0]
+    return {
+        "samples": samples,
+        "temperature": temperature,
+        "seed": seed,
+        "mode": mode,
+        "scoring": scoring,
+        "n": len(records),
+        "hard": len(hard),
+        "hard_ids": hard,
+        "per_question": per,
+    }
+
+
+def _check_sampling(
+    records: Sequence[Any], samples: int, temperature: float, batch_size: int, scoring: str
+) -> None:
+    """The arguments of :func:`sample_difficulty`, checked before any compute; errors name the argument."""
+    from vedas.evaluation.scoring import get_rule
 
     get_rule(scoring)
     if samples < 1:
@@ -400,38 +432,6 @@ def sample_difficulty(
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError("records: ids must be unique to name the hard questions")
-    rows = [(r, j) for r in records for j in range(samples)]
-    per: dict[str, dict[str, Any]] = {r.id: {"correct": 0, "predictions": []} for r in records}
-    bar = tqdm(total=len(rows), disable=not progress, desc="difficulty")
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        texts, _ = vm.generate(
-            [r.images for r, _ in chunk],
-            [r.question for r, _ in chunk],
-            [r.choices or None for r, _ in chunk],
-            mode=mode,
-            contexts=[r.context or None for r, _ in chunk],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=[sample_seed(seed, r.id, j) for r, j in chunk],
-        )
-        for (r, _), text in zip(chunk, texts):
-            per[r.id]["predictions"].append(text)
-            per[r.id]["correct"] += int(score(text, r, scoring))
-        bar.update(len(chunk))
-    bar.close()
-    hard = [i for i in ids if per[i]["correct"] == 0]
-    return {
-        "samples": samples,
-        "temperature": temperature,
-        "seed": seed,
-        "mode": mode,
-        "scoring": scoring,
-        "n": len(ids),
-        "hard": len(hard),
-        "hard_ids": hard,
-        "per_question": per,
-    }
 
 
 def hard_ids(path: str | Path, record_ids: Sequence[str]) -> set[str]:

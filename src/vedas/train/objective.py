@@ -49,13 +49,7 @@ class TrainBatch:
 def collate(vm: Any, records: list[Any], layouts: list[Layout], method: str) -> TrainBatch:
     """Tokenise prompts (the inference prompt builder) and targets for one batch."""
     mode = "vedas" if method in LATENT_METHODS else "no_cot"
-    prompt = vm.prepare(
-        [r.images for r in records],
-        [r.question for r in records],
-        [r.choices or None for r in records],
-        [r.context or None for r in records],
-        mode=mode,
-    )
+    prompt = vm.prepare_records(records, mode=mode)
     tok = vm.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     targets = [[*tok.encode(lay.target, add_special_tokens=False), eos] for lay in layouts]

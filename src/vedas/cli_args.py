@@ -1,0 +1,136 @@
+"""The flags that several ``vedas`` subcommands share, declared once so they read the same everywhere.
+
+    from vedas import cli_args
+
+    def add_arguments(parser):
+        cli_args.add_checkpoint(parser)
+        cli_args.add_data(parser, split="test", skip_bad=True)   # --data --split --limit --skip-bad
+        cli_args.add_method(parser, default="vedas")             # --method, choices: vedas.methods.METHODS
+        cli_args.add_device(parser)                              # --device auto|cpu|cuda|cuda:N
+
+    def run(args):
+        vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
+
+One device rule for every command: ``auto`` (the default) is ``cuda`` when a GPU is visible,
+else ``cpu``; naming a CUDA device that is not there is an argument error before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from vedas.methods import LATENT_METHODS, METHODS
+
+DEVICE_METAVAR = "auto|cpu|cuda|cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help=help or "vedas checkpoint directory, or a base HF model dir / hub id",
+    )
+
+
+def add_data(
+    parser: argparse.ArgumentParser,
+    *,
+    split: str = "test",
+    required: bool = True,
+    data_help: str | None = None,
+    limit: bool = True,
+    skip_bad: bool = False,
+) -> None:
+    """``--data NAME[:PATH] --split S`` and, when asked, ``--limit N`` and ``--skip-bad``."""
+    parser.add_argument(
+        "--data",
+        required=required,
+        default=None,
+        metavar="NAME[:PATH]",
+        help=data_help
+        or "dataset and its folder, e.g. synthetic:data/synth (names: `vedas data show --help`)",
+    )
+    parser.add_argument("--split", default=split, help=f"split to read (default: {split})")
+    if limit:
+        add_limit(parser)
+    if skip_bad:
+        add_skip_bad(parser)
+
+
+def add_limit(
+    parser: argparse.ArgumentParser, default: int | None = None, help: str = "read only the first N records"
+) -> None:
+    shown = "all" if default is None else default
+    parser.add_argument("--limit", type=int, default=default, metavar="N", help=f"{help} (default: {shown})")
+
+
+def add_skip_bad(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip and count unreadable rows (bad images, missing fields) instead of stopping at the first",
+    )
+
+
+def add_method(
+    parser: argparse.ArgumentParser,
+    default: str | list[str] = "vedas",
+    *,
+    latent_only: bool = False,
+    several: bool = False,
+    help: str = "how the model answers",
+) -> None:
+    """``--method`` with the method names of :mod:`vedas.methods` as its choices.
+
+    ``latent_only``: only the methods with latent steps (for commands that inspect them);
+    ``several``: one or more methods (``nargs="+"``), ``default`` then a list.
+    """
+    choices = LATENT_METHODS if latent_only else METHODS
+    shown = " ".join(default) if isinstance(default, list) else default
+    parser.add_argument(
+        "--method",
+        default=default,
+        choices=choices,
+        nargs="+" if several else None,
+        help=f"{help} (default: {shown})",
+    )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=_device_arg,
+        metavar=DEVICE_METAVAR,
+        help="torch device; auto = cuda if a GPU is visible, else cpu (default: auto)",
+    )
+
+
+def _device_arg(text: str) -> str:
+    """Parse-time check of a ``--device`` value (argparse prefixes the flag to the message)."""
+    import torch
+
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose {DEVICE_METAVAR}")
+    if text.startswith("cuda"):
+        index = int(text.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: no such CUDA device here ({torch.cuda.device_count()} visible); use cpu or auto"
+            )
+    return text
+
+
+def resolve_device(arg: str | None) -> str:
+    """The torch device a ``--device`` value means: ``auto`` (or None) is cuda if available, else cpu."""
+    import torch
+
+    if arg is None or arg == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return _device_arg(arg)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"--device: {e}") from None
