@@ -46,8 +46,10 @@ def _step(synth_dir: Path, vision: str, lora: bool, ckpt: bool) -> dict:
     run = setup(cfg, acc, data)
     run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
     visual = run.vm.model.model.visual
-    calls = [0]  # a submodule: transformers re-runs a checkpointed block's forward, not its __call__
-    visual.blocks[0].mlp.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    # a submodule's pre-hook: the recompute re-runs the block's forward, not its __call__, and stops
+    # as soon as the last saved tensor is back, before a later submodule returns
+    calls = [0]
+    visual.blocks[0].attn.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     grads: dict[str, torch.Tensor] = {}
     for n, p in visual.named_parameters():
         if p.requires_grad:
@@ -66,6 +68,16 @@ def test_a_frozen_tower_is_neither_checkpointed_nor_backpropagated(synth_dir):
     assert not plain["requires_grad"] and not ckpt["requires_grad"]
     assert ckpt["calls"] == plain["calls"] == 1, "the frozen tower ran again in backward"
     assert not ckpt["grads"]
+
+
+def test_a_training_tower_is_checkpointed_with_the_plain_gradients(synth_dir):
+    plain = _step(synth_dir, "train", lora=False, ckpt=False)
+    ckpt = _step(synth_dir, "train", lora=False, ckpt=True)
+    assert ckpt["requires_grad"]
+    assert plain["calls"] == 1 and ckpt["calls"] == 2, "forward + the recompute in backward"
+    assert plain["grads"].keys() == ckpt["grads"].keys() and len(plain["grads"]) > 10
+    for n, g in plain["grads"].items():
+        assert torch.allclose(g, ckpt["grads"][n], atol=1e-6, rtol=1e-5), n
 
 
 def test_only_a_training_merger_gets_gradients_and_no_block_is_recomputed(synth_dir):

@@ -374,7 +374,6 @@ def train_update(run: Any, state: Any, step: int, stage: int) -> float:
     epoch, b = divmod(step, run.steps_per_epoch)
     state.batch_in_epoch = b * run.cfg.optim.grad_accum
     order = epoch_order(len(run.data.records), run.cfg.optim.seed, epoch)
-    run.objective.train()
     return train_step(run, state, epoch, stage, order)["loss"].item()
 
 
