@@ -386,8 +386,8 @@ def train_step(
     checked finite before its backward, the gradient norm clipped (and checked), then the update.
     Advances ``state.batch_in_epoch`` and ``state.step``; returns the last micro-batch's outputs."""
     acc, o, step = run.acc, run.cfg.optim, state.step + 1
-    # models load in eval mode (from_pretrained, tiny_model): without this, dropout (LoRA's) would be
-    # off and gradient checkpointing, which only acts in train mode, would not recompute anything
+    # models load in eval mode (from_pretrained, tiny_model); gradient checkpointing and the model's
+    # own dropout act in train mode only
     run.objective.train()
     for _ in range(o.grad_accum):
         b = state.batch_in_epoch
