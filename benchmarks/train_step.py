@@ -62,33 +62,34 @@ def records(n: int = BATCH) -> list[Any]:
 
 def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.optim.Optimizer]:
     """The model, the collated batch and the optimizer of one variant (same init for all)."""
-    import vedas
     from vedas.config import LatentConfig
-    from vedas.method.curriculum import CurriculumConfig, layout, num_stages, record_steps
-    from vedas.method.routing import RoutingConfig, enable_routing
+    from vedas.method.curriculum import layout, num_stages, record_steps
+    from vedas.method.routing import RoutingConfig
     from vedas.method.scfvr import SCFVRConfig
-    from vedas.train import grad_checkpoint as checkpointing
+    from vedas.train.config import ModelConfig, OptimConfig, TrainConfig
     from vedas.train.objective import LatentObjective, collate
-    from vedas.train.recipe import trainable_parameters
+    from vedas.train.recipe import setup_model, trainable_parameters
 
     method, engine, routed, ckpt = VARIANTS[variant]
-    model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE * IMAGE, seed=0, **bench.SIZES)
-    model.to(device)
-    vm = vedas.VedasModel(model, processor, LatentConfig(latents=LATENTS, replay_k=REPLAY_K))
-    if routed:
-        enable_routing(vm, RoutingConfig(layers="all", alpha=32, depth=1))
-    cc = CurriculumConfig()
-    stage = num_stages(LATENTS, cc)  # the final stage: every step latent, T_r latents
+    cfg = TrainConfig(
+        method=method,  # type: ignore[arg-type]
+        model=ModelConfig(tiny={"max_pixels": IMAGE * IMAGE, **bench.SIZES}),
+        latent=LatentConfig(latents=LATENTS, replay_k=REPLAY_K),
+        scfvr=SCFVRConfig(window=3, weight=1.0),
+        routing=RoutingConfig(layers="all", alpha=32, depth=1) if routed else None,
+        optim=OptimConfig(gradient_checkpointing=ckpt, seed=0),
+    )
+    vm = setup_model(cfg)  # the model `vedas train` builds from this config
+    vm.model.to(device)
+    stage = num_stages(LATENTS, cfg.curriculum)  # the final stage: every step latent, T_r latents
     lays = [
-        layout(method, record_steps(r.steps, r.rationale, LATENTS), r.answer, stage, LATENTS, cc)
+        layout(method, record_steps(r.steps, r.rationale, LATENTS), r.answer, stage, LATENTS, cfg.curriculum)
         for r in recs
     ]
     batch = collate(vm, recs, lays, method)
     torch.manual_seed(0)
-    objective = LatentObjective(vm, method, vm.config, SCFVRConfig(window=3, weight=1.0), engine=engine)
+    objective = LatentObjective(vm, method, vm.config, cfg.scfvr, engine=engine)
     objective.to(device).train()
-    if ckpt:
-        checkpointing.enable(vm.backbone)
     return objective, batch, torch.optim.AdamW(trainable_parameters(objective, vm), lr=1e-5)
 
 

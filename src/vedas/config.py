@@ -10,8 +10,10 @@ command line. Values that are valid types but invalid choices are rejected by ea
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -32,7 +34,7 @@ def _check(cond: bool, name: str, msg: str) -> None:
 
 @dataclass
 class LatentConfig:
-    """How the latent loop runs (SPEC §2.1); shared by training and inference."""
+    """How the latent loop runs; shared by training and inference."""
 
     latents: int = 4
     """T_r, the number of latent steps. Inference uses the count stored in the checkpoint."""
@@ -102,60 +104,110 @@ def _check_literal(obj: Any, name: str) -> None:
     _check(value in allowed, name, f"must be one of {list(allowed)}, got {value!r}")
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
+def _coerce_union(value: Any, hint: Any, name: str) -> Any:
     args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:  # Optional[X]: X's own message is the useful one
+        return _coerce(value, options[0], name)
+    for a in options:
+        try:
+            return _coerce(value, a, name)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{name}: {value!r} fits none of {[getattr(a, '__name__', str(a)) for a in args]}")
+
+
+def _coerce_literal(value: Any, hint: Any, name: str) -> Any:
+    allowed = typing.get_args(hint)
+    if value not in allowed:
+        raise ConfigError(f"{name}: must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _coerce_list(value: Any, hint: Any, name: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name}: expected a list, got {value!r}")
+    args = typing.get_args(hint)
+    inner = args[0] if args else Any
+    return [_coerce(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_dict(value: Any, hint: Any, name: str) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _coerce_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{name}: expected true/false, got {value!r}")
+
+
+def _coerce_int(value: Any, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{name}: expected an integer, got {value!r}")
+
+
+def _coerce_float(value: Any, name: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: expected a number, got {value!r}")
+
+
+def _coerce_str(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{name}: expected a string, got {value!r}")
+
+
+_GENERIC = {
+    typing.Union: _coerce_union,
+    types.UnionType: _coerce_union,
+    Literal: _coerce_literal,
+    list: _coerce_list,
+    tuple: _coerce_list,
+    dict: _coerce_dict,
+}
+"""Coercion per kind of generic hint, by ``typing.get_origin``."""
+
+_SCALAR = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as type ``hint`` (a dataclass, a generic or a scalar), or a ConfigError naming ``name``."""
     if hint is Any:
         return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own message is the useful one
-            return _coerce(value, options[0], name)
-        for a in options:
-            try:
-                return _coerce(value, a, name)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{name}: {value!r} fits none of {[getattr(a, '__name__', str(a)) for a in args]}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
+    generic = _GENERIC.get(typing.get_origin(hint))
+    if generic is not None:
+        return generic(value, hint, name)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, prefix=f"{name}.")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return value
+        return from_dict(hint, value, prefix=f"{name}.")  # type: ignore[arg-type]
+    scalar = _SCALAR.get(hint)
+    return value if scalar is None else scalar(value, name)
+
+
+def keyword_args(
+    fn: Callable[..., Any], data: dict[str, Any], name: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``data`` checked as keyword arguments of ``fn``: every key one of its parameters (not in ``skip``:
+    those the caller passes itself), every value of that parameter's annotated type; errors name
+    ``name.key``. For a config field that is passed on as ``**kwargs``, so a typo fails before any work."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {data!r}")
+    valid = [p for p in inspect.signature(fn).parameters if p not in skip]
+    hints = typing.get_type_hints(fn)
+    for key in data:
+        _check(key in valid, f"{name}.{key}", f"unknown key; valid keys: {sorted(valid)}")
+    return {k: _coerce(v, hints.get(k, Any), f"{name}.{k}") for k, v in data.items()}
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
@@ -220,4 +272,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ConfigError", "LatentConfig", "apply_overrides", "field", "from_dict", "load_yaml", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "LatentConfig",
+    "apply_overrides",
+    "field",
+    "from_dict",
+    "keyword_args",
+    "load_yaml",
+    "to_dict",
+]

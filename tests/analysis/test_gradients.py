@@ -12,32 +12,20 @@ from vedas.analysis.base import AnalysisError
 from vedas.cli import main
 from vedas.config import from_dict
 from vedas.data import load as load_data
-from vedas.method.curriculum import layout, max_steps, record_steps
-from vedas.train.objective import LatentObjective, collate
-from vedas.train.recipe import TrainConfig, build_model, seed_everything
+from vedas.train.config import TrainConfig
+from vedas.train.recipe import collate_records, seed_everything, setup_data, setup_model, setup_objective
 
 
 def _objective_and_batch(cfg: TrainConfig, ids: list[str], split: str, stage: int):
-    """Rebuild the command's step-0 model exactly (same seed, same order) and collate ``ids``."""
+    """Rebuild the command's step-0 model exactly (the recipe's setup, same seed, same order) and collate ``ids``."""
     seed_everything(cfg.optim.seed)
-    vm = build_model(cfg)
-    obj = LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr)
+    data = setup_data(cfg)
+    vm = setup_model(cfg, data.records)
+    obj = setup_objective(cfg, vm, data.records, "cpu")
     obj.eval()
     by_id = {r.id: r for r in load_data(cfg.data.name, path=cfg.data.path, split=split)}
     recs = [by_id[i] for i in ids]
-    limit = max_steps(cfg.latent.latents, cfg.curriculum)
-    lays = [
-        layout(
-            cfg.method,
-            record_steps(r.steps, r.rationale, limit),
-            r.answer,
-            stage,
-            cfg.latent.latents,
-            cfg.curriculum,
-        )
-        for r in recs
-    ]
-    return vm, obj, collate(vm, recs, lays, cfg.method)
+    return vm, obj, collate_records(vm, cfg, recs, stage, data.hard if split == cfg.data.split else None)
 
 
 def _direct_token_norms(vm, obj, batch) -> list[torch.Tensor]:
@@ -114,6 +102,34 @@ def test_config_overrides_and_errors(train_config):
     assert gradients.pick_layers("auto", 28) == [0, 9, 18, 27]
     with pytest.raises(AnalysisError, match=r"^--heatmap-layers"):
         gradients.pick_layers("0,9", 4)
+
+
+def test_the_run_is_the_recipes_own(train_config, tmp_path):
+    """The command builds its run with the recipe's functions, so GAP's modules and the difficulty split
+    come with the config, and its update is the recipe's train step."""
+    from vedas.method import gap
+    from vedas.train.state import TrainState
+
+    ids = [f"synth-train-{i:06d}" for i in range(8)]
+    difficulty = tmp_path / "difficulty.json"
+    difficulty.write_text(json.dumps({"hard_ids": ids[:3], "per_question": {i: {} for i in ids}}))
+    overrides = ["--latent.latent_norm", "ema", "--data.difficulty", str(difficulty)]
+    cfg, _ = gradients.resolve_config(str(train_config), overrides)
+    run, val = gradients.setup_run(cfg, steps=2, val_split="test", val_n=4)
+    assert run.data.hard == set(ids[:3]) and len(val) == 4
+    assert gap.NORM_EXTRA in run.vm.extras and run.total_steps == 2 and run.checkpoints is None
+    state = TrainState()
+    loss = gradients.train_update(run, state, step=0, stage=1)
+    assert loss == loss and state.step == 1 and run.scheduler.last_epoch == 1
+    with pytest.raises(AnalysisError, match=r"^data.difficulty"):
+        gradients.setup_run(
+            gradients.resolve_config(str(train_config), ["--data.difficulty", str(tmp_path / "none.json")])[
+                0
+            ],
+            steps=2,
+            val_split="test",
+            val_n=4,
+        )
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vedas.method.curriculum import num_stages, stage_for_epoch
-from vedas.train.recipe import load_config
+from vedas.train.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -32,7 +32,7 @@ def test_config_loads_and_validates(path):
         assert (cfg.latent.latents, cfg.latent.replay_k, cfg.scfvr.window) == (4, 32, 3)
         assert cfg.optim.lr == 4e-5 and cfg.optim.epochs == 16 and cfg.optim.batch_size == 8
         assert cfg.scfvr.weight == 0.2 and cfg.lora.enabled and (cfg.lora.r, cfg.lora.alpha) == (64, 16)
-        assert cfg.routing is not None and cfg.routing["depth"] == 1
+        assert cfg.routing is not None and cfg.routing.depth == 1
         ds = json.loads((path.parents[0] / "deepspeed" / "zero2.json").read_text())
         assert ds["zero_optimization"]["stage"] == 2
         assert cfg.run.deepspeed == "configs/deepspeed/zero2.json"

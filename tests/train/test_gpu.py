@@ -12,7 +12,7 @@ import torch
 import vedas
 from vedas.config import LatentConfig
 from vedas.data import synth
-from vedas.train.recipe import load_config
+from vedas.train.config import load_config
 from vedas.train.recipe import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,9 @@ from vedas.data import load as load_data
 from vedas.data import synth
 from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig, best_windows, window_to_pixels
+from vedas.train.config import TrainConfig, load_config
 from vedas.train.objective import LatentObjective, collate
-from vedas.train.recipe import TrainConfig, batch_plan, load_config
+from vedas.train.recipe import batch_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "{hidden: 64, layers: 2, heads: 4, kv_heads: 2, vision_depth: 1, vision_hidden: 32, max_pixels: 12544}"
@@ -447,7 +448,7 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
     ("vision", "lora"), [("train", False), ("merger", False), ("frozen", False), ("merger", True)]
 )
 def test_model_vision_decides_what_of_the_vision_tower_trains(records, vision, lora):
-    from vedas.train.recipe import build_model
+    from vedas.train.recipe import setup_model
 
     cfg = load_config(
         str(ROOT / "configs/synthetic_tiny.yaml"),
@@ -462,7 +463,7 @@ def test_model_vision_decides_what_of_the_vision_tower_trains(records, vision, l
             "4",
         ],
     )
-    vm = build_model(cfg, records)
+    vm = setup_model(cfg, records)
     trains = {n for n, p in vm.model.model.visual.named_parameters() if p.requires_grad}
     merger = {n for n, _ in vm.model.model.visual.named_parameters() if n.startswith("merger.")}
     tower = {n for n, _ in vm.model.model.visual.named_parameters()} - merger

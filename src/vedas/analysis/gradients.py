@@ -3,12 +3,13 @@
     vedas analyze gradients --config configs/synthetic_tiny.yaml --steps 40 --out runs/analysis/grads \\
         --data.path data/synth            # any config field can follow, as for `vedas train`
 
-Trains ``--steps`` optimizer steps with the config's recipe pieces (:func:`vedas.train.recipe.build_model`,
-:func:`vedas.train.objective.collate`, :class:`vedas.train.objective.LatentObjective`, AdamW with the
-config's learning rate, warm-up + cosine schedule and clip; the curriculum stage follows the
-epoch as in ``vedas train``; one micro-batch per step) and measures, at the weights *before*
-each update, on fixed probe batches (eval mode, so the numbers are deterministic; a new
-training batch every step would make the curves mostly sampling noise):
+Trains ``--steps`` optimizer steps as ``vedas train`` takes them, built by the recipe's own
+functions (:func:`vedas.train.recipe.setup_data`, :func:`~vedas.train.recipe.setup` and
+:func:`~vedas.train.recipe.train_step`: GAP's modules, the difficulty split, AdamW with the
+config's warm-up + cosine schedule over ``--steps``, accumulation and clip; the curriculum stage
+follows the epoch; one process, DeepSpeed off) and measures, at the weights *before* each
+update, on fixed probe batches (eval mode, so the numbers are deterministic; a new training
+batch every step would make the curves mostly sampling noise):
 
 (a) **Token-wise gradient norms** (Fig. 1a). ‖∂L/∂h_l,i‖₂ for the output h_l of every decoder
     layer l at every token i of every pass (the prompt prefill, each latent chunk, the
@@ -40,10 +41,9 @@ targets) and says so: the figure is about LoRA matrices. Writes ``token_grad_hea
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +213,13 @@ def group_nuclear(
     return out, loss.item()
 
 
-# --- the recipe -------------------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------------------
 
 
 def resolve_config(path: str, overrides: list[str]) -> tuple[Any, bool]:
-    """The training config with LoRA on; also whether this command had to switch LoRA on."""
+    """The training config with LoRA on and DeepSpeed off (one process); also whether LoRA was off."""
     from vedas.config import ConfigError
-    from vedas.train.recipe import load_config
+    from vedas.train.config import load_config
 
     try:
         cfg = load_config(path, overrides)
@@ -227,6 +227,7 @@ def resolve_config(path: str, overrides: list[str]) -> tuple[Any, bool]:
         raise base.AnalysisError(f"--config/overrides: {e}") from None
     enabled_here = not cfg.lora.enabled
     cfg.lora.enabled = True
+    cfg.run.deepspeed = None
     targets = [t for t in cfg.lora.target_modules if t.removesuffix("_proj") in PROJS]
     base.require(
         bool(targets),
@@ -253,93 +254,60 @@ def pick_layers(spec: str, n_layers: int) -> list[int]:
     return layers
 
 
-class Recipe:
-    """Model, objective, data and optimizer built from a TrainConfig as ``vedas train`` builds them."""
+def setup_run(cfg: Any, steps: int, val_split: str, val_n: int) -> tuple[Any, list[Any]]:
+    """The run ``vedas train`` starts from ``cfg`` (the recipe's own setup: GAP's modules, the difficulty
+    split, the optimizer with a schedule of ``steps``), prepared by the accelerator, and the validation records."""
+    from vedas.config import ConfigError
+    from vedas.data import load as load_data
+    from vedas.train import recipe
 
-    def __init__(self, cfg: Any, val_split: str, val_n: int) -> None:
-        from vedas.data import load as load_data
-        from vedas.method.curriculum import max_steps, record_steps
-        from vedas.train.objective import LatentObjective
-        from vedas.train.recipe import build_model, seed_everything, trainable_parameters
-
-        self.cfg = cfg
-        seed_everything(cfg.optim.seed)
-        d = cfg.data
-        try:
-            self.records = list(
-                load_data(d.name, path=d.path, split=d.split, limit=d.limit, skip_bad=d.skip_bad)
-            )
-            self.val = list(load_data(d.name, path=d.path, split=val_split, limit=val_n, skip_bad=d.skip_bad))
-        except (OSError, ValueError) as e:
-            raise base.AnalysisError(f"--data.path/--val-split: cannot read the data: {e}") from None
-        base.require(len(self.val) >= 2, "--val-n", f"needs ≥ 2 validation records, got {len(self.val)}")
-        limit = max_steps(cfg.latent.latents, cfg.curriculum)
-        self.steps_of = {r.id: record_steps(r.steps, r.rationale, limit) for r in [*self.records, *self.val]}
-        self.vm = build_model(cfg)
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        self.vm.model.to(dev)
-        self.objective = LatentObjective(self.vm, cfg.method, cfg.latent, cfg.scfvr).to(dev)
-        self.params = trainable_parameters(self.objective, self.vm)  # each once, as `vedas train` steps them
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2)
-        )
-
-    def scheduler(self, total: int) -> Any:
-        """Linear warm-up over ``warmup_ratio`` of ``total`` steps, then cosine decay (as ``vedas train``)."""
-        from transformers import get_cosine_schedule_with_warmup
-
-        return get_cosine_schedule_with_warmup(
-            self.optimizer, math.ceil(self.cfg.optim.warmup_ratio * total), total
-        )
-
-    def stage(self, step: int, batches_per_epoch: int) -> int:
-        from vedas.method.curriculum import LATENT_METHODS, stage_for_epoch
-
-        if self.cfg.method not in LATENT_METHODS:
-            return 0
-        return stage_for_epoch(step // batches_per_epoch, self.cfg.latent.latents, self.cfg.curriculum)
-
-    def batch(self, records: list[Any], stage: int) -> Any:
-        from vedas.method.curriculum import layout
-        from vedas.train.objective import collate
-
-        c = self.cfg
-        lays = [
-            layout(c.method, self.steps_of[r.id], r.answer, stage, c.latent.latents, c.curriculum)
-            for r in records
-        ]
-        return collate(self.vm, records, lays, c.method)
+    acc = recipe.setup_accelerator(cfg)
+    recipe.seed_everything(cfg.optim.seed)
+    d = cfg.data
+    try:
+        data = recipe.setup_data(cfg)
+        val = list(load_data(d.name, path=d.path, split=val_split, limit=val_n, skip_bad=d.skip_bad))
+        base.require(len(val) >= 2, "--val-n", f"needs ≥ 2 validation records, got {len(val)}")
+        run = recipe.setup(cfg, acc, data, total_steps=steps)
+    except ConfigError as e:
+        raise base.AnalysisError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise base.AnalysisError(f"--data.path/--val-split: cannot read the data: {e}") from None
+    run.checkpoints = None  # the analysis writes none
+    run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+    return run, val
 
 
-def split_easy_hard(recipe: Recipe, stage: int, rule: str, progress: bool) -> dict[str, Any]:
+def val_batch(run: Any, records: list[Any], stage: int) -> Any:
+    """Validation records are outside the difficulty split: they get the configured method."""
+    from vedas.train.recipe import collate_records
+
+    return collate_records(run.vm, run.cfg, records, stage, hard=None)
+
+
+def split_easy_hard(run: Any, val: list[Any], stage: int, rule: str, progress: bool) -> dict[str, Any]:
     """Evaluate the validation records; correct → easy, wrong → hard (or by loss, see the module doc)."""
     from vedas.evaluation.evaluate import evaluate
 
-    method = recipe.cfg.method
+    cfg = run.cfg
     report = evaluate(
-        recipe.vm,
-        recipe.val,
-        method=method,
-        batch_size=recipe.cfg.optim.batch_size,
-        warmup=False,
-        progress=progress,
+        run.vm, val, method=cfg.method, batch_size=cfg.optim.batch_size, warmup=False, progress=progress
     )
     correct = {s["id"]: bool(s["correct"]) for s in report["per_sample"]}
-    recipe.objective.eval()
+    run.objective.eval()
     losses = {}
     with torch.no_grad():
-        for r in recipe.val:
-            losses[r.id] = float(recipe.objective(recipe.batch([r], stage))["loss"])
-    easy = [r.id for r in recipe.val if correct[r.id]]
-    hard = [r.id for r in recipe.val if not correct[r.id]]
+        for r in val:
+            losses[r.id] = float(run.objective(val_batch(run, [r], stage))["loss"])
+    easy = [r.id for r in val if correct[r.id]]
+    hard = [r.id for r in val if not correct[r.id]]
     used = "correct"
     if rule == "loss" or not easy or not hard:
         if rule != "loss":
-            used = f"loss (fallback: {len(easy)} correct and {len(hard)} wrong of {len(recipe.val)})"
+            used = f"loss (fallback: {len(easy)} correct and {len(hard)} wrong of {len(val)})"
         else:
             used = "loss"
-        ranked = sorted(recipe.val, key=lambda r: losses[r.id])
+        ranked = sorted(val, key=lambda r: losses[r.id])
         half = len(ranked) // 2
         easy, hard = [r.id for r in ranked[:half]], [r.id for r in ranked[half:]]
     return {
@@ -354,9 +322,75 @@ def split_easy_hard(recipe: Recipe, stage: int, rule: str, progress: bool) -> di
     }
 
 
+@dataclass
+class Curves:
+    """What the command records, step by step: token-norm means and heatmap rows, nuclear norms."""
+
+    n_layers: int
+    heat_layers: list[int]
+    means: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    sample0: dict[int, list[list[float]]] = field(default_factory=dict)
+    sample0_kinds: list[list[str]] = field(default_factory=list)
+    nuclear: dict[str, dict[tuple[int, str, str], list[float]]] = field(
+        default_factory=lambda: {"easy": {}, "hard": {}}
+    )
+    nuclear_steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.means = {li: {k: [] for k in SHOWN_KINDS} for li in range(self.n_layers)}
+        self.sample0 = {li: [] for li in self.heat_layers}
+
+    def add_tokens(self, tn: TokenNorms) -> None:
+        for li in range(self.n_layers):
+            for k in SHOWN_KINDS:
+                self.means[li][k].append(tn.mean(li, k))
+        for li in self.heat_layers:
+            self.sample0[li].append(tn.sample(li).tolist())
+        self.sample0_kinds.append(tn.sample_kinds())
+
+    def add_nuclear(self, group: str, values: dict[tuple[int, str, str], float]) -> None:
+        for key, v in values.items():
+            self.nuclear[group].setdefault(key, []).append(v)
+
+    def nuclear_report(self) -> dict[str, Any]:
+        return {
+            "steps": self.nuclear_steps,
+            **{
+                g: {
+                    str(li): {
+                        p: {ab: self.nuclear[g].get((li, p, ab), []) for ab in ("A", "B")} for p in PROJS
+                    }
+                    for li in range(self.n_layers)
+                }
+                for g in ("easy", "hard")
+            },
+        }
+
+
+def train_update(run: Any, state: Any, step: int, stage: int) -> float:
+    """Optimizer step ``step`` exactly as ``vedas train`` takes it (:func:`vedas.train.recipe.train_step`)."""
+    from vedas.train.recipe import epoch_order, train_step
+
+    epoch, b = divmod(step, run.steps_per_epoch)
+    state.batch_in_epoch = b * run.cfg.optim.grad_accum
+    order = epoch_order(len(run.data.records), run.cfg.optim.seed, epoch)
+    return train_step(run, state, epoch, stage, order)["loss"].item()
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    base.require(args.steps >= 1, "--steps", f"must be ≥ 1, got {args.steps}")
+    base.require(
+        0 <= args.probe_after < args.steps,
+        "--probe-after",
+        f"must be in 0..{args.steps - 1}, got {args.probe_after}",
+    )
+    base.require(args.probe_size >= 1, "--probe-size", f"must be ≥ 1, got {args.probe_size}")
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from vedas.config import ConfigError, to_dict
-    from vedas.train.recipe import batch_plan, epoch_order
+    """Train ``--steps`` steps with the config's recipe, probing before each update (the module doc)."""
+    from vedas.train.recipe import collate_records, stage_of
+    from vedas.train.state import TrainState
 
     cfg, enabled_here = resolve_config(args.config, list(getattr(args, "overrides", []) or []))
     if enabled_here:
@@ -365,93 +399,74 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"targets={cfg.lora.target_modules}): Fig. 1b–c is about LoRA matrices.",
             file=sys.stderr,
         )
-    base.require(args.steps >= 1, "--steps", f"must be ≥ 1, got {args.steps}")
-    base.require(
-        0 <= args.probe_after < args.steps,
-        "--probe-after",
-        f"must be in 0..{args.steps - 1}, got {args.probe_after}",
-    )
-    base.require(args.probe_size >= 1, "--probe-size", f"must be ≥ 1, got {args.probe_size}")
-    recipe = Recipe(cfg, args.val_split, args.val_n)
-    try:
-        per_epoch, _ = batch_plan(len(recipe.records), cfg, world=1)
-    except ConfigError as e:
-        raise base.AnalysisError(str(e)) from None
-    n_layers = len(recipe.vm.backbone.decoder_layers())
-    heat_layers = pick_layers(args.heatmap_layers, n_layers)
-    lora = lora_params(recipe.vm.model)
-    scheduler = recipe.scheduler(args.steps)
-    probe_records = recipe.records[: args.probe_size]
-    bs = cfg.optim.batch_size
-
-    means: dict[int, dict[str, list[float]]] = {li: {k: [] for k in SHOWN_KINDS} for li in range(n_layers)}
-    sample0: dict[int, list[list[float]]] = {li: [] for li in heat_layers}
-    sample0_kinds: list[list[str]] = []
-    nuclear: dict[str, dict[tuple[int, str, str], list[float]]] = {"easy": {}, "hard": {}}
-    nuclear_steps: list[int] = []
+    _check_args(args)
+    run, val = setup_run(cfg, args.steps, args.val_split, args.val_n)
+    n_layers = len(run.vm.backbone.decoder_layers())
+    curves = Curves(n_layers, pick_layers(args.heatmap_layers, n_layers))
+    lora = lora_params(run.vm.model)
+    probe_records = list(run.data.records)[: args.probe_size]
     history: list[dict[str, Any]] = []
     split: dict[str, Any] | None = None
     groups: dict[str, list[Any]] = {}
+    state = TrainState()
     bar = base.progress(args.steps, "gradients", not args.no_progress)
     for step in range(args.steps):
-        stage = recipe.stage(step, per_epoch)
+        stage = stage_of(cfg, step // run.steps_per_epoch)
         row: dict[str, Any] = {"step": step, "stage": stage}
-        recipe.objective.eval()
-        tn, row["probe_loss"] = token_norms(recipe.objective, recipe.batch(probe_records, stage))
-        for li in range(n_layers):
-            for k in SHOWN_KINDS:
-                means[li][k].append(tn.mean(li, k))
-        for li in heat_layers:
-            sample0[li].append(tn.sample(li).tolist())
-        sample0_kinds.append(tn.sample_kinds())
+        run.objective.eval()
+        probe = collate_records(run.vm, cfg, probe_records, stage, run.data.hard)
+        tn, row["probe_loss"] = token_norms(run.objective, probe)
+        curves.add_tokens(tn)
         if step == args.probe_after:
-            split = split_easy_hard(recipe, stage, args.easy_hard, not args.no_progress)
-            by_id = {r.id: r for r in recipe.val}
+            split = split_easy_hard(run, val, stage, args.easy_hard, not args.no_progress)
+            by_id = {r.id: r for r in val}
             groups = {g: [by_id[i] for i in split[f"{g}_ids"][: args.probe_size]] for g in ("easy", "hard")}
             print(
                 f"easy/hard at step {step} by {split['rule']}: {len(split['easy_ids'])} easy, "
                 f"{len(split['hard_ids'])} hard (validation accuracy {split['accuracy']:.3f})"
             )
         if split is not None:
-            recipe.objective.eval()
-            nuclear_steps.append(step)
+            run.objective.eval()
+            curves.nuclear_steps.append(step)
             for g, recs in groups.items():
-                values, row[f"{g}_loss"] = group_nuclear(recipe.objective, recipe.batch(recs, stage), lora)
-                for key, v in values.items():
-                    nuclear[g].setdefault(key, []).append(v)
-        # the training update itself
-        epoch = step // per_epoch
-        order = epoch_order(len(recipe.records), cfg.optim.seed, epoch)
-        b = step % per_epoch
-        recs = [recipe.records[i] for i in order[b * bs : (b + 1) * bs]]
-        recipe.objective.train()
-        out = recipe.objective(recipe.batch(recs, stage))
-        out["loss"].backward()
-        if cfg.optim.clip > 0:
-            torch.nn.utils.clip_grad_norm_(recipe.params, cfg.optim.clip)
-        recipe.optimizer.step()
-        scheduler.step()
-        recipe.optimizer.zero_grad(set_to_none=True)
-        row["train_loss"] = out["loss"].item()
+                values, row[f"{g}_loss"] = group_nuclear(run.objective, val_batch(run, recs, stage), lora)
+                curves.add_nuclear(g, values)
+        row["train_loss"] = train_update(run, state, step, stage)
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", stage=stage)
     bar.close()
     assert split is not None
+    return build_report(args, cfg, enabled_here, curves, history, split, groups, probe_records)
+
+
+def build_report(
+    args: argparse.Namespace,
+    cfg: Any,
+    enabled_here: bool,
+    curves: Curves,
+    history: list[dict[str, Any]],
+    split: dict[str, Any],
+    groups: dict[str, list[Any]],
+    probe_records: list[Any],
+) -> dict[str, Any]:
+    """The JSON report (``gradients.json``) the figures are drawn from."""
+    from vedas.config import to_dict
+
     return {
         "config": to_dict(cfg),
         "lora_enabled_by_command": enabled_here,
         "steps": args.steps,
         "probe_after": args.probe_after,
-        "layers": n_layers,
+        "layers": curves.n_layers,
         "history": history,
         "token_norms": {
             "probe_ids": [r.id for r in probe_records],
             "kinds": list(SHOWN_KINDS),
-            "mean": {str(li): means[li] for li in range(n_layers)},
-            "heatmap_layers": heat_layers,
-            "sample0": {str(li): sample0[li] for li in heat_layers},
-            "sample0_kinds": sample0_kinds,
+            "mean": {str(li): curves.means[li] for li in range(curves.n_layers)},
+            "heatmap_layers": curves.heat_layers,
+            "sample0": {str(li): curves.sample0[li] for li in curves.heat_layers},
+            "sample0_kinds": curves.sample0_kinds,
         },
         "easy_hard": {
             **split,
@@ -460,16 +475,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "probe_easy_ids": [r.id for r in groups["easy"]],
             "probe_hard_ids": [r.id for r in groups["hard"]],
         },
-        "nuclear": {
-            "steps": nuclear_steps,
-            **{
-                g: {
-                    str(li): {p: {ab: nuclear[g].get((li, p, ab), []) for ab in ("A", "B")} for p in PROJS}
-                    for li in range(n_layers)
-                }
-                for g in ("easy", "hard")
-            },
-        },
+        "nuclear": curves.nuclear_report(),
     }
 
 

@@ -148,8 +148,9 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
     """The recipe of one method; ``base`` (the trained ``cot`` checkpoint) starts ``latent``/``vedas`` from CoT."""
     from vedas.config import LatentConfig
     from vedas.method.curriculum import CurriculumConfig
+    from vedas.method.routing import RoutingConfig
     from vedas.method.scfvr import SCFVRConfig
-    from vedas.train.recipe import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+    from vedas.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
     return TrainConfig(
         method=method,  # type: ignore[arg-type]
@@ -164,7 +165,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
         latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=160),
         curriculum=CurriculumConfig(epochs_per_stage=1),
         scfvr=SCFVRConfig(window=3, weight=1.0),
-        routing=dict(size.routing) if method == "vedas" else None,
+        routing=RoutingConfig(**size.routing) if method == "vedas" else None,
         optim=OptimConfig(
             lr=size.lr,
             epochs=size.epochs if base is None else size.latent_epochs,

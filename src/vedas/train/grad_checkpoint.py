@@ -20,9 +20,10 @@ forward pass instead of writing the cache again:
 
 Only activations inside a layer are recomputed; the layer inputs and the cache are kept.
 Routing depth scaling's extra layer passes (which call ``layer.forward``) are checkpointed
-the same way, without a cache.
+the same way, without a cache. Of the vision tower, only the blocks that train (or feed a
+block that trains) are checkpointed: a frozen tower runs once, without a graph.
 
-    enable(vm.backbone)     # every decoder layer; active in train() mode only
+    enable(vm.backbone)     # after freezing; active in train() mode only
 """
 
 from __future__ import annotations
@@ -95,11 +96,33 @@ class _CacheKeptFilter(logging.Filter):
 _FILTER = _CacheKeptFilter()
 
 
+def vision_blocks_to_checkpoint(visual: torch.nn.Module) -> list[torch.nn.Module]:
+    """The vision blocks whose backward runs: every block from the first that holds a trainable
+    parameter on (all of them when the patch embedding trains). None when the tower is frozen or
+    only its merger trains: those blocks build no graph, so there is nothing to recompute (the
+    merger, a small MLP, keeps its activations)."""
+    upstream = any(p.requires_grad for p in visual.patch_embed.parameters())
+    chosen = []
+    for block in visual.blocks:
+        upstream = upstream or any(p.requires_grad for p in block.parameters())
+        if upstream:
+            chosen.append(block)
+    return chosen
+
+
 def enable(backbone: Any, vision: bool = True) -> int:
-    """Checkpoint every decoder layer of ``backbone`` (an adapter) and, with ``vision``, the vision tower
-    (transformers' own checkpointing: it holds no cache). Returns the number of decoder layers. Train mode only."""
+    """Checkpoint every decoder layer of ``backbone`` (an adapter) and, with ``vision``, the vision blocks
+    that train (:func:`vision_blocks_to_checkpoint`, read from ``requires_grad`` now: freeze first).
+    Returns the number of decoder layers. Active in train mode only.
+
+    The vision blocks are switched here rather than by transformers' ``activation_checkpointing_enable``:
+    the tower's ``main_input_name`` is ``input_ids``, so that also hooks the patch embedding to make its
+    output require grad, and a frozen tower (LoRA) would be recomputed and back-propagated every step
+    for nothing."""
     if vision:
-        backbone.model.model.visual.activation_checkpointing_enable()
+        for block in vision_blocks_to_checkpoint(backbone.model.model.visual):
+            block.gradient_checkpointing = True
+            block._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
     layers = list(backbone.decoder_layers())
     for layer in layers:
         if not hasattr(layer, "_can_checkpoint_with_cache"):
@@ -112,6 +135,7 @@ def enable(backbone: Any, vision: bool = True) -> int:
 
 
 def disable(backbone: Any) -> None:
-    backbone.model.model.visual.activation_checkpointing_disable()
+    for block in backbone.model.model.visual.blocks:
+        block.gradient_checkpointing = False
     for layer in backbone.decoder_layers():
         layer.gradient_checkpointing = False

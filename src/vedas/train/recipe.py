@@ -1,17 +1,30 @@
-"""``vedas train``: the curriculum latent-training recipe, readable top to bottom.
+"""``vedas train``: the curriculum latent-training recipe as plain functions, read top to bottom.
 
     vedas train --config configs/synthetic_tiny.yaml [--optim.lr 1e-4 --run.output_dir runs/x ...]
     torchrun --nproc_per_node 2 -m vedas.cli train --config ...          # data parallel (gloo on CPU)
 
 Methods: ``no_cot`` (answer-only SFT), ``cot`` (explicit CoT SFT), ``latent`` (curriculum +
 visual replay; the IVT-LR-style baseline) and ``vedas`` (adds SCF-VR self-distillation and,
-when a ``routing`` section is given, routing depth scaling).
+when a ``routing`` section is given, routing depth scaling). The config is
+:class:`vedas.train.config.TrainConfig`.
 
-setup (config, model, data, optimizer) → main loop (stage from the epoch; the same passes
-as inference; CE at labelled positions (+ λ·recon); clip; step) → checkpoints every
-``run.save_every`` optimizer steps and at the end, written atomically; ``--run.resume true``
-restores weights, optimizer, scheduler, RNG states, curriculum stage and data position.
-The final model is exported to ``<output_dir>/final`` as a vedas checkpoint.
+:func:`main` only calls the steps below, each usable on its own (``vedas analyze gradients``
+and ``benchmarks/train_step.py`` build their runs from them):
+
+- :func:`setup_accelerator`: accelerate on CPU or CUDA, DDP under torchrun, DeepSpeed;
+- :func:`setup_data`: the records (data first: a bad row fails before the model is built), the
+  rationale check and GAP's difficulty split;
+- :func:`setup`: :func:`batch_plan`, :func:`setup_model` (tiny or a real checkpoint, LoRA, what
+  of the vision tower trains, routing, gradient checkpointing), :func:`setup_objective` (GAP's
+  modules, the objective) and :func:`setup_optimizer` (AdamW, warm-up + cosine);
+- :func:`resume` (``--run.resume true``): weights, optimizer, scheduler, RNG states, curriculum
+  stage and data position from the newest checkpoint;
+- :func:`fit`: the epoch loop (curriculum stage from the epoch), one :func:`train_step` per
+  optimizer step (the same passes as inference; CE at labelled positions (+ λ·recon);
+  accumulation; the non-finite check; clip; step), metrics, and a checkpoint every
+  ``run.save_every`` optimizer steps, written atomically;
+- :func:`finish`: the last checkpoint, and :func:`export` of the final model to
+  ``<output_dir>/final`` as a vedas checkpoint.
 """
 
 from __future__ import annotations
@@ -23,208 +36,137 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from vedas.config import (
-    ConfigError,
-    LatentConfig,
-    _check,
-    _check_literal,
-    apply_overrides,
-    from_dict,
-    load_yaml,
-    to_dict,
-)
-from vedas.method.curriculum import (
-    LATENT_METHODS,
-    METHODS,
-    CurriculumConfig,
-    layout,
-    max_steps,
-    record_steps,
-    stage_for_epoch,
-)
-from vedas.method.scfvr import SCFVRConfig
-from vedas.methods import Method
+from vedas.config import ConfigError, to_dict
+from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_steps, stage_for_epoch
 from vedas.train import state as train_state
+from vedas.train.config import TrainConfig, load_config
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
 
 GAP_BUFFERS = "gap_buffers.safetensors"
-LORA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: training stops before the bad step touches any weight."""
 
 
-# --- config ------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """The training records and, with ``data.difficulty``, the hard questions' ids (the rest train as CoT)."""
+
+    records: Any
+    hard: set[str] | None = None
 
 
 @dataclass
-class ModelConfig:
-    """Which VLM to start from."""
+class Run:
+    """One training run's pieces, as :func:`setup` builds them; :func:`fit` and :func:`train_step` use them."""
 
-    base: str = "tiny"
-    """``tiny`` (a random model of the real architecture, offline) or a HF hub id / local directory."""
-    arch: str = "qwen2_vl"
-    """Architecture of the tiny model (ignored for a real checkpoint, whose config names it)."""
-    tiny: dict[str, Any] = field(default_factory=dict)
-    """Keyword sizes for :func:`vedas.tiny_model` (hidden, layers, heads, …)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weight dtype when loading a real checkpoint (bf16 on GPU)."""
-    bpe_vocab: int = 0
-    """Tiny models only: 0 = byte-level tokenizer; N = a byte-level BPE of N tokens trained on the
-    training records' text (deterministic, so every method of a comparison gets the same one)."""
-
-    vision: Literal["train", "merger", "frozen"] = "train"
-    """What of the vision tower trains in full fine-tuning: all of it, only the merger (the projector into
-    the decoder, as LLaVA-style recipes do), or nothing. A random tiny tower trained at a from-scratch
-    learning rate collapses to one constant direction and the decoder stops seeing the image."""
-
-    def __post_init__(self) -> None:
-        _check_literal(self, "dtype")
-        _check_literal(self, "vision")
-        _check(
-            self.bpe_vocab == 0 or self.bpe_vocab >= 300,
-            "bpe_vocab",
-            f"must be 0 or ≥ 300, got {self.bpe_vocab}",
-        )
+    cfg: TrainConfig
+    acc: Any
+    data: TrainData
+    vm: Any
+    objective: Any
+    params: list[torch.nn.Parameter]
+    """What the optimizer steps (and clips), each parameter once."""
+    optimizer: Any
+    scheduler: Any
+    modules: torch.nn.ModuleDict
+    """What a checkpoint holds: the objective and the checkpoint extras (routers, GAP modules)."""
+    steps_per_epoch: int
+    total_steps: int
+    checkpoints: Path | None
+    """Where checkpoints go; None for a run that writes none (its non-finite error says so)."""
+    wrapped: Any = None
+    """The objective as the accelerator prepared it (DDP, DeepSpeed); None until then."""
 
 
-@dataclass
-class DataConfig:
-    """What to train on (any loader of :mod:`vedas.data`)."""
-
-    name: str = "synthetic"
-    """Dataset name (m3cot, scienceqa, gqa, onethinker, easyvqa, synthetic, …)."""
-    path: str | None = None
-    """Where the raw files are (the synthetic benchmark: the directory ``vedas data synth`` wrote)."""
-    split: str = "train"
-    limit: int | None = None
-    """Use only the first N records."""
-    skip_bad: bool = False
-    """Skip (and count) rows with a corrupt image instead of failing."""
-    difficulty: str | None = None
-    """GAP difficulty-aware supervision: a ``vedas data difficulty`` JSON. Only its all-fail questions
-    get latent supervision (the configured latent method); the others train as plain CoT (0 latents,
-    every step explicit) in the same batches. Needs method ``latent`` or ``vedas``."""
-
-
-@dataclass
-class LoraSettings:
-    """LoRA through peft (the paper: r=64, α=16 on every projection)."""
-
-    enabled: bool = False
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_ALL))
-
-    def __post_init__(self) -> None:
-        _check(self.r >= 1, "r", f"must be ≥ 1, got {self.r}")
-        _check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warm-up and cosine decay."""
-
-    lr: float = 4e-5
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    warmup_ratio: float = 0.03
-    """Share of the optimizer steps spent warming up."""
-    epochs: int = 16
-    batch_size: int = 8
-    """Samples per device per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    clip: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward instead of keeping them: every decoder layer (with the KV cache
-    in the loop, :mod:`vedas.train.grad_checkpoint`) and the vision tower. Same loss and gradients, less memory."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16 autocast (GPU); CPUs here gain nothing from it."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        _check(self.epochs >= 1, "epochs", f"must be ≥ 1, got {self.epochs}")
-        _check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
-        _check(self.grad_accum >= 1, "grad_accum", f"must be ≥ 1, got {self.grad_accum}")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.clip >= 0, "clip", f"must be ≥ 0, got {self.clip}")
-        _check_literal(self, "mixed_precision")
-
-
-@dataclass
-class RunConfig:
-    """Where results go and how often."""
-
-    output_dir: str = "runs/train"
-    save_every: int = 0
-    """Checkpoint every N optimizer steps (0 = only at the end)."""
-    log_every: int = 1
-    """Write metrics every N optimizer steps."""
-    resume: bool = False
-    """Continue from the newest checkpoint in ``output_dir/checkpoints``."""
-    max_steps: int = 0
-    """Stop after this many optimizer steps (0 = run all epochs)."""
-    deepspeed: str | None = None
-    """A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); needs the ``deepspeed`` extra."""
-    progress: bool = True
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``vedas train`` reads; every field can be overridden as ``--section.field value``."""
-
-    method: Method = "vedas"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    latent: LatentConfig = field(default_factory=LatentConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    scfvr: SCFVRConfig = field(default_factory=SCFVRConfig)
-    routing: dict[str, Any] | None = None
-    """Routing depth scaling settings (method ``vedas`` only); None = off."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        _check(self.method in METHODS, "method", f"must be one of {list(METHODS)}, got {self.method!r}")
-        _check(
-            self.routing is None or self.method == "vedas",
-            "routing",
-            f"routing depth scaling belongs to method 'vedas', not {self.method!r}",
-        )
-        _check(
-            self.data.difficulty is None or self.method in LATENT_METHODS,
-            "data.difficulty",
-            f"difficulty-aware latent supervision needs method 'latent' or 'vedas', not {self.method!r}",
-        )
-
-
-def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
-    data = load_yaml(path) if path else {}
-    return from_dict(TrainConfig, apply_overrides(data, overrides))
-
-
-# --- setup -------------------------------------------------------------------------------
+def _silent(line: str) -> None:
+    """A ``say`` for the processes other than the main one."""
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# --- setup -------------------------------------------------------------------------------
+
+
+def _deepspeed_plugin(cfg: TrainConfig) -> Any:
+    from accelerate import DeepSpeedPlugin
+
+    if cfg.run.resume:
+        raise ConfigError("run.resume: resuming a DeepSpeed run is not supported (its states are pickled)")
+    if not torch.cuda.is_available():  # DeepSpeed's CPU accelerator over gloo (how the tests run it)
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+    return DeepSpeedPlugin(hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=cfg.optim.grad_accum)
+
+
+def setup_accelerator(cfg: TrainConfig) -> Any:
+    """The accelerate ``Accelerator`` of ``cfg``: one CPU or GPU, DDP under torchrun, DeepSpeed with ``run.deepspeed``."""
+    if not torch.cuda.is_available():  # say it, so an installed DeepSpeed does not log its auto-detection
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
+
+    ds = bool(cfg.run.deepspeed)
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available() and not ds,
+        mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        deepspeed_plugin=_deepspeed_plugin(cfg) if ds else None,
+        # F_SR (and routers) sit idle at stage 0 and on image-less batches
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if ds and acc.distributed_type != DistributedType.DEEPSPEED:
+        raise ConfigError(
+            f"run.deepspeed: accelerate did not start DeepSpeed (distributed type {acc.distributed_type}); "
+            "launch with torchrun/accelerate and check the deepspeed install"
+        )
+    if ds:  # the shipped config says "auto": our config decides
+        ds_config = acc.state.deepspeed_plugin.deepspeed_config
+        # accelerate fills the other "auto"s from the micro-batch size
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
+        if ds_config.get("gradient_clipping") == "auto":
+            ds_config["gradient_clipping"] = cfg.optim.clip
+    if acc.is_main_process and acc.num_processes > 1:
+        print(f"distributed: {acc.distributed_type.value}, {acc.num_processes} processes")
+    return acc
+
+
+def setup_data(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainData:
+    """The training records; fails (naming the field) on records without the rationale the method needs
+    and on a difficulty file that does not cover them."""
+    from vedas.data import load as load_data
+    from vedas.method import gap
+
+    d = cfg.data
+    records = load_data(d.name, path=d.path, split=d.split, limit=d.limit, skip_bad=d.skip_bad)
+    say(records.describe())
+    if cfg.method != "no_cot":
+        limit = max_steps(cfg.latent.latents, cfg.curriculum)
+        empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
+        if empty:
+            raise ConfigError(
+                f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
+            )
+    hard = gap.hard_ids(d.difficulty, [r.id for r in records]) if d.difficulty else None
+    if hard is not None:
+        n_hard = sum(r.id in hard for r in records)
+        say(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
+    return TrainData(records, hard)
 
 
 def corpus(records: Any) -> list[str]:
@@ -237,8 +179,8 @@ def corpus(records: Any) -> list[str]:
     ]
 
 
-def build_model(cfg: TrainConfig, records: Any = None) -> Any:
-    """The VedasModel to train: tiny or a real checkpoint, with LoRA and routing if asked."""
+def setup_model(cfg: TrainConfig, records: Any = None) -> Any:
+    """The VedasModel to train: tiny or a real checkpoint, with LoRA, routing and checkpointing if asked."""
     import vedas
 
     latent = cfg.latent
@@ -274,12 +216,25 @@ def build_model(cfg: TrainConfig, records: Any = None) -> Any:
     if cfg.routing is not None:
         from vedas.method import routing
 
-        routing.enable_routing(vm, from_dict(routing.RoutingConfig, cfg.routing))  # type: ignore[attr-defined]
-    if cfg.optim.gradient_checkpointing:
+        routing.enable_routing(vm, cfg.routing)
+    if cfg.optim.gradient_checkpointing:  # after the freezing above: it checkpoints only what trains
         from vedas.train import grad_checkpoint as checkpointing
 
         checkpointing.enable(vm.backbone)
     return vm
+
+
+def setup_objective(
+    cfg: TrainConfig, vm: Any, records: Any, device: Any, say: Callable[[str], None] = print
+) -> Any:
+    """``vm`` on ``device`` with the GAP modules the config asks for, and the objective that trains it."""
+    from vedas.method import gap
+    from vedas.train.objective import LatentObjective
+
+    vm.model.to(device)
+    for line in gap.prepare_training(vm, records, cfg.latent):
+        say(line)
+    return LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(device)
 
 
 def trainable_parameters(objective: Any, vm: Any) -> list[torch.nn.Parameter]:
@@ -288,6 +243,21 @@ def trainable_parameters(objective: Any, vm: Any) -> list[torch.nn.Parameter]:
     params = [p for p in objective.parameters() if p.requires_grad]
     params += [p for m in vm.extras.modules().values() for p in m.parameters() if p.requires_grad]
     return list({id(p): p for p in params}.values())
+
+
+def setup_optimizer(
+    cfg: TrainConfig, objective: Any, vm: Any, total_steps: int
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """(parameters, AdamW, linear warm-up over ``optim.warmup_ratio`` of ``total_steps`` then cosine decay)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    o = cfg.optim
+    params = trainable_parameters(objective, vm)
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2))
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(o.warmup_ratio * total_steps), total_steps
+    )
+    return params, optimizer, scheduler
 
 
 def batch_plan(n_records: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -307,227 +277,204 @@ def batch_plan(n_records: int, cfg: TrainConfig, world: int) -> tuple[int, int]:
     return batches, batches // o.grad_accum
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+def setup(cfg: TrainConfig, acc: Any, data: TrainData, total_steps: int | None = None) -> Run:
+    """The model, objective and optimizer that train on ``data``; ``total_steps`` (the schedule's length)
+    defaults to every epoch's steps, capped at ``run.max_steps``."""
+    say = print if acc.is_main_process else _silent
+    _, steps_per_epoch = batch_plan(len(data.records), cfg, acc.num_processes)
+    if total_steps is None:
+        total_steps = steps_per_epoch * cfg.optim.epochs
+        if cfg.run.max_steps:
+            total_steps = min(total_steps, cfg.run.max_steps)
+    vm = setup_model(cfg, data.records)
+    objective = setup_objective(cfg, vm, data.records, acc.device, say)
+    params, optimizer, scheduler = setup_optimizer(cfg, objective, vm, total_steps)
+    return Run(
+        cfg=cfg,
+        acc=acc,
+        data=data,
+        vm=vm,
+        objective=objective,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        modules=torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()}),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        checkpoints=Path(cfg.run.output_dir) / "checkpoints",
+    )
+
+
+def resume(run: Run) -> train_state.TrainState:
+    """Load the newest checkpoint under ``run.checkpoints`` into ``run``; returns where training stood."""
+    from vedas.method import gap
+
+    assert run.checkpoints is not None
+    say = print if run.acc.is_main_process else _silent
+    last = train_state.latest(run.checkpoints)
+    if last is None:
+        raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
+    state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
+    if not gap.load_buffers(run.modules, last / GAP_BUFFERS):
+        say(f"{last} has no {GAP_BUFFERS}: the GAP norm EMA starts afresh")
+    say(f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})")
+    return state
 
 
 # --- main --------------------------------------------------------------------------------
 
 
 def main(cfg: TrainConfig) -> Path:
-    if not torch.cuda.is_available():  # say it, so an installed DeepSpeed does not log its auto-detection
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
-    from vedas.data import load as load_data
-    from vedas.method import gap
-    from vedas.train.objective import LatentObjective, collate
-
-    out_dir = Path(cfg.run.output_dir)
-    plugin = None
-    if cfg.run.deepspeed:
-        from accelerate import DeepSpeedPlugin
-
-        if cfg.run.resume:
-            raise ConfigError(
-                "run.resume: resuming a DeepSpeed run is not supported (its states are pickled)"
-            )
-        if not torch.cuda.is_available():  # DeepSpeed's CPU accelerator over gloo (how the tests run it)
-            from accelerate import PartialState
-
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-            PartialState(backend="gloo")
-        plugin = DeepSpeedPlugin(
-            hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=cfg.optim.grad_accum
-        )
-    acc = Accelerator(
-        cpu=not torch.cuda.is_available() and not cfg.run.deepspeed,
-        mixed_precision=cfg.optim.mixed_precision,
-        gradient_accumulation_steps=cfg.optim.grad_accum,
-        deepspeed_plugin=plugin,
-        # F_SR (and routers) sit idle at stage 0 and on image-less batches
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    if cfg.run.deepspeed and acc.distributed_type != DistributedType.DEEPSPEED:
-        raise ConfigError(
-            f"run.deepspeed: accelerate did not start DeepSpeed (distributed type {acc.distributed_type}); "
-            "launch with torchrun/accelerate and check the deepspeed install"
-        )
-    ds = bool(cfg.run.deepspeed)
-    if ds:  # the shipped config says "auto": our config decides
-        ds_config = acc.state.deepspeed_plugin.deepspeed_config
-        # accelerate fills the other "auto"s from the micro-batch size
-        ds_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
-        if ds_config.get("gradient_clipping") == "auto":
-            ds_config["gradient_clipping"] = cfg.optim.clip
-    if acc.is_main_process and acc.num_processes > 1:
-        print(f"distributed: {acc.distributed_type.value}, {acc.num_processes} processes")
+    """Train as ``cfg`` says; returns ``<output_dir>/final``."""
+    acc = setup_accelerator(cfg)
     seed_everything(cfg.optim.seed)
+    data = setup_data(cfg, print if acc.is_main_process else _silent)
+    run = setup(cfg, acc, data)
+    state = resume(run) if cfg.run.resume else train_state.TrainState()
+    run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+    fit(run, state)
+    return finish(run, state)
 
-    # data first: a bad row fails before the model is built
-    records = load_data(
-        cfg.data.name,
-        path=cfg.data.path,
-        split=cfg.data.split,
-        limit=cfg.data.limit,
-        skip_bad=cfg.data.skip_bad,
-    )
-    if acc.is_main_process:
-        print(records.describe())
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def stage_of(cfg: TrainConfig, epoch: int) -> int:
+    """The curriculum stage of ``epoch`` (0 for the methods without latents)."""
+    if cfg.method not in LATENT_METHODS:
+        return 0
+    return stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def collate_records(vm: Any, cfg: TrainConfig, records: list[Any], stage: int, hard: set[str] | None) -> Any:
+    """The TrainBatch of ``records`` at curriculum ``stage``; with a difficulty split (``hard``) only the
+    hard questions get latent supervision, the others train as CoT."""
+    from vedas.method import gap
+    from vedas.train.objective import collate
+
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
-    steps_of = [record_steps(r.steps, r.rationale, limit) for r in records]
-    if cfg.method != "no_cot":
-        empty = [r.id for r, s in zip(records, steps_of) if not s]
-        if empty:
-            raise ConfigError(
-                f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
-            )
-    hard = gap.hard_ids(cfg.data.difficulty, [r.id for r in records]) if cfg.data.difficulty else None
-    if hard is not None and acc.is_main_process:
-        n_hard = sum(r.id in hard for r in records)
-        print(
-            f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT"
+    lays = [
+        layout(
+            gap.supervision(cfg.method, r.id, hard),
+            record_steps(r.steps, r.rationale, limit),
+            r.answer,
+            stage,
+            cfg.latent.latents,
+            cfg.curriculum,
         )
-    batches, steps_per_epoch = batch_plan(len(records), cfg, acc.num_processes)
-    total_steps = steps_per_epoch * cfg.optim.epochs
-    if cfg.run.max_steps:
-        total_steps = min(total_steps, cfg.run.max_steps)
+        for r in records
+    ]
+    return collate(vm, records, lays, cfg.method)
 
-    vm = build_model(cfg, records)
-    vm.model.to(acc.device)
-    for line in gap.prepare_training(vm, records, cfg.latent):  # GAP modules the config asks for
-        if acc.is_main_process:
-            print(line)
-    objective = LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(acc.device)
-    params = trainable_parameters(objective, vm)
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2)
-    )
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps
-    )
-    model_for_state = torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()})
-    state = train_state.TrainState()
-    ckpt_dir = out_dir / "checkpoints"
-    if cfg.run.resume:
-        last = train_state.latest(ckpt_dir)
-        if last is None:
-            raise ConfigError(f"run.resume: no checkpoint under {ckpt_dir}")
-        state = train_state.load(last, model_for_state, optimizer, scheduler)
-        if not gap.load_buffers(model_for_state, last / GAP_BUFFERS) and acc.is_main_process:
-            print(f"{last} has no {GAP_BUFFERS}: the GAP norm EMA starts afresh")
-        if acc.is_main_process:
-            print(
-                f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})"
-            )
-    wrapped, optimizer = acc.prepare(objective, optimizer)
 
-    resolved = to_dict(cfg)
-    logger = MetricLogger(out_dir, acc.is_main_process)
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(__import__("yaml").safe_dump(resolved, sort_keys=False))
+def micro_batch(run: Run, order: list[int], batch: int) -> list[Any]:
+    """This rank's records of micro-batch ``batch`` of an epoch in ``order``."""
+    bs, acc = run.cfg.optim.batch_size, run.acc
+    lo = (batch * acc.num_processes + acc.process_index) * bs
+    return [run.data.records[i] for i in order[lo : lo + bs]]
+
+
+def train_step(
+    run: Run, state: train_state.TrainState, epoch: int, stage: int, order: list[int]
+) -> dict[str, Any]:
+    """One optimizer step: ``optim.grad_accum`` micro-batches from ``state.batch_in_epoch`` on, each loss
+    checked finite before its backward, the gradient norm clipped (and checked), then the update.
+    Advances ``state.batch_in_epoch`` and ``state.step``; returns the last micro-batch's outputs."""
+    acc, o, step = run.acc, run.cfg.optim, state.step + 1
+    # models load in eval mode (from_pretrained, tiny_model); gradient checkpointing and the model's
+    # own dropout act in train mode only
+    run.objective.train()
+    for _ in range(o.grad_accum):
+        b = state.batch_in_epoch
+        recs = micro_batch(run, order, b)
+        batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard)
+        with acc.accumulate(run.wrapped):
+            out = run.wrapped(batch)
+            check_finite(out["loss"], acc, run.checkpoints, step, epoch, b, recs)
+            acc.backward(out["loss"])
+            if acc.sync_gradients and o.clip > 0:
+                norm = acc.clip_grad_norm_(run.params, o.clip)
+                check_finite(norm, acc, run.checkpoints, step, epoch, b, recs, what="gradient norm")
+            run.optimizer.step()
+            run.scheduler.step() if acc.sync_gradients else None
+            run.optimizer.zero_grad()
+        state.batch_in_epoch = b + 1
+    state.step = step
+    return out
+
+
+def fit(run: Run, state: train_state.TrainState) -> None:
+    """The epochs from ``state`` on: stage from the epoch, :func:`train_step` per optimizer step, metrics
+    every ``run.log_every`` steps, a checkpoint every ``run.save_every``; stops after ``run.total_steps``."""
+    from tqdm.auto import tqdm
+
+    cfg, acc = run.cfg, run.acc
+    logger = start_logging(run)
     bar = tqdm(
-        total=total_steps,
+        total=run.total_steps,
         initial=state.step,
         disable=not (cfg.run.progress and acc.is_main_process),
         desc=f"train {cfg.method}",
     )
-    done = state.step >= total_steps
-    t_last, seen = time.perf_counter(), 0
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum * acc.num_processes
+    done = state.step >= run.total_steps
+    t_last = time.perf_counter()
     for epoch in range(state.epoch, cfg.optim.epochs):
         if done:
             break
-        stage = (
-            stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum) if cfg.method in LATENT_METHODS else 0
-        )
+        stage = stage_of(cfg, epoch)
         if stage != state.stage or epoch == 0:
             logger.event({"epoch": epoch, "stage": stage, "step": state.step})
         state.stage = stage
-        order = epoch_order(len(records), cfg.optim.seed, epoch)
-        start = state.batch_in_epoch
-        for b in range(start, batches - batches % cfg.optim.grad_accum):
-            lo = (b * acc.num_processes + acc.process_index) * cfg.optim.batch_size
-            chunk = [order[i] for i in range(lo, lo + cfg.optim.batch_size)]
-            recs = [records[i] for i in chunk]
-            lays = [
-                layout(
-                    gap.supervision(cfg.method, records[i].id, hard),
-                    steps_of[i],
-                    records[i].answer,
-                    stage,
-                    cfg.latent.latents,
-                    cfg.curriculum,
-                )
-                for i in chunk
-            ]
-            batch = collate(vm, recs, lays, cfg.method)
-            with acc.accumulate(wrapped):
-                out = wrapped(batch)
-                check_finite(out["loss"], acc, ckpt_dir, state.step + 1, epoch, b, recs)
-                acc.backward(out["loss"])
-                if acc.sync_gradients and cfg.optim.clip > 0:
-                    norm = acc.clip_grad_norm_(params, cfg.optim.clip)
-                    check_finite(norm, acc, ckpt_dir, state.step + 1, epoch, b, recs, what="gradient norm")
-                optimizer.step()
-                scheduler.step() if acc.sync_gradients else None
-                optimizer.zero_grad()
-            seen += len(recs) * acc.num_processes
-            state.batch_in_epoch = b + 1
-            if not acc.sync_gradients:
-                continue
-            state.step += 1
+        order = epoch_order(len(run.data.records), cfg.optim.seed, epoch)
+        while state.batch_in_epoch < run.steps_per_epoch * cfg.optim.grad_accum:
+            out = train_step(run, state, epoch, stage, order)
             now = time.perf_counter()
-            rate = seen / max(now - t_last, 1e-9)
-            metrics = {
-                "step": state.step,
-                "epoch": epoch,
-                "stage": stage,
-                "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": rate,
-                **{k: out[k].item() for k in ("loss", "ce", "recon") if k in out},
-            }
-            t_last, seen = now, 0
+            rate = per_step / max(now - t_last, 1e-9)
+            t_last = now
+            metrics = step_metrics(run, state, epoch, stage, out, rate)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
             if state.step % cfg.run.log_every == 0:
                 logger.log(metrics)
-            if cfg.run.save_every and state.step % cfg.run.save_every == 0 and acc.is_main_process and not ds:
-                _save(ckpt_dir, model_for_state, optimizer, scheduler, state, resolved, epoch, batches, cfg)
-            if state.step >= total_steps:
+            if cfg.run.save_every and state.step % cfg.run.save_every == 0:
+                save_checkpoint(run, state, epoch)
+            if state.step >= run.total_steps:
                 done = True
                 break
         if not done:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
     bar.close()
+    logger.close()
     acc.wait_for_everyone()
-    if acc.num_processes > 1:
-        flat = torch.cat([p.detach().flatten().double() for p in params])
-        sums = acc.gather(torch.stack([flat.sum(), (flat * flat).sum()])[None].to(acc.device))
-        if acc.is_main_process:
-            same = bool((sums == sums[0]).all())
-            print(f"processes: {acc.num_processes}, parameters identical across ranks: {same}")
-    final = out_dir / "final"
-    if acc.is_main_process:
-        if not ds:  # DeepSpeed keeps its optimizer states in its own (pickled) format: no resume there
-            _save(ckpt_dir, model_for_state, optimizer, scheduler, state, resolved, state.epoch, batches, cfg)
-        export(vm, cfg, final)
-        logger.close()
-        print(f"wrote {final}")
-    return final
+
+
+def step_metrics(
+    run: Run, state: train_state.TrainState, epoch: int, stage: int, out: dict[str, Any], rate: float
+) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "epoch": epoch,
+        "stage": stage,
+        "lr": run.scheduler.get_last_lr()[0],
+        "samples_per_s": rate,
+        **{k: out[k].item() for k in ("loss", "ce", "recon") if k in out},
+    }
 
 
 def check_finite(
     loss: torch.Tensor | float | None,
     acc: Any,
-    ckpt_dir: Path,
+    ckpt_dir: Path | None,
     step: int,
     epoch: int,
     batch: int,
-    recs,
+    recs: list[Any],
     what: str = "loss",
 ) -> None:
     """Stop (on every rank at once) before a NaN/inf loss reaches the weights; name the last good checkpoint."""
@@ -539,12 +486,13 @@ def check_finite(
         bad = acc.reduce(bad, reduction="sum")
     if not bool(bad.item()):
         return
-    last = train_state.latest(ckpt_dir)
-    kept = (
-        f"the last good checkpoint is {last}"
-        if last
-        else "no checkpoint was written before it (run.save_every)"
-    )
+    last = train_state.latest(ckpt_dir) if ckpt_dir is not None else None
+    if last:
+        kept = f"the last good checkpoint is {last}"
+    elif ckpt_dir is None:
+        kept = "this run writes no checkpoints"
+    else:
+        kept = "no checkpoint was written before it (run.save_every)"
     raise NonFiniteLossError(
         f"non-finite {what} ({loss.item()}) at optimizer step {step} (epoch {epoch}, batch {batch}; "
         f"samples {[r.id for r in recs][:8]}); training stopped before this step changed any weight, "
@@ -552,16 +500,57 @@ def check_finite(
     )
 
 
-def _save(ckpt_dir, module, optimizer, scheduler, state, resolved, epoch, batches, cfg) -> None:
+# --- outputs -----------------------------------------------------------------------------
+
+
+def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None:
+    """``checkpoints/step-N`` from the main process; none under DeepSpeed, whose optimizer states are its
+    own (pickled) format, so no resume there."""
     from vedas.method import gap
 
+    if not run.acc.is_main_process or run.cfg.run.deepspeed or run.checkpoints is None:
+        return
     snap = train_state.TrainState(**vars(state))
-    if snap.batch_in_epoch >= batches - batches % cfg.optim.grad_accum:  # the epoch is done
+    if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
     directory = train_state.save(
-        ckpt_dir / f"step-{state.step}", module, optimizer, scheduler, snap, resolved
+        run.checkpoints / f"step-{state.step}",
+        run.modules,
+        run.optimizer,
+        run.scheduler,
+        snap,
+        to_dict(run.cfg),
     )
-    gap.save_buffers(module, directory / GAP_BUFFERS)  # the norm EMA is state, not a parameter
+    gap.save_buffers(run.modules, directory / GAP_BUFFERS)  # the norm EMA is state, not a parameter
+
+
+def start_logging(run: Run) -> MetricLogger:
+    """The metric logger, and the resolved config beside it (``config.yaml``), on the main process."""
+    import yaml
+
+    out_dir = Path(run.cfg.run.output_dir)
+    logger = MetricLogger(out_dir, run.acc.is_main_process)
+    if run.acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(run.cfg), sort_keys=False))
+    return logger
+
+
+def finish(run: Run, state: train_state.TrainState) -> Path:
+    """After :func:`fit`: check the ranks agree, write the last checkpoint and export ``<output_dir>/final``."""
+    acc = run.acc
+    if acc.num_processes > 1:
+        flat = torch.cat([p.detach().flatten().double() for p in run.params])
+        sums = acc.gather(torch.stack([flat.sum(), (flat * flat).sum()])[None].to(acc.device))
+        if acc.is_main_process:
+            same = bool((sums == sums[0]).all())
+            print(f"processes: {acc.num_processes}, parameters identical across ranks: {same}")
+    final = Path(run.cfg.run.output_dir) / "final"
+    if acc.is_main_process:
+        save_checkpoint(run, state, state.epoch)
+        export(run.vm, run.cfg, final)
+        print(f"wrote {final}")
+    return final
 
 
 def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
@@ -656,3 +645,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"vedas train: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+__all__ = [
+    "NonFiniteLossError",
+    "Run",
+    "TrainConfig",
+    "TrainData",
+    "batch_plan",
+    "check_finite",
+    "collate_records",
+    "epoch_order",
+    "export",
+    "finish",
+    "fit",
+    "load_config",
+    "main",
+    "resume",
+    "seed_everything",
+    "setup",
+    "setup_accelerator",
+    "setup_data",
+    "setup_model",
+    "setup_objective",
+    "setup_optimizer",
+    "stage_of",
+    "train_step",
+]
