@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from vedas.engine.attention import LastQueryRecorder, attention_implementation, last_query_probs
-from vedas.engine.loop import CachedRunner, eager_attention, embed_prompt
+from vedas.engine.inputs import embed_prompt
+from vedas.engine.runners import CachedRunner, eager_attention
 
 
 def _eager_rows(vm, embeds, positions, mask):

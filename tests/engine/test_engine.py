@@ -119,14 +119,15 @@ def test_text_only_sample_runs_with_replay_off_and_says_so_once(vm, batch3):
 def test_latent_grad_controls_the_chain(tiny, batch3):
     model, processor = tiny
     images, questions, _choices = batch3
-    from vedas.engine.loop import LatentLoop, make_runner
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
 
     for grad, expect in [("full", True), ("none", False)]:
         vm = VedasModel(model, processor, LatentConfig(latents=2, replay_k=4, latent_grad=grad))
         loop = LatentLoop(vm.backbone, vm.config, make_runner("cached", vm.backbone))
         batch = vm.prepare(images[:1], questions[:1])
         h = loop.prefill(batch, record=True)
-        _, h_last, _ = loop.latent_steps(h, 2, 4)
+        h_last = loop.latent_steps(h, 2, 4).hidden
         # z¹ is the prefill's last state h; the last pass consumed z² which consumed z¹
         assert h.requires_grad and h_last.requires_grad
         g = torch.autograd.grad(h_last.sum(), h, allow_unused=True)[0]
@@ -145,7 +146,7 @@ def test_latent_grad_controls_the_chain(tiny, batch3):
 )
 def test_bad_input_fails_before_compute(vm, kwargs, match, monkeypatch, make_image):
     called = []
-    monkeypatch.setattr("vedas.model.engine_run", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("vedas.engine.generate.run", lambda *a, **k: called.append(1))
     kwargs = {
         k: [make_image(*v, 0) if isinstance(v, tuple) else v for v in val] if k == "images" else val
         for k, val in kwargs.items()

@@ -95,7 +95,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 @torch.no_grad()
 def prompt_norms(vm: Any, records: list[Any], batch_size: int = 4, progress: bool = False) -> dict[str, Any]:
     """Input, per-layer and output norms of the prompts' text and visual tokens (one plain forward each)."""
-    from vedas.engine.loop import embed_prompt
+    from vedas.engine.inputs import embed_prompt
 
     bb = vm.backbone
     layers = bb.decoder_layers()
