@@ -74,7 +74,7 @@ class VedasModel:
         self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
-        self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
+        self._min_side = self.backbone.patch_size * self.backbone.merge_size
 
     @property
     def device(self) -> torch.device:
@@ -136,7 +136,7 @@ class VedasModel:
             input_ids=enc["input_ids"].to(dev),
             attention_mask=enc["attention_mask"].to(dev),
             mm_token_type_ids=enc["mm_token_type_ids"].to(dev),
-            pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,  # type: ignore[attr-defined]
+            pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,
             image_grid_thw=enc["image_grid_thw"].to(dev) if flat else None,
         )
 
