@@ -5,7 +5,7 @@
 On one model and one set of samples it measures:
 
 (a) latent-phase and end-to-end latency, cached engine vs recompute engine (the reference
-    code's way: every step re-runs the prefix with eager attention maps);
+    code's way: every step re-runs the prefix with full attention maps);
 (b) end-to-end latency and AR steps of ``vedas`` vs ``no_cot`` vs ``cot``;
 (c) throughput (samples/s) at batch 16 vs batch 1;
 (d) the attention-recording overhead over a plain prefill forward;

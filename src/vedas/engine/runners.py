@@ -9,8 +9,9 @@ the next pass needs, can report its length, and can roll back to an earlier poin
 - :class:`CachedRunner` appends each pass to a ``DynamicCache`` and records a^t with the
   registered last-query attention function (:mod:`vedas.engine.attention`): the fast path.
 - :class:`RecomputeRunner` re-runs the whole prefix for every pass with no cache and reads
-  a^t from eager ``output_attentions``, the way the reference code works. It is the test
-  oracle and the baseline of the speed benchmark.
+  a^t from ``output_attentions``, the way the reference code works. It is the test oracle
+  and the baseline of the speed benchmark; its attention maps are computed in float32 from
+  the same q and k as the recorder's row (:data:`vedas.engine.attention.ORACLE`).
 
     runner = make_runner("cached", vm.backbone)    # or "recompute"
 """
@@ -25,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
-from vedas.engine.attention import LastQueryRecorder
+from vedas.engine.attention import ORACLE, LastQueryRecorder
 from vedas.method import routing
 
 
@@ -123,12 +124,16 @@ def text_attention(model: Any, implementation: str) -> Iterator[None]:
 
 
 def eager_attention(model: Any) -> contextlib.AbstractContextManager[None]:
-    """Temporarily run the text decoder with eager attention (so attention maps can be returned)."""
+    """Temporarily run the text decoder with eager attention: maps in the model's dtype, every layer.
+
+    What the reference approach costs (the benchmark's memory probe) and an independent
+    check of the recorder in float32 (the tests).
+    """
     return text_attention(model, "eager")
 
 
 class RecomputeRunner:
-    """Every pass re-runs the whole prefix without a cache; attention from eager ``output_attentions``."""
+    """Every pass re-runs the whole prefix without a cache; attention from ``output_attentions``."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.model = backbone.model
@@ -150,7 +155,7 @@ class RecomputeRunner:
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
             self.segments = torch.cat([self.segments, seg], 1)
         routed = self.segments if bool((self.segments >= 0).any()) else None
-        with eager_attention(self.model), routing.segments(routed):
+        with text_attention(self.model, ORACLE), routing.segments(routed):
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,
