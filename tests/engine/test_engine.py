@@ -153,6 +153,27 @@ def test_latent_grad_controls_the_chain(tiny, batch3):
         assert (g is not None and g.abs().sum() > 0) == expect
 
 
+@pytest.mark.parametrize("engine", ["cached", "recompute"])
+def test_restore_rolls_the_loop_back_to_the_snapshot(vm, batch3, engine):
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
+
+    batch = vm.prepare(*batch3)
+    loop = LatentLoop(vm.backbone, vm.config, make_runner(engine, vm.backbone))
+    with torch.no_grad():
+        h = loop.prefill(batch)
+        start, prompt_len = loop.snapshot(), loop.length
+        assert loop.k == vm.config.replay_k and prompt_len == batch.input_ids.shape[1]
+        first = loop.latent_steps(h, 3)
+        after = loop.length
+        loop.restore(start)
+        assert loop.length == prompt_len and torch.equal(loop.attention, start.attention)
+        again = loop.latent_steps(h, 3)
+    assert loop.length == after
+    assert torch.equal(first.latents, again.latents) and torch.equal(first.hidden, again.hidden)
+    assert [torch.equal(a.index, b.index) for a, b in zip(first.replays, again.replays)] == [True] * 3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

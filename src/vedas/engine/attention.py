@@ -176,8 +176,8 @@ AttentionMaskInterface.register(ORACLE, sdpa_mask)
 def install_recorder(model: Any, text_config_key: str = "text_config") -> str:
     """Switch the decoder (only) to the recording variant of its current kernel; returns its name.
 
-    Eager models keep the sdpa-based recorder (eager is only used by the recompute oracle,
-    which reads ``output_attentions`` instead).
+    Eager models get the sdpa-based recorder (the engine never runs eager attention: the
+    recompute oracle has its own implementation, :data:`ORACLE`).
     """
     current = model.config.get_text_config()._attn_implementation or "sdpa"
     if current.startswith("vedas_"):

@@ -102,7 +102,7 @@ class LatentLoop:
         self.backbone = backbone
         self.cfg = cfg
         self._runner = runner
-        self.suppress = backbone.suppressed_token_ids() + list(suppress or [])
+        self._suppress = backbone.suppressed_token_ids() + list(suppress or [])
         self._visual: VisualTokens | None = None
         self._k = 0
         self._next_pos: torch.Tensor | None = None
@@ -293,7 +293,7 @@ class LatentLoop:
         if temperature > 0 and seeds is not None:
             gens = [torch.Generator(device=h.device).manual_seed(int(s)) for s in seeds]
         head = self.backbone.lm_head()
-        suppress = torch.tensor(self.suppress, device=h.device)
+        suppress = torch.tensor(self._suppress, device=h.device)
         b = h.shape[0]
         finished = torch.zeros(b, dtype=torch.bool, device=h.device)
         count = torch.zeros(b, dtype=torch.long, device=h.device)
