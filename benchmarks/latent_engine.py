@@ -7,7 +7,7 @@ prompt of ≥ 300 tokens of which ≥ 128 are visual tokens, T_r = 4, K = 32, at
 printing side by side:
 
 - the latent phase (the T_r chunk passes), cached engine vs recompute engine (the reference
-  code's way: every step re-runs the prefix with eager attention maps) — target ≥ 3× faster;
+  code's way: every step re-runs the prefix with full attention maps) — target ≥ 3× faster;
 - the recording overhead: a prefill forward with the last-query recorder on vs off — target ≤ 10 %;
 - the peak memory of one prefill that yields the attention row: recorder vs eager maps.
 

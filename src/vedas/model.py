@@ -11,7 +11,6 @@ processor files. Nothing is pickled; ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
@@ -27,12 +26,15 @@ from PIL import Image
 from vedas import extras
 from vedas.backbones import arch_module, backbone_for
 from vedas.config import LatentConfig, from_dict, to_dict
-from vedas.engine import loop as engine
+from vedas.engine import generate as driver
 from vedas.engine.attention import install_recorder
-from vedas.engine.loop import Details, PromptBatch
+from vedas.engine.generate import Details
+from vedas.engine.inputs import PromptBatch
+from vedas.engine.loop import LatentTransform
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.method import gap, routing
+from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
 
 # the inference modes are the method names
@@ -72,7 +74,7 @@ class VedasModel:
         self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
-        self._min_side = self.backbone.patch_size * self.backbone.merge_size  # type: ignore[attr-defined]
+        self._min_side = self.backbone.patch_size * self.backbone.merge_size
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +136,7 @@ class VedasModel:
             input_ids=enc["input_ids"].to(dev),
             attention_mask=enc["attention_mask"].to(dev),
             mm_token_type_ids=enc["mm_token_type_ids"].to(dev),
-            pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,  # type: ignore[attr-defined]
+            pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,
             image_grid_thw=enc["image_grid_thw"].to(dev) if flat else None,
         )
 
@@ -150,7 +152,7 @@ class VedasModel:
         return_details: bool = False,
         contexts: Sequence[str | None] | None = None,
         max_new_tokens: int | None = None,
-        latent_transform: engine.LatentTransform | None = None,
+        latent_transform: LatentTransform | None = None,
         temperature: float = 0.0,
         seed: int | Sequence[int] | None = None,
         tto: Any = None,
@@ -164,7 +166,7 @@ class VedasModel:
             mode: ``vedas``/``latent`` (latent steps with visual replay), ``cot`` or ``no_cot`` (plain decoding).
             latents: T_r override; None uses the checkpoint's count (``config.latents``).
             engine: ``cached`` (KV cache, fast) or ``recompute`` (re-runs the prefix each step; the oracle).
-            return_details: return a :class:`vedas.engine.loop.Details` instead of ``(texts, ar_steps)``.
+            return_details: return a :class:`vedas.engine.generate.Details` instead of ``(texts, ar_steps)``.
             latent_transform: ``f(step, z) -> z'`` applied to each latent before it is fed back
                 (latent-use checks, calibration); see :meth:`vedas.engine.loop.LatentLoop.latent_steps`.
                 It runs after the GAP transforms the config asks for (``latent_head``, ``latent_norm``).
@@ -195,7 +197,7 @@ class VedasModel:
         with routing.allowed(mode == "vedas" and self.use_routing):
             # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
             transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
-            seeds = engine_row_seeds(seed, len(questions))
+            seeds = driver.row_seeds(seed, len(questions))
             tokens, details = self._run(batch, cfg, steps, latent, engine, transform, temperature, seeds, tto)
         details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         details.mode = mode
@@ -210,31 +212,28 @@ class VedasModel:
         steps: int,
         latent: bool,
         engine: str,
-        transform=None,
+        transform: LatentTransform | None = None,
         temperature: float = 0.0,
         seeds: list[int] | None = None,
-        tto: Any = None,
-    ):
-        run = engine_run
-        if tto is not None:
-            from vedas.method import tto as tto_module
-
-            run = functools.partial(tto_module.run, tto=tto)
-        return run(
+        tto: TTOConfig | None = None,
+    ) -> tuple[list[list[int]], Details]:
+        tok = self.tokenizer
+        return driver.run(
             self.backbone,
             batch,
             cfg,
             steps=steps,
             latent_end_id=self.token_ids.end if latent else None,
-            eos_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-            if "<|im_end|>" in self.tokenizer.get_vocab()
-            else self.tokenizer.eos_token_id,
-            pad_id=self.tokenizer.pad_token_id,
+            eos_id=tok.convert_tokens_to_ids("<|im_end|>")
+            if "<|im_end|>" in tok.get_vocab()
+            else tok.eos_token_id,
+            pad_id=tok.pad_token_id,
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],
             transform=transform,
             temperature=temperature,
             seeds=seeds,
+            hook=None if tto is None else TTOHook(tto),
         )
 
     # --- dataset records (vedas.data.Record) ---------------------------------------------
@@ -284,10 +283,6 @@ class VedasModel:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
-
-
-engine_run = engine.run
-engine_row_seeds = engine.row_seeds
 
 
 def _model_type(path: str) -> str:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from vedas.engine.attention import LastQueryRecorder, attention_implementation, last_query_probs
-from vedas.engine.loop import CachedRunner, eager_attention, embed_prompt
+from vedas.engine.attention import (
+    ORACLE,
+    LastQueryRecorder,
+    attention_implementation,
+    attention_probs,
+    last_query_probs,
+)
+from vedas.engine.inputs import embed_prompt
+from vedas.engine.runners import CachedRunner, eager_attention, text_attention
 
 
 def _eager_rows(vm, embeds, positions, mask):
@@ -65,3 +72,40 @@ def test_last_query_probs_mask_forms_agree():
     a, b, c = (last_query_probs(q, k, m, 0.3) for m in (bool4, add4, pad))
     assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
     assert a[0, :, 0].abs().max() == 0
+
+
+def test_attention_probs_of_every_row_add_the_causal_pattern_a_2d_mask_lacks():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8)
+    pad = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    bool4 = (torch.ones(5, 5).tril().bool()[None] & pad[:, None, :].bool())[:, None]
+    a, b = attention_probs(q, k, bool4, 0.3), attention_probs(q, k, pad, 0.3)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(attention_probs(q, k, None, 0.3)[1], a[1], atol=1e-6)  # no padding in row 1
+    assert a[1].triu(1).abs().max() == 0  # no query sees a later key
+    assert a[0, :, 1:, 0].abs().max() == 0  # nor padding
+    assert torch.allclose(a[0, :, 0], torch.full((4, 5), 0.2))  # a fully masked (padded) query: uniform
+    assert torch.equal(
+        attention_probs(q[:, :, -1:], k, bool4, 0.3)[:, :, 0], last_query_probs(q, k, bool4, 0.3)
+    )
+
+
+def test_oracle_maps_equal_eager_maps_in_float32(vm, batch3):
+    """The recompute oracle's maps (float32 from q and k, SDPA outputs) are eager's maps for a float32 model."""
+    images, questions, choices = batch3
+    batch = vm.prepare(images, questions, choices)
+    embeds, _, positions = embed_prompt(vm.backbone, batch)
+    args = {"inputs_embeds": embeds, "attention_mask": batch.attention_mask, "position_ids": positions}
+    with torch.no_grad():
+        with eager_attention(vm.model):
+            ref = vm.backbone.decoder()(**args, output_attentions=True)
+        with text_attention(vm.model, ORACLE):
+            ours = vm.backbone.decoder()(**args, output_attentions=True)
+            plain = vm.backbone.decoder()(**args)
+    assert len(ours.attentions) == len(ref.attentions) == len(vm.backbone.decoder_layers())
+    for a, b in zip(ours.attentions, ref.attentions):
+        assert a.dtype == torch.float32 and (a - b).abs().max() <= 1e-5
+    real = batch.attention_mask.bool()  # padded rows differ: SDPA leaves them 0, eager averages
+    assert (ours.last_hidden_state[real] - ref.last_hidden_state[real]).abs().max() <= 1e-4
+    assert plain.attentions is None  # maps only when asked for
+    assert attention_implementation(vm.model).startswith("vedas_")  # switched back

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import vedas
 from vedas.config import LatentConfig
 from vedas.engine.tokens import LATENT_END, LATENT_START
 from vedas.model import VedasModel
@@ -34,6 +35,24 @@ def test_cached_equals_recompute(tiny, batch3, cfg):
     assert fast.replay_indices == slow.replay_indices
     assert fast.token_ids == slow.token_ids and fast.texts == slow.texts
     assert fast.ar_steps == slow.ar_steps == [cfg.latents + len(t) for t in fast.token_ids]
+
+
+def test_bf16_cached_and_recompute_pick_the_same_replays(arch, batch3):
+    """The oracle's attention maps are float32 from the same q and k as the recorder's row, also in bf16.
+
+    Measured on this 4-layer bf16 model before (the oracle on eager attention, which rounds
+    q·Kᵀ and the probabilities to bf16): per-step replay overlap 100/88.9/88.9/94.4 % on
+    qwen2_vl and 88.9/83.3/77.8/94.4 % on qwen2_5_vl (whose answers then differed), latents
+    apart by up to 0.031 and 0.023. After: the same replays and answers, latents within 0.008.
+    """
+    model, processor = vedas.tiny_model(arch, hidden=64, layers=4, heads=4, kv_heads=2, seed=0)
+    cfg = LatentConfig(latents=4, replay_k=6, max_new_tokens=4)
+    vm = VedasModel(model.to(torch.bfloat16), processor, cfg)
+    fast, slow = _run(vm, batch3), _run(vm, batch3, engine="recompute")
+    assert fast.latents.dtype == torch.bfloat16
+    assert fast.replay_indices == slow.replay_indices
+    assert fast.token_ids == slow.token_ids
+    assert (fast.latents.float() - slow.latents.float()).abs().max() <= 2e-2
 
 
 def test_batched_equals_each_sample_alone(vm, batch3):
@@ -119,18 +138,40 @@ def test_text_only_sample_runs_with_replay_off_and_says_so_once(vm, batch3):
 def test_latent_grad_controls_the_chain(tiny, batch3):
     model, processor = tiny
     images, questions, _choices = batch3
-    from vedas.engine.loop import LatentLoop, make_runner
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
 
     for grad, expect in [("full", True), ("none", False)]:
         vm = VedasModel(model, processor, LatentConfig(latents=2, replay_k=4, latent_grad=grad))
         loop = LatentLoop(vm.backbone, vm.config, make_runner("cached", vm.backbone))
         batch = vm.prepare(images[:1], questions[:1])
         h = loop.prefill(batch, record=True)
-        _, h_last, _ = loop.latent_steps(h, 2, 4)
+        h_last = loop.latent_steps(h, 2, 4).hidden
         # z¹ is the prefill's last state h; the last pass consumed z² which consumed z¹
         assert h.requires_grad and h_last.requires_grad
         g = torch.autograd.grad(h_last.sum(), h, allow_unused=True)[0]
         assert (g is not None and g.abs().sum() > 0) == expect
+
+
+@pytest.mark.parametrize("engine", ["cached", "recompute"])
+def test_restore_rolls_the_loop_back_to_the_snapshot(vm, batch3, engine):
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
+
+    batch = vm.prepare(*batch3)
+    loop = LatentLoop(vm.backbone, vm.config, make_runner(engine, vm.backbone))
+    with torch.no_grad():
+        h = loop.prefill(batch)
+        start, prompt_len = loop.snapshot(), loop.length
+        assert loop.k == vm.config.replay_k and prompt_len == batch.input_ids.shape[1]
+        first = loop.latent_steps(h, 3)
+        after = loop.length
+        loop.restore(start)
+        assert loop.length == prompt_len and torch.equal(loop.attention, start.attention)
+        again = loop.latent_steps(h, 3)
+    assert loop.length == after
+    assert torch.equal(first.latents, again.latents) and torch.equal(first.hidden, again.hidden)
+    assert [torch.equal(a.index, b.index) for a, b in zip(first.replays, again.replays)] == [True] * 3
 
 
 @pytest.mark.parametrize(
@@ -145,7 +186,7 @@ def test_latent_grad_controls_the_chain(tiny, batch3):
 )
 def test_bad_input_fails_before_compute(vm, kwargs, match, monkeypatch, make_image):
     called = []
-    monkeypatch.setattr("vedas.model.engine_run", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("vedas.engine.generate.run", lambda *a, **k: called.append(1))
     kwargs = {
         k: [make_image(*v, 0) if isinstance(v, tuple) else v for v in val] if k == "images" else val
         for k, val in kwargs.items()

@@ -15,7 +15,8 @@ import yaml
 
 import vedas
 from vedas.config import ConfigError, LatentConfig, from_dict, to_dict
-from vedas.engine.loop import LatentLoop, make_runner
+from vedas.engine.loop import LatentLoop
+from vedas.engine.runners import make_runner
 from vedas.method import routing
 from vedas.method.routing import RoutingConfig, RoutingDepthScaling, enable_routing, select_tokens
 from vedas.model import VedasModel
@@ -279,7 +280,7 @@ def test_training_step_reaches_routers_and_step_encodings(fresh, batch3):
         loop = LatentLoop(vm.backbone, vm.config, make_runner("cached", vm.backbone))
         with routing.allowed(True):
             h = loop.prefill(batch, record=True)
-            _, h, _ = loop.latent_steps(h, 2, 4)
+            h = loop.latent_steps(h, 2, 4).hidden
             h = loop.feed_tokens(torch.cat([end, target[:, :-1]], 1))
         logits = vm.backbone.lm_head()(h).float()
         return torch.nn.functional.cross_entropy(logits, target[:, -1])

@@ -13,7 +13,7 @@ visual-token indices, their cells, the window in cells and in pixels, how many r
 tokens fall inside it).
 
 Where the selection comes from: ``generate(..., return_details=True)`` returns each step's
-replayed indices into the sample's visual tokens; :func:`vedas.engine.loop.embed_prompt` gives
+replayed indices into the sample's visual tokens; :func:`vedas.engine.inputs.embed_prompt` gives
 every visual token's image, row and column (the engine's own layout, not a re-derivation).
 A sample with several images shows, per step, the image holding most of the step's tokens
 (the image SCF-VR crops in training). :func:`replay_views` and :func:`draw_replay` are the
@@ -101,7 +101,7 @@ def replay_views(
 
     ``images``/``questions``/``choices``/``contexts`` must be what was passed to ``generate``.
     """
-    from vedas.engine.loop import embed_prompt
+    from vedas.engine.inputs import embed_prompt
     from vedas.method import scfvr
 
     base.require(window >= 1, "--window", f"must be ≥ 1, got {window}")

@@ -120,7 +120,7 @@ def collect(
     vm: Any, records: list[Any], args: argparse.Namespace
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The three groups (text, visual, latent flattened) and the latents as (n, T, D)."""
-    from vedas.engine.loop import embed_prompt
+    from vedas.engine.inputs import embed_prompt
 
     text_ids: set[int] = set()
     ids_ = vm.token_ids

@@ -124,7 +124,7 @@ def _layer_outputs(layers: Any) -> Iterator[dict[int, torch.Tensor]]:
 
 def _add_prompt_norms(vm: Any, chunk: Any, captured: dict[int, torch.Tensor], sums: _Norms) -> None:
     """One plain forward of ``chunk``'s prompts; every real token's norms into ``sums``, by kind."""
-    from vedas.engine.loop import embed_prompt
+    from vedas.engine.inputs import embed_prompt
 
     bb = vm.backbone
     batch = vm.prepare_records(chunk, mode="vedas")

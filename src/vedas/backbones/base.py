@@ -1,9 +1,10 @@
 """The one small Protocol every backbone adapter implements.
 
 The latent engine, visual replay, SCF-VR and routing talk to a VLM only through this
-interface: where the visual tokens are and their grid, the visual input embeddings, the
-3-D positions of the prompt and of appended tokens, the decoder layers and final norm, and
-re-encoding pixel crops. Adding a backbone means adding one file that implements it.
+interface: where the visual tokens are and their grid (patch and merge size), the visual
+input embeddings and their dtype, the 3-D positions of the prompt, the decoder layers and
+final norm, and re-encoding pixel crops. Adding a backbone means adding one file that
+implements it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ class Backbone(Protocol):
     model: nn.Module  # the HF *ForConditionalGeneration
     processor: Any
     image_token_id: int
+    patch_size: int
+    """Side of one vision patch in pixels."""
     merge_size: int
+    """Patches merged per side into one visual token: a token covers (patch_size × merge_size)² pixels."""
 
     def decoder(self) -> nn.Module:
         """The text decoder stack: called with inputs_embeds, positions, mask and cache; returns final-norm states."""
@@ -58,6 +62,14 @@ class Backbone(Protocol):
 
     def encode_crops(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Re-encode pixel crops in [0, 1] with the vision tower; mean-pooled (N, D)."""
+        ...
+
+    def crop_size(self) -> tuple[int, int]:
+        """(H, W) a (N, 3, H, W) batch of crops is resized to by :meth:`encode_crops`."""
+        ...
+
+    def dtype(self) -> torch.dtype:
+        """The vision tower's dtype: what pixel values are cast to."""
         ...
 
     def suppressed_token_ids(self) -> list[int]:

@@ -5,7 +5,7 @@
 On one model and one set of samples it measures:
 
 (a) latent-phase and end-to-end latency, cached engine vs recompute engine (the reference
-    code's way: every step re-runs the prefix with eager attention maps);
+    code's way: every step re-runs the prefix with full attention maps);
 (b) end-to-end latency and AR steps of ``vedas`` vs ``no_cot`` vs ``cot``;
 (c) throughput (samples/s) at batch 16 vs batch 1;
 (d) the attention-recording overhead over a plain prefill forward;
@@ -133,13 +133,13 @@ def generate_times(vm, images, questions, choices, repeats: int, forced_length: 
 def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas"):
     """``vm.generate`` with EOS suppressed so every sample generates exactly ``length`` tokens."""
     from vedas.config import LatentConfig, to_dict
-    from vedas.engine import loop as engine
+    from vedas.engine import generate
 
     latent = mode in ("vedas", "latent")
     batch = vm.prepare(images, questions, choices, mode=mode)
     cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
     eos = vm.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    _, details = engine.run(
+    _, details = generate.run(
         vm.backbone,
         batch,
         cfg,
@@ -153,7 +153,7 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
 
 
 def prefill_inputs(vm, images, questions, choices):
-    from vedas.engine.loop import embed_prompt
+    from vedas.engine.inputs import embed_prompt
 
     batch = vm.prepare(images, questions, choices)
     with torch.no_grad():
@@ -197,7 +197,7 @@ def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str
 def memory_probe(variant: str, batch: int, device: str) -> int:
     """Bytes one prefill forward adds to the peak, recording the attention row by ``variant``."""
     from vedas.engine.attention import LastQueryRecorder
-    from vedas.engine.loop import eager_attention
+    from vedas.engine.runners import eager_attention
 
     vm, images, questions, choices = build(device, n=batch)
     b, embeds, positions = prefill_inputs(vm, images, questions, choices)

@@ -1,4 +1,4 @@
-"""Last-query attention recorder: the fast kernel plus one softmax row.
+"""The registered attention functions that produce a^(t): the recorder and the oracle's maps.
 
 Visual replay needs a^(t), the attention of the *last* query position over every key,
 averaged over heads and layers. The reference code gets it by switching the whole model to
@@ -15,6 +15,13 @@ Usage::
     with LastQueryRecorder() as rec:
         model(...)
     rec.mean()                                   # (B, L_keys), mean over layers and heads
+
+The recompute oracle (:class:`vedas.engine.runners.RecomputeRunner`) reads whole maps from
+``output_attentions`` instead, through :data:`ORACLE`: the SDPA kernel for the outputs and,
+when attentions are asked for, every query row's probabilities computed in float32 from the
+same q and k by :func:`attention_probs`, the function that computes the recorder's row. Eager
+attention would round q·Kᵀ and the probabilities to the model's dtype, so in bf16 the
+oracle's replay choice drifted from the cached engine's at depth.
 """
 
 from __future__ import annotations
@@ -84,28 +91,42 @@ class paused:
         _ACTIVE.reset(self._token)
 
 
+def attention_probs(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+) -> torch.Tensor:
+    """softmax(q · Kᵀ · scale + mask) of the given query rows over all keys: (B, H, n, Lk), in float32.
+
+    ``query`` (B, H, n, d) holds the *last* n query rows of the attention call (n = 1: the last
+    query). Grouped-query heads are matched to their key head by a reshape, not ``repeat_kv``,
+    so no copy of the keys is made. ``attention_mask`` may be a 4-D boolean or additive mask
+    (SDPA/eager; its last n rows apply), a 2-D padding mask (flash attention), or None (no
+    padding); the last two do not hold the causal pattern, so it is added here. A fully masked
+    row (a padded query) comes out uniform, not NaN.
+    """
+    b, h, n, d = query.shape
+    hk, lk = key.shape[1], key.shape[-2]
+    q = query.float().reshape(b, hk, h // hk * n, d)  # (B, Hkv, G·n, d)
+    scores = (q @ key.float().transpose(-1, -2)).reshape(b, h, n, lk)
+    scores = scores * (scaling if scaling is not None else d**-0.5)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        row = attention_mask[:, :, -n:, -lk:]
+    else:
+        keys = torch.arange(lk, device=query.device)
+        row = (keys[None] <= torch.arange(lk - n, lk, device=query.device)[:, None])[None, None]
+        if attention_mask is not None:  # (B, Lk) padding mask: 1 keep, 0 pad
+            row = row & attention_mask[:, None, None, -lk:].bool()
+    if row.dtype == torch.bool:
+        scores = scores.masked_fill(~row, torch.finfo(torch.float32).min)
+    else:
+        scores = scores + row.float()
+    return scores.softmax(-1)
+
+
 def last_query_probs(
     query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
 ) -> torch.Tensor:
-    """softmax of the last query row over all keys: (B, H, Lk), computed in float32.
-
-    Grouped-query heads are matched to their key head by a reshape, not ``repeat_kv``, so no
-    copy of the keys is made. ``attention_mask`` may be a 4-D boolean or additive mask
-    (SDPA/eager), a 2-D padding mask (flash attention), or None (no padding: the last query
-    sees every key causally).
-    """
-    b, h, _, d = query.shape
-    hk, lk = key.shape[1], key.shape[-2]
-    q = query[:, :, -1, :].float().reshape(b, hk, h // hk, d)  # (B, Hkv, G, d)
-    scores = (q @ key.float().transpose(-1, -2)).reshape(b, h, 1, lk)
-    scores = scores * (scaling if scaling is not None else d**-0.5)
-    if attention_mask is not None:
-        if attention_mask.dim() == 4:
-            row = attention_mask[:, :, -1:, -lk:]
-        else:  # (B, Lk) padding mask: 1 keep, 0 pad
-            row = attention_mask[:, None, None, -lk:].bool()
-        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-    return scores.softmax(-1).squeeze(2)
+    """softmax of the last query row over all keys: (B, H, Lk), computed in float32 (see :func:`attention_probs`)."""
+    return attention_probs(query[:, :, -1:], key, attention_mask, scaling).squeeze(2)
 
 
 def _recording(base: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,11 +158,26 @@ for _base, (_name, _fn, _mask) in RECORDING_IMPLEMENTATIONS.items():
     AttentionMaskInterface.register(_name, _mask)
 
 
+ORACLE = "vedas_oracle"
+"""The recompute oracle's attention implementation (see the module docstring)."""
+
+
+def _oracle_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    # popped: the SDPA wrapper warns that it cannot return attentions; we return our own
+    want_maps = kwargs.pop("output_attentions", False)
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    return out, (attention_probs(query, key, attention_mask, scaling) if want_maps else None)
+
+
+AttentionInterface.register(ORACLE, _oracle_attention)
+AttentionMaskInterface.register(ORACLE, sdpa_mask)
+
+
 def install_recorder(model: Any, text_config_key: str = "text_config") -> str:
     """Switch the decoder (only) to the recording variant of its current kernel; returns its name.
 
-    Eager models keep the sdpa-based recorder (eager is only used by the recompute oracle,
-    which reads ``output_attentions`` instead).
+    Eager models get the sdpa-based recorder (the engine never runs eager attention: the
+    recompute oracle has its own implementation, :data:`ORACLE`).
     """
     current = model.config.get_text_config()._attn_implementation or "sdpa"
     if current.startswith("vedas_"):

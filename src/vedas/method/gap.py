@@ -53,7 +53,8 @@ from torch import nn
 
 from vedas import extras
 from vedas.config import ConfigError, LatentConfig
-from vedas.engine.loop import LatentTransform, PromptBatch, embed_prompt
+from vedas.engine.inputs import PromptBatch, embed_prompt
+from vedas.engine.loop import LatentTransform
 from vedas.method.replay import VisualTokens
 
 NORM_EXTRA = "latent_norm"

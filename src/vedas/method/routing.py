@@ -225,7 +225,7 @@ def _subset_mask(seg_sub: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
         if bool(((seg_sub != seg_sub[:, :1]) & valid).any()):
             raise NotImplementedError(
                 "routing several segments in one forward needs a 4-D mask; flash attention takes only "
-                "padding masks (the recompute oracle switches to eager attention, which does)"
+                "padding masks (the recompute oracle switches to SDPA, which does)"
             )
         return valid.long()
     pos = torch.arange(seg_sub.shape[1], device=seg_sub.device)

@@ -1,4 +1,4 @@
-"""Spatially-Coherent Finer Visual Replay (SCF-VR) self-distillation, SPEC §2.2 (training only).
+"""Spatially-Coherent Finer Visual Replay (SCF-VR) self-distillation (training only).
 
 For each latent step and sample, the replayed token indices I^t are placed on the merged
 grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
@@ -10,11 +10,17 @@ replayed block is pooled into b^t = mean(B^t) and the loss is
 L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
 
 No PIL round trip happens in the training step: crops are tensor slices.
+
+    sr = TokenSR(hidden_size, cfg.sr)
+    loss = recon_loss(backbone, sr, run.replays, loop.visual, images, image_grid_thw, cfg)
+
+:class:`vedas.train.objective.LatentObjective` adds ``cfg.weight × loss`` for method ``vedas``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vedas.backbones.base import Backbone
 from vedas.config import _check, _check_literal
+from vedas.method.replay import Replay, VisualTokens
 
 # --- window search -----------------------------------------------------------------------
 
@@ -90,7 +98,7 @@ def window_to_pixels(
 
 @dataclass
 class SCFVRConfig:
-    """Self-distillation settings (SPEC §2.2)."""
+    """Self-distillation settings."""
 
     window: int = 3
     """W, the crop window in merged-token cells (clipped to the grid)."""
@@ -139,3 +147,68 @@ def crop_and_resize(
     top, left, bottom, right = box
     crop = image[:, top:bottom, left:right]
     return F.interpolate(crop[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+# --- the loss ------------------------------------------------------------------------------
+
+
+def recon_loss(
+    backbone: Backbone,
+    sr: nn.Module,
+    replays: list[Replay | None],
+    visual: VisualTokens,
+    images: list[torch.Tensor],
+    image_grid_thw: torch.Tensor,
+    cfg: SCFVRConfig,
+) -> torch.Tensor | None:
+    """Mean over (step, sample) pairs with a replay of mean_dims (F_SR(b^t) − u_ref)²; None if nothing was replayed.
+
+    ``images`` are the batch's original images, (3, H, W) in [0, 1], in the prompt's image order
+    (the order of ``image_grid_thw``'s rows).
+    """
+    assert visual.image is not None and visual.row is not None and visual.col is not None
+    grids = backbone.merged_grids(image_grid_thw)
+    pooled, picks = [], []  # b^t per pair, and (image, rows, cols, valid) of its selection
+    for rep in replays:
+        if rep is None:
+            continue
+        # b^t = mean-pool(B^t) with the visual embeddings detached: the recon loss trains F_SR and,
+        # through the replay weights softmax(a_I), the attention that picks the replay; it does not
+        # pull the replayed embeddings themselves (the paper trains LoRA on the decoder only, and a
+        # vision tower trained by this loss collapses to constant features)
+        feats = visual.features.detach().gather(
+            1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1])
+        )
+        counts = rep.token_mask.sum(1)
+        b = (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
+        for i in range(rep.mask.shape[0]):
+            if not bool(rep.mask[i].any()):
+                continue
+            sel = rep.index[i][rep.mask[i]]
+            imgs = visual.image[i, sel]
+            # a multi-image sample crops the image holding most of the selected tokens
+            img = Counter(imgs.tolist()).most_common(1)[0][0]
+            on = imgs == img
+            picks.append((img, visual.row[i, sel], visual.col[i, sel], on))
+            pooled.append(b[i])
+    if not pooled:
+        return None
+    kmax = max(len(p[1]) for p in picks)
+    pad = lambda t: F.pad(t, (0, kmax - len(t)))  # noqa: E731
+    rows = torch.stack([pad(p[1]) for p in picks])
+    cols = torch.stack([pad(p[2]) for p in picks])
+    valid = torch.stack([pad(p[3].long()) for p in picks]).bool()
+    pick_grids = torch.tensor([grids[p[0]] for p in picks], device=rows.device)
+    windows = best_windows(rows, cols, valid, pick_grids, cfg.window)
+    crops = []
+    factor = backbone.patch_size * backbone.merge_size
+    for (img, *_), win in zip(picks, windows):
+        image = images[img]
+        gh, gw = grids[img]
+        box = window_to_pixels(win, (gh, gw), tuple(image.shape[-2:]))
+        size = (cfg.crop_size, cfg.crop_size) if cfg.crop_size else (gh * factor, gw * factor)
+        crops.append(crop_and_resize(image, box, size))
+    with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):
+        target = backbone.encode_crops(crops)
+    pred = sr(torch.stack(pooled).float())
+    return ((pred - target.float()) ** 2).mean()

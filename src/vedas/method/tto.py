@@ -1,4 +1,4 @@
-"""Inference-time latent optimisation with a frozen backbone (arXiv 2605.02735, SPEC §2.5).
+"""Inference-time latent optimisation with a frozen backbone (arXiv 2605.02735).
 
 "Visual latents know more than they say": the T_r latents are treated as free tensors,
 initialised from the normal forward, and optimised per question before the answer is
@@ -31,18 +31,20 @@ tiny model's latents and a 7B model's alike):
   should sharpen along the span: L₂ = Σ_i mean_t max(0, H_{t+1} − H_t + margin).
 
 Each stage-2 step re-runs the latent chunk passes from the prefill with the latents forced
-(the engine's ``transform`` hook returns the free tensor) and back-propagates into the
-latents only (``torch.autograd.grad`` on them: no weight is written, no ``.grad`` is set).
-The KV cache is rolled back to the prefill (``DynamicCache.crop``) before each pass, so the
-prompt is encoded once. **The replayed blocks B^t of the first run are kept fixed**
+(the loop's ``transform`` returns the free tensor) and back-propagates into the latents
+only (``torch.autograd.grad`` on them: no weight is written, no ``.grad`` is set). The loop
+is rolled back to the prefill (``LatentLoop.restore``: the KV cache is cropped) before each
+pass, so the prompt is encoded once. **The replayed blocks B^t of the first run are kept fixed**
 (indices and weights): only the latents change, the loss is a smooth function of them, and
 the final decode sees exactly the blocks the latents were optimised with. Stage 1 needs no
 pass. Latents are optimised as fed, after any GAP transform of the first run (a calibrated
 norm is not re-imposed). After the last stage the latent passes run once more with the
 optimised latents and the answer is decoded greedily from that cache.
 
-Timings: ``prefill``, ``latent`` (the first run, as without TTO), ``tto`` (the optimisation
-and the re-run of the latent passes) and ``decode``. Losses are summed over samples, so with
+TTO is a :class:`vedas.engine.generate.LatentHook` (:class:`TTOHook`): the generation driver
+runs the prefill and the first latent run as always and hands them over. Timings:
+``prefill``, ``latent`` (the first run, as without TTO), ``tto`` (the optimisation and the
+re-run of the latent passes) and ``decode``. Losses are summed over samples, so with
 stage 2 alone each sample's result is the one it gets alone; stage 1 couples the samples of
 a batch through its negatives.
 """
@@ -50,18 +52,16 @@ a batch through its negatives.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from vedas.config import ConfigError, LatentConfig, _check, from_dict, to_dict
+from vedas.config import ConfigError, _check, from_dict
 
 if TYPE_CHECKING:  # the engine pulls in transformers; `vedas --help` only needs the flags below
-    from vedas.engine.loop import Details, LatentLoop, LatentTransform, PromptBatch
+    from vedas.engine.loop import LatentLoop, LatentRun, LoopState
     from vedas.method.replay import Replay, VisualTokens
 
 STAGES = ("stage1", "stage2")
@@ -160,56 +160,31 @@ def progression_loss(entropy: torch.Tensor, margin: float = 0.0) -> torch.Tensor
 class LatentOptimiser:
     """Re-runs the latent passes of one prefilled batch with forced latents and fixed replays."""
 
-    def __init__(self, loop: LatentLoop, h0: torch.Tensor, steps: int, k: int, cfg: TTOConfig) -> None:
-        from vedas.engine.loop import CachedRunner
-
-        runner = loop.runner
-        if not isinstance(runner, CachedRunner):
-            raise ValueError("tto: runs on the cached engine (it rolls the KV cache back to the prefill)")
-        self.loop, self.h0, self.steps, self.k, self.cfg = loop, h0, steps, k, cfg
-        self.runner = runner
-        # the state right after the prefill, restored before every pass
-        self.start = (loop.next_pos, loop.visited, loop.attn, runner.mask, runner.cache.get_seq_length())
-        self.replays: list[Replay | None] | None = None
+    def __init__(
+        self,
+        loop: LatentLoop,
+        start: LoopState,
+        h0: torch.Tensor,
+        replays: list[Replay | None],
+        cfg: TTOConfig,
+    ) -> None:
+        self.loop, self.start, self.h0, self.replays, self.cfg = loop, start, h0, replays, cfg
+        loop.restore(start)
+        self.prefill_attention = loop.attention  # a¹: what stage 1's anchors weight the image by
         self.passes = 0
 
-    def restore(self) -> None:
-        loop, (next_pos, visited, attn, mask, length) = self.loop, self.start
-        loop.next_pos, loop.visited, loop.attn, self.runner.mask = next_pos, visited, attn, mask
-        cache = self.runner.cache
-        extra = cache.get_seq_length() - length
-        if extra:
-            cache.crop(-extra)
-            # what is left is the prefill, a constant; the slices would still point into the last graph
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+    def forced(self, latents: torch.Tensor) -> LatentRun:
+        """Latent passes from the prefill feeding ``latents`` (B, T, D) with the first run's replays.
 
-    def first_run(self, transform: LatentTransform | None) -> torch.Tensor:
-        """The normal latent passes (replays chosen from attention); returns the fed latents (B, T, D)."""
-        self.restore()
-        with torch.no_grad():
-            latents, _, self.replays = self.loop.latent_steps(
-                self.h0, self.steps, self.k, transform=transform
-            )
-        return latents
-
-    def forced(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent passes feeding ``latents`` (B, T, D) with the first run's replays.
-
-        Returns the hidden state at each latent's position (B, T, D) and the last one (B, D).
+        The run's ``outputs`` are the hidden states at each latent's position (B, T, D).
         """
-        assert self.replays is not None, "call first_run() first"
-        self.restore()
-        outputs: list[torch.Tensor] = []
-
-        def force(t: int, z: torch.Tensor) -> torch.Tensor:
-            if t > 0:
-                outputs.append(z)  # the previous chunk's last position: where latent t-1 sat
-            return latents[:, t].to(z.dtype)
-
-        _, h, _ = self.loop.latent_steps(self.h0, self.steps, self.k, transform=force, fixed=self.replays)
-        self.passes += self.steps
-        return torch.stack([*outputs, h], 1), h
+        self.loop.restore(self.start)
+        steps = len(self.replays)
+        run = self.loop.latent_steps(
+            self.h0, steps, transform=lambda t, z: latents[:, t].to(z.dtype), fixed=self.replays
+        )
+        self.passes += steps
+        return run
 
     def optimise(self, init: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[float]]]:
         """Run the stages from ``init``; returns the optimised latents and each stage's loss trace."""
@@ -217,17 +192,16 @@ class LatentOptimiser:
         head = self.loop.backbone.lm_head()
         anchors = has = center = None
         if "stage1" in cfg.stages:
-            if self.start[2] is None or not bool(self.loop.visual.valid.any()):
+            if self.prefill_attention is None or not bool(self.loop.visual.valid.any()):
                 raise ValueError("tto: stage1 aligns latents with the image; no sample in this batch has one")
-            anchors, has = query_visual(self.start[2], self.loop.visual)
+            anchors, has = query_visual(self.prefill_attention, self.loop.visual)
             center = init[has].detach().mean(0)
 
         def loss(stage: str, z: torch.Tensor) -> torch.Tensor:
             if stage == "stage1":
                 assert anchors is not None and has is not None
                 return alignment_loss(z, anchors, has, cfg.temperature, center)
-            outputs, _ = self.forced(z)
-            return progression_loss(span_entropy(head, outputs), cfg.margin)
+            return progression_loss(span_entropy(head, self.forced(z).outputs), cfg.margin)
 
         # optimise u = z / scale, scale = each latent's initial RMS coordinate: lr is scale-free
         scale = init.detach().float().pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12).to(init.dtype)
@@ -254,83 +228,39 @@ class LatentOptimiser:
         return z, history
 
 
-def run(
-    backbone: Any,
-    batch: PromptBatch,
-    cfg: LatentConfig,
-    *,
-    steps: int,
-    latent_end_id: int | None,
-    eos_id: int,
-    pad_id: int,
-    engine: str = "cached",
-    suppress: list[int] | None = None,
-    transform: LatentTransform | None = None,
-    temperature: float = 0.0,
-    seeds: Sequence[int] | None = None,
-    tto: TTOConfig,
-) -> tuple[list[list[int]], Details]:
-    """:func:`vedas.engine.loop.run` with the latents optimised between the latent passes and decoding.
+class TTOHook:
+    """Test-time optimisation as the generation driver's :class:`vedas.engine.generate.LatentHook`.
 
-    ``Details.tto`` holds ``loss`` (stage → its loss before every step and after the last) and
-    ``passes`` (extra latent chunk passes: stage-2 steps × T_r, plus the final re-run).
+    ``VedasModel.generate(..., tto=cfg)`` passes ``TTOHook(cfg)``. Its report (``Details.tto``)
+    holds ``loss`` (stage → its loss before every step and after the last) and ``passes``
+    (extra latent chunk passes: stage-2 steps × T_r, plus the final re-run).
     """
-    from vedas.engine.loop import CachedRunner, Details, LatentLoop, _sync
 
-    if latent_end_id is None or steps < 1:
-        raise ValueError("tto: needs a latent mode (vedas or latent) with at least one latent step")
-    if engine != "cached":
-        raise ValueError(f"tto: runs on the cached engine, got engine={engine!r}")
-    device = batch.input_ids.device
-    # gradients must reach every latent through the chain: latent_grad 'none' would detach them
-    loop_cfg = LatentConfig(**{**to_dict(cfg), "latent_grad": "full"})
-    loop = LatentLoop(backbone, loop_cfg, CachedRunner(backbone), suppress)
-    has_image = bool(batch.input_ids.eq(backbone.image_token_id).any())
-    k = cfg.replay_k if has_image else 0
-    _sync(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        h0 = loop.prefill(batch, record=has_image and (k > 0 or "stage1" in tto.stages))
-    _sync(device)
-    t1 = time.perf_counter()
-    opt = LatentOptimiser(loop, h0, steps, k, tto)
-    init = opt.first_run(transform)
-    _sync(device)
-    t2 = time.perf_counter()
-    latents, history = opt.optimise(init)
-    with torch.no_grad():
-        outputs, h = opt.forced(latents)
-        if tto.stages[-1] == "stage2" and tto.steps > 0:
-            history["stage2"].append(
-                float(progression_loss(span_entropy(backbone.lm_head(), outputs), tto.margin))
-            )
-        _sync(device)
-        t3 = time.perf_counter()
-        end = torch.full((h.shape[0], 1), latent_end_id, dtype=torch.long, device=device)
-        h = loop.feed_tokens(end)
-        tokens, _ = loop.greedy(h, cfg.max_new_tokens, eos_id, pad_id, temperature, seeds)
-        _sync(device)
-        t4 = time.perf_counter()
-    assert opt.replays is not None
-    details = Details(
-        texts=[],
-        token_ids=tokens,
-        ar_steps=[steps + len(t) for t in tokens],
-        replay_indices=[
-            [[] if r is None else r.index[b][r.mask[b]].tolist() for r in opt.replays]
-            for b in range(h.shape[0])
-        ],
-        latents=latents,
-        timings_ms={
-            "prefill": (t1 - t0) * 1e3,
-            "latent": (t2 - t1) * 1e3,
-            "tto": (t3 - t2) * 1e3,
-            "decode": (t4 - t3) * 1e3,
-        },
-        engine=engine,
-        tto={"loss": history, "passes": opt.passes},
-    )
-    return tokens, details
+    name = "tto"
+
+    def __init__(self, cfg: TTOConfig) -> None:
+        self.cfg = cfg
+        # stage 1 weights the image by a¹ even where no replay needs it
+        self.record: bool | None = True if "stage1" in cfg.stages else None
+
+    def check(self, engine: str, steps: int) -> None:
+        if steps < 1:
+            raise ValueError("tto: needs a latent mode (vedas or latent) with at least one latent step")
+        if engine != "cached":
+            raise ValueError(f"tto: runs on the cached engine, got engine={engine!r}")
+
+    def __call__(
+        self, loop: LatentLoop, start: LoopState, h0: torch.Tensor, first: LatentRun
+    ) -> tuple[LatentRun, dict[str, Any]]:
+        """Optimise the first run's latents; returns the re-run with them (to decode from) and the report."""
+        cfg = self.cfg
+        opt = LatentOptimiser(loop, start, h0, first.replays, cfg)
+        latents, history = opt.optimise(first.latents)
+        final = opt.forced(latents)
+        if cfg.stages[-1] == "stage2" and cfg.steps > 0:
+            loss = progression_loss(span_entropy(loop.backbone.lm_head(), final.outputs), cfg.margin)
+            history["stage2"].append(float(loss))
+        return final, {"loss": history, "passes": opt.passes}
 
 
 # --- command-line flags (vedas eval / vedas infer) -----------------------------------------
@@ -374,11 +304,11 @@ __all__ = [
     "STAGES",
     "LatentOptimiser",
     "TTOConfig",
+    "TTOHook",
     "add_arguments",
     "alignment_loss",
     "from_args",
     "progression_loss",
     "query_visual",
-    "run",
     "span_entropy",
 ]

@@ -1,14 +1,15 @@
 """The training objective: the inference passes, teacher-forced, and L = CE + λ · mean_t L_recon.
 
-Training runs exactly the passes inference runs (SPEC §2.1): the prefill, T_r latent chunk
-passes ``[B^t, z^t]`` through a KV cache, then *one* teacher-forced pass over the remaining
+Training drives the same :class:`~vedas.engine.loop.LatentLoop` inference does, so it runs
+exactly its passes: the prefill, T_r latent chunk passes ``[B^t, z^t]`` through a KV cache
+(replay on or off as the prefill decides), then *one* teacher-forced pass over the remaining
 text (``<|latent_end|>``, the explicit steps left at this stage, the answer, EOS). Logits
 are computed only at labelled positions; the prompt and every latent/replay position are
 unlabelled. Samples in a batch may have different latent counts (the curriculum): a
 sample that is done early has its remaining chunks masked, so it equals its solo run.
 
-For method ``vedas`` the SCF-VR loss (:mod:`vedas.method.scfvr`) is added; ``latent`` is the same
-without it (and, once installed, without routing).
+For method ``vedas`` the SCF-VR loss (:func:`vedas.method.scfvr.recon_loss`) is added; ``latent``
+is the same without it (and, once installed, without routing).
 
 GAP (:mod:`vedas.method.gap`): ``latent.latent_head: pca`` and ``latent.latent_norm: ema`` rewrite each
 latent through the engine's transform hook, as at inference; in training mode every batch
@@ -18,7 +19,6 @@ CoT samples (difficulty-aware supervision): a CoT sample is a 0-latent sample.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vedas.config import LatentConfig
-from vedas.engine.loop import LatentLoop, PromptBatch, make_runner
+from vedas.engine.inputs import PromptBatch
+from vedas.engine.loop import LatentLoop
+from vedas.engine.runners import make_runner
 from vedas.method import gap, scfvr
 from vedas.method.curriculum import LATENT_METHODS, Layout
-from vedas.method.replay import Replay, VisualTokens
+from vedas.method.replay import Replay
 
 
 @dataclass
@@ -106,10 +108,8 @@ class LatentObjective(nn.Module):
         bb = vm.backbone
         loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb))
         latent = self.method in LATENT_METHODS
-        has_img = batch.prompt.pixel_values is not None
-        k = self.latent.replay_k if has_img else 0
         steps = int(batch.latents.max()) if latent else 0
-        h = loop.prefill(batch.prompt, record=latent and k > 0 and steps > 0)
+        h = loop.prefill(batch.prompt, record=None if steps else False)
         text, tmask = batch.target_ids, batch.target_mask
         replays: list[Replay | None] = []
         if latent:
@@ -117,7 +117,7 @@ class LatentObjective(nn.Module):
             if self.training and self.latent.latent_norm == "ema" and gap.NORM_EXTRA in vm.extras:
                 vm.extras.get(gap.NORM_EXTRA).update(*gap.input_norms(bb, batch.prompt, loop.visual))
             transform = gap.latent_transform(vm, self.latent)  # GAP: PCA head, norm calibration
-            _, _, replays = loop.latent_steps(h, steps, k, active, transform=transform)
+            replays = loop.latent_steps(h, steps, active=active, transform=transform).replays
             end = torch.full_like(text[:, :1], vm.token_ids.end)
             inputs = torch.cat([end, text[:, :-1]], 1)
             mask = torch.cat([torch.ones_like(end), tmask[:, :-1]], 1)
@@ -127,7 +127,7 @@ class LatentObjective(nn.Module):
             hidden = torch.cat([h[:, None], hidden], 1)  # the prompt's last position predicts text[0]
         # ``hidden`` is aligned with the last m positions of the whole sequence; label only those
         labels = text.masked_fill(tmask == 0, -100)
-        total = loop.runner.mask.shape[1]  # type: ignore[attr-defined]
+        total = loop.length
         full = torch.full((text.shape[0], total), -100, dtype=torch.long, device=text.device)
         full[:, total - labels.shape[1] :] = labels
         sel = labels != -100
@@ -135,66 +135,11 @@ class LatentObjective(nn.Module):
         ce = F.cross_entropy(logits.float(), labels[sel])
         out = {"loss": ce, "ce": ce, "labels": full}
         if self.sr is not None and replays and any(r is not None for r in replays):
-            assert self.recon_cfg is not None
-            recon = recon_loss(bb, self.sr, replays, loop.visual, batch, self.recon_cfg)
+            assert self.recon_cfg is not None and batch.prompt.image_grid_thw is not None
+            recon = scfvr.recon_loss(
+                bb, self.sr, replays, loop.visual, batch.images, batch.prompt.image_grid_thw, self.recon_cfg
+            )
             if recon is not None:
                 out["loss"] = ce + self.recon_cfg.weight * recon
                 out["recon"] = recon
         return out
-
-
-def recon_loss(
-    backbone: Any,
-    sr: nn.Module,
-    replays: list[Replay | None],
-    visual: VisualTokens,
-    batch: TrainBatch,
-    cfg: scfvr.SCFVRConfig,
-) -> torch.Tensor | None:
-    """SCF-VR: mean over (step, sample) pairs with a replay of mean_dims (F_SR(b^t) − u_ref)²."""
-    assert visual.image is not None and visual.row is not None and visual.col is not None
-    grids = backbone.merged_grids(batch.prompt.image_grid_thw)
-    pooled, picks = [], []  # b^t per pair, and (image, rows, cols, valid) of its selection
-    for rep in replays:
-        if rep is None:
-            continue
-        # b^t = mean-pool(B^t) with the visual embeddings detached: the recon loss trains F_SR and,
-        # through the replay weights softmax(a_I), the attention that picks the replay; it does not
-        # pull the replayed embeddings themselves (the paper trains LoRA on the decoder only, and a
-        # vision tower trained by this loss collapses to constant features)
-        feats = visual.features.detach().gather(
-            1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1])
-        )
-        counts = rep.token_mask.sum(1)
-        b = (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
-        for i in range(rep.mask.shape[0]):
-            if not bool(rep.mask[i].any()):
-                continue
-            sel = rep.index[i][rep.mask[i]]
-            imgs = visual.image[i, sel]
-            # a multi-image sample crops the image holding most of the selected tokens
-            img = Counter(imgs.tolist()).most_common(1)[0][0]
-            on = imgs == img
-            picks.append((img, visual.row[i, sel], visual.col[i, sel], on))
-            pooled.append(b[i])
-    if not pooled:
-        return None
-    kmax = max(len(p[1]) for p in picks)
-    pad = lambda t: F.pad(t, (0, kmax - len(t)))  # noqa: E731
-    rows = torch.stack([pad(p[1]) for p in picks])
-    cols = torch.stack([pad(p[2]) for p in picks])
-    valid = torch.stack([pad(p[3].long()) for p in picks]).bool()
-    pick_grids = torch.tensor([grids[p[0]] for p in picks], device=rows.device)
-    windows = scfvr.best_windows(rows, cols, valid, pick_grids, cfg.window)
-    crops = []
-    for (img, *_), win in zip(picks, windows):
-        image = batch.images[img]
-        gh, gw = grids[img]
-        box = scfvr.window_to_pixels(win, (gh, gw), tuple(image.shape[-2:]))
-        factor = backbone.patch_size * backbone.merge_size
-        size = (cfg.crop_size, cfg.crop_size) if cfg.crop_size else (gh * factor, gw * factor)
-        crops.append(scfvr.crop_and_resize(image, box, size))
-    with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):
-        target = backbone.encode_crops(crops)
-    pred = sr(torch.stack(pooled).float())
-    return ((pred - target.float()) ** 2).mean()

@@ -1,0 +1,196 @@
+"""How one pass of the latent loop is executed: the cached engine and the recompute oracle.
+
+A :class:`Runner` takes the new tokens of one pass (embeddings, rope positions, padding
+mask) and returns their final-norm hidden states and, when asked, a^t: the last query's
+attention over every key so far, mean over layers and heads. It keeps whatever history
+the next pass needs, can report its length, and can roll back to an earlier point
+(:meth:`Runner.snapshot` / :meth:`Runner.restore`, through :meth:`LatentLoop.snapshot`).
+
+- :class:`CachedRunner` appends each pass to a ``DynamicCache`` and records a^t with the
+  registered last-query attention function (:mod:`vedas.engine.attention`): the fast path.
+- :class:`RecomputeRunner` re-runs the whole prefix for every pass with no cache and reads
+  a^t from ``output_attentions``, the way the reference code works. It is the test oracle
+  and the baseline of the speed benchmark; its attention maps are computed in float32 from
+  the same q and k as the recorder's row (:data:`vedas.engine.attention.ORACLE`).
+
+    runner = make_runner("cached", vm.backbone)    # or "recompute"
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from vedas.backbones.base import Backbone
+from vedas.engine.attention import ORACLE, LastQueryRecorder
+from vedas.method import routing
+
+
+class Runner(Protocol):
+    def __call__(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        new_mask: torch.Tensor,
+        record: bool,
+        implicit: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run one pass over new tokens; returns (final-norm hidden (B, n, D), last-query attention (B, L) or None).
+
+        ``implicit`` marks the prefill and latent chunks, the only passes routed layers may route.
+        """
+        ...
+
+    @property
+    def length(self) -> int:
+        """Positions run so far, padding included: the sequence length."""
+        ...
+
+    def snapshot(self) -> Any:
+        """An opaque marker of the history so far, for :meth:`restore`."""
+        ...
+
+    def restore(self, state: Any) -> None:
+        """Forget every pass run after ``state`` was taken."""
+        ...
+
+
+def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Tensor:
+    """Routing segment ids of one pass's tokens: ``index`` where routable, -1 for padding or explicit text."""
+    if not implicit:
+        return torch.full(new_mask.shape, -1, dtype=torch.long, device=new_mask.device)
+    return torch.where(new_mask.bool(), index, -1)
+
+
+class CachedRunner:
+    """Each pass sees only its new tokens; the history lives in the KV cache."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.decoder = backbone.decoder()
+        self.cache = DynamicCache(config=backbone.model.config.get_text_config())
+        self.mask: torch.Tensor | None = None
+
+    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+        new = new_mask.long()
+        self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
+        rec = LastQueryRecorder() if record else contextlib.nullcontext()
+        with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
+            out = self.decoder(
+                inputs_embeds=embeds,
+                attention_mask=self.mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        return out.last_hidden_state, (rec.mean() if record else None)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def snapshot(self) -> tuple[torch.Tensor | None, int]:
+        return self.mask, self.cache.get_seq_length()
+
+    def restore(self, state: tuple[torch.Tensor | None, int]) -> None:
+        """Crop the cache back to the snapshot; what is left is detached.
+
+        The slices the crop leaves would still point into the graph of the passes just undone,
+        so the restored prefix is a constant from here on (what rolling back for another
+        attempt needs; a graph through the prefix is not kept).
+        """
+        self.mask, length = state
+        extra = self.cache.get_seq_length() - length
+        if extra:
+            self.cache.crop(-extra)
+            for layer in self.cache.layers:
+                if layer.is_initialized:
+                    layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+
+
+@contextlib.contextmanager
+def text_attention(model: Any, implementation: str) -> Iterator[None]:
+    """Temporarily run the text decoder (only) with another attention implementation."""
+    text_cfg = model.config.get_text_config()
+    prev = text_cfg._attn_implementation
+    model.set_attn_implementation({"text_config": implementation})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"text_config": prev})
+
+
+def eager_attention(model: Any) -> contextlib.AbstractContextManager[None]:
+    """Temporarily run the text decoder with eager attention: maps in the model's dtype, every layer.
+
+    What the reference approach costs (the benchmark's memory probe) and an independent
+    check of the recorder in float32 (the tests).
+    """
+    return text_attention(model, "eager")
+
+
+class RecomputeRunner:
+    """Every pass re-runs the whole prefix without a cache; attention from ``output_attentions``."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.model = backbone.model
+        self.decoder = backbone.decoder()
+        self.embeds: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.segments: torch.Tensor | None = None
+        self.passes = 0
+
+    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+        seg = _segment_ids(new_mask, implicit, self.passes)
+        self.passes += 1
+        if self.embeds is None:
+            self.embeds, self.positions, self.mask, self.segments = embeds, positions, new_mask.long(), seg
+        else:
+            self.embeds = torch.cat([self.embeds, embeds], 1)
+            self.positions = torch.cat([self.positions, positions], 2)
+            self.mask = torch.cat([self.mask, new_mask.long()], 1)
+            self.segments = torch.cat([self.segments, seg], 1)
+        routed = self.segments if bool((self.segments >= 0).any()) else None
+        with text_attention(self.model, ORACLE), routing.segments(routed):
+            out = self.decoder(
+                inputs_embeds=self.embeds,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                use_cache=False,
+                output_attentions=record,
+            )
+        attn = None
+        if record:
+            rows = torch.stack([a[:, :, -1, :].float() for a in out.attentions])  # (layers, B, H, L)
+            attn = rows.mean(dim=(0, 2))
+        return out.last_hidden_state[:, -embeds.shape[1] :], attn
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.length, self.passes
+
+    def restore(self, state: tuple[int, int]) -> None:
+        """Truncate the stored prefix to the snapshot; the pass counter (segment ids) goes back too."""
+        length, self.passes = state
+        if length == 0:
+            self.embeds = self.positions = self.mask = self.segments = None
+        elif self.embeds is not None:
+            assert self.positions is not None and self.mask is not None and self.segments is not None
+            self.embeds, self.mask = self.embeds[:, :length], self.mask[:, :length]
+            self.positions, self.segments = self.positions[:, :, :length], self.segments[:, :length]
+
+
+RUNNERS = {"cached": CachedRunner, "recompute": RecomputeRunner}
+
+
+def make_runner(engine: str, backbone: Backbone) -> Runner:
+    if engine not in RUNNERS:
+        raise ValueError(f"engine={engine!r}: choose one of {sorted(RUNNERS)}")
+    return RUNNERS[engine](backbone)
