@@ -1,4 +1,4 @@
-"""Latent-engine benchmark (issue 2): cached vs recompute, recording overhead, attention memory.
+"""Latent-engine benchmark: cached vs recompute, recording overhead, attention memory.
 
     .venv/bin/python benchmarks/latent_engine.py [--quick] [--json out.json]
 

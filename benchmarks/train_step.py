@@ -1,4 +1,4 @@
-"""Training-step benchmark (issue 4): a final-stage ``vedas`` step vs a ``cot`` step vs the reference code's way.
+"""Training-step benchmark: a final-stage ``vedas`` step vs a ``cot`` step vs the reference code's way.
 
     .venv/bin/python benchmarks/train_step.py [--quick] [--json benchmarks/results/train_step_cpu.json]
 

@@ -1,4 +1,4 @@
-"""The rationale splitter (SPEC §2.4), pinned on real-looking rationales.
+"""The rationale splitter (docs/design.md#curriculum), pinned on real-looking rationales.
 
 Run with ``.venv/bin/pytest -q tests/data/test_steps.py``.
 """

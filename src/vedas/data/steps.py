@@ -1,4 +1,4 @@
-"""Cutting a rationale into curriculum steps (SPEC §2.4), the one splitter every loader uses.
+"""Cutting a rationale into curriculum steps (docs/design.md#curriculum), the one splitter every loader uses.
 
 Rule:
 

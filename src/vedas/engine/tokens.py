@@ -2,7 +2,7 @@
 
 ``<|latent_start|>`` closes the prompt, ``<|latent|>`` marks a latent slot in training
 layouts, ``<|latent_end|>`` opens the answer. New rows are *copied* from an existing token
-(SPEC §2.4) — not left random, and not assigned to themselves (the no-op the reference code
+(docs/design.md#latent-loop) — not left random, and not assigned to themselves (the no-op the reference code
 inherited) — in both the input embedding and an untied LM head.
 """
 

@@ -1,4 +1,4 @@
-"""The curriculum (SPEC §2.4): explicit CoT internalised into latent steps, stage by stage.
+"""The curriculum (docs/design.md#curriculum): explicit CoT internalised into latent steps, stage by stage.
 
 A record's reasoning steps come from its ``steps`` (or its rationale split on blank lines,
 falling back to sentences, regrouped into at most ``max_steps`` near-equal pieces). At stage
@@ -33,7 +33,7 @@ from vedas.methods import LATENT_METHODS, METHODS  # noqa: F401  (re-exported)
 
 @dataclass
 class CurriculumConfig:
-    """Stage schedule (SPEC §2.4)."""
+    """Stage schedule (docs/design.md#curriculum)."""
 
     epochs_per_stage: int = 1
     """Epochs spent at each stage before one more step becomes latent."""

@@ -1,4 +1,4 @@
-"""Visual replay (SPEC §2.1): pick the most-attended unvisited visual tokens and weight them.
+"""Visual replay (docs/design.md#visual-replay): pick the most-attended unvisited visual tokens and weight them.
 
 At latent step t the last query's attention a^(t) over each sample's visual tokens picks
 I^(t) = top-K among tokens not replayed before (the visited set grows every step, per

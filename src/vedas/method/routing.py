@@ -1,4 +1,4 @@
-"""Routing Depth Scaling (RDS, SPEC §2.3; paper §3.3, Eqs. 10–12 and 15).
+"""Routing Depth Scaling (RDS; the Vedas paper §3.3, Eqs. 10–12 and 15; docs/design.md#routing).
 
 In each routed decoder layer, after the normal pass H⁰ = f(U), a router scores every token,
 ``s = sigmoid(router_l(H⁰))``; the top-α tokens T of each *segment* (below) go through the
@@ -118,7 +118,7 @@ def _check_alpha(value: Any, name: str) -> None:
 
 @dataclass
 class RoutingConfig:
-    """Routing Depth Scaling settings (SPEC §2.3). Stored in the checkpoint beside the router weights."""
+    """Routing Depth Scaling settings (docs/design.md#routing). Stored in the checkpoint beside the router weights."""
 
     layers: str | list[int] = "all"
     """Routed decoder layers: ``all``, ``odd``, ``even`` (indices from 0) or a list of layer indices."""
