@@ -61,6 +61,8 @@ NORM_EXTRA = "latent_norm"
 HEAD_EXTRA = "latent_head"
 EXTRAS = (NORM_EXTRA, HEAD_EXTRA)
 DEFAULT_MOMENTUM = 0.99
+BUFFERS_FILE = "gap_buffers.safetensors"
+"""Where a training checkpoint keeps the GAP buffers (the norm EMA is state, not a parameter)."""
 
 
 # --- norm calibration ----------------------------------------------------------------------
@@ -290,6 +292,22 @@ def latent_transform(vm: Any, cfg: LatentConfig | None = None) -> LatentTransfor
         return z
 
     return transform
+
+
+def modules(vm: Any) -> dict[str, nn.Module]:
+    """The GAP modules installed on ``vm`` (name → module): the training objective holds them, so DDP syncs them."""
+    return {n: m for n, m in vm.extras.modules().items() if n in EXTRAS}
+
+
+def training_transform(
+    vm: Any, cfg: LatentConfig, batch: PromptBatch, visual: VisualTokens, update: bool
+) -> LatentTransform | None:
+    """The training objective's GAP hook: with ``update`` (training mode) the batch's input-embedding
+    norms are folded into the norm EMA first; then the same transform inference uses."""
+    ema = vm.extras.get(NORM_EXTRA)
+    if update and cfg.latent_norm == "ema" and ema is not None:
+        ema.update(*input_norms(vm.backbone, batch, visual))
+    return latent_transform(vm, cfg)
 
 
 def compose(first: LatentTransform | None, then: LatentTransform | None) -> LatentTransform | None:

@@ -99,7 +99,7 @@ class LatentObjective(nn.Module):
         use_recon = method == "vedas" and recon is not None and recon.weight > 0
         self.sr = scfvr.TokenSR(dim, recon.sr) if use_recon else None
         # GAP modules (PCA latent head, norm EMA) live here too, so DDP/accelerate sync them
-        self.gap = nn.ModuleDict({n: m for n, m in vm.extras.modules().items() if n in gap.EXTRAS})
+        self.gap = nn.ModuleDict(gap.modules(vm))
         # the routers too: as submodules of the wrapped objective, DDP all-reduces their gradients
         self.routing = vm.extras.get("routing")
 
@@ -114,9 +114,7 @@ class LatentObjective(nn.Module):
         replays: list[Replay | None] = []
         if latent:
             active = torch.arange(steps, device=text.device)[None] < batch.latents[:, None]
-            if self.training and self.latent.latent_norm == "ema" and gap.NORM_EXTRA in vm.extras:
-                vm.extras.get(gap.NORM_EXTRA).update(*gap.input_norms(bb, batch.prompt, loop.visual))
-            transform = gap.latent_transform(vm, self.latent)  # GAP: PCA head, norm calibration
+            transform = gap.training_transform(vm, self.latent, batch.prompt, loop.visual, self.training)
             replays = loop.latent_steps(h, steps, active=active, transform=transform).replays
             end = torch.full_like(text[:, :1], vm.token_ids.end)
             inputs = torch.cat([end, text[:, :-1]], 1)

@@ -51,8 +51,6 @@ from vedas.train.config import TrainConfig, load_config
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
 
-GAP_BUFFERS = "gap_buffers.safetensors"
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: training stops before the bad step touches any weight."""
@@ -315,8 +313,8 @@ def resume(run: Run) -> train_state.TrainState:
     if last is None:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
-    if not gap.load_buffers(run.modules, last / GAP_BUFFERS):
-        say(f"{last} has no {GAP_BUFFERS}: the GAP norm EMA starts afresh")
+    if not gap.load_buffers(run.modules, last / gap.BUFFERS_FILE):
+        say(f"{last} has no {gap.BUFFERS_FILE}: the GAP norm EMA starts afresh")
     say(f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})")
     return state
 
@@ -521,7 +519,7 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None
         snap,
         to_dict(run.cfg),
     )
-    gap.save_buffers(run.modules, directory / GAP_BUFFERS)  # the norm EMA is state, not a parameter
+    gap.save_buffers(run.modules, directory / gap.BUFFERS_FILE)  # the norm EMA is state, not a parameter
 
 
 def start_logging(run: Run) -> MetricLogger:
