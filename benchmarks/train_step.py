@@ -51,11 +51,12 @@ VARIANTS = {
 BATCH, LATENTS, REPLAY_K, IMAGE = 8, 4, 32, 336
 
 
-def records(n: int = BATCH) -> list[Any]:
+def records(n: int = BATCH, image: int = IMAGE) -> list[Any]:
+    """``n`` synthetic-benchmark training records with ``image``-px images and 3-step rationales."""
     from vedas.data import load, synth
 
     out = tempfile.mkdtemp(prefix="vedas-train-step-")
-    cfg = synth.SynthConfig(image_size=IMAGE, shape_size=14, min_steps=3, max_steps=3)
+    cfg = synth.SynthConfig(image_size=image, shape_size=14, min_steps=3, max_steps=3)
     synth.write(out, train=n, test=4, seed=0, cfg=cfg, progress=False)
     return list(load("synthetic", path=out, split="train"))
 
@@ -63,12 +64,9 @@ def records(n: int = BATCH) -> list[Any]:
 def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.optim.Optimizer]:
     """The model, the collated batch and the optimizer of one variant (same init for all)."""
     from vedas.config import LatentConfig
-    from vedas.method.curriculum import layout, num_stages, record_steps
     from vedas.method.routing import RoutingConfig
     from vedas.method.scfvr import SCFVRConfig
     from vedas.train.config import ModelConfig, OptimConfig, TrainConfig
-    from vedas.train.objective import LatentObjective, collate
-    from vedas.train.recipe import setup_model, trainable_parameters
 
     method, engine, routed, ckpt = VARIANTS[variant]
     cfg = TrainConfig(
@@ -79,18 +77,33 @@ def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.o
         routing=RoutingConfig(layers="all", alpha=32, depth=1) if routed else None,
         optim=OptimConfig(gradient_checkpointing=ckpt, seed=0),
     )
+    return final_stage_step(cfg, recs, device, engine)
+
+
+def final_stage_step(
+    cfg: Any, recs: list[Any], device: str, engine: str = "cached", lr: float = 1e-5
+) -> tuple[Any, Any, torch.optim.Optimizer]:
+    """What `vedas train` builds from ``cfg`` (model, objective, AdamW), with ``recs`` collated at the
+    final curriculum stage (every step latent, T_r latents)."""
+    from vedas.method.curriculum import layout, num_stages, record_steps
+    from vedas.train.objective import LatentObjective, collate
+    from vedas.train.recipe import setup_model, trainable_parameters
+
     vm = setup_model(cfg)  # the model `vedas train` builds from this config
     vm.model.to(device)
-    stage = num_stages(LATENTS, cfg.curriculum)  # the final stage: every step latent, T_r latents
+    latents = cfg.latent.latents
+    stage = num_stages(latents, cfg.curriculum)
     lays = [
-        layout(method, record_steps(r.steps, r.rationale, LATENTS), r.answer, stage, LATENTS, cfg.curriculum)
+        layout(
+            cfg.method, record_steps(r.steps, r.rationale, latents), r.answer, stage, latents, cfg.curriculum
+        )
         for r in recs
     ]
-    batch = collate(vm, recs, lays, method)
+    batch = collate(vm, recs, lays, cfg.method)
     torch.manual_seed(0)
-    objective = LatentObjective(vm, method, vm.config, cfg.scfvr, engine=engine)
+    objective = LatentObjective(vm, cfg.method, vm.config, cfg.scfvr, engine=engine)
     objective.to(device).train()
-    return objective, batch, torch.optim.AdamW(trainable_parameters(objective, vm), lr=1e-5)
+    return objective, batch, torch.optim.AdamW(trainable_parameters(objective, vm), lr=lr)
 
 
 def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:

@@ -135,6 +135,10 @@ def eager_attention(model: Any) -> contextlib.AbstractContextManager[None]:
 class RecomputeRunner:
     """Every pass re-runs the whole prefix without a cache; attention from ``output_attentions``."""
 
+    attention: str = ORACLE
+    """The text decoder's attention implementation while it runs (``"eager"`` gives the maps rounded to
+    the model's dtype, as the reference code has them: ``benchmarks/real_width.py`` compares both)."""
+
     def __init__(self, backbone: Backbone) -> None:
         self.model = backbone.model
         self.decoder = backbone.decoder()
@@ -155,7 +159,7 @@ class RecomputeRunner:
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
             self.segments = torch.cat([self.segments, seg], 1)
         routed = self.segments if bool((self.segments >= 0).any()) else None
-        with text_attention(self.model, ORACLE), routing.segments(routed):
+        with text_attention(self.model, self.attention), routing.segments(routed):
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,
