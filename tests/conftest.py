@@ -89,17 +89,22 @@ def _fingerprint(model: torch.nn.Module, processor: Any) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def shared_state_unchanged(request) -> Any:
-    """Fail a test that leaves torch's process-wide settings or the shared ``tiny`` model changed."""
-    shared = request.getfixturevalue("tiny") if "tiny" in request.fixturenames else None
-    if shared is not None:
-        # what every VedasModel does to them first, not the test's change
-        VedasModel(*shared)
-    before = _settings(), None if shared is None else _fingerprint(*shared)
+    """Fail a test that leaves torch's process-wide settings or a shared model (``tiny``, ``vm``) changed."""
+    models = {}
+    if "tiny" in request.fixturenames:
+        model, processor = request.getfixturevalue("tiny")
+        VedasModel(model, processor)  # what every VedasModel does to them first, not the test's change
+        models[id(model)] = model, processor
+    if "vm" in request.fixturenames:  # over ``tiny`` here; a module's own in tests/method/test_tto.py
+        vm = request.getfixturevalue("vm")
+        models[id(vm.model)] = vm.model, vm.processor
+    before = _settings(), [_fingerprint(*m) for m in models.values()]
     yield
-    after = _settings(), None if shared is None else _fingerprint(*shared)
-    for what, old, new in [("settings", before[0], after[0]), ("shared tiny model", before[1], after[1])]:
-        changed = {k: (old[k], new[k]) for k in old or {} if old[k] != new[k]}
-        assert not changed, f"the test changed the {what} (before, after): {changed}"
+    after = _settings(), [_fingerprint(*m) for m in models.values()]
+    for what, old, new in [("settings", [before[0]], [after[0]]), ("shared model", before[1], after[1])]:
+        for o, n in zip(old, new):
+            changed = {k: (o[k], n[k]) for k in o if o[k] != n[k]}
+            assert not changed, f"the test changed the {what} (before, after): {changed}"
 
 
 def random_image(h: int, w: int, seed: int) -> Image.Image:
