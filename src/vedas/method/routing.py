@@ -54,8 +54,9 @@ Decisions, where the paper is loose:
 - *The last decoder layer refines only what is read.* Its output reaches nothing but the
   final norm, and the engine reads a routed pass there only at its last position, so only
   that position's segment is refined, and only when the router selects that position
-  (:func:`read_rows`). The latents are exactly those of refining every selected row; the
-  saving is measured in ``benchmarks/rds.py`` (docs/rds.md).
+  (:func:`read_rows`). The latents and tokens are those of refining every selected row
+  (``rds.trim_last_layer = False``; the tests compare both); the saving, at most one routed
+  layer's refinement work, is measured in ``benchmarks/rds.py`` (docs/rds.md).
 """
 
 from __future__ import annotations
