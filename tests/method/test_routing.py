@@ -288,6 +288,8 @@ def _reads(selections: list[tuple[int, torch.Tensor]], last_layer: int, passes: 
 
 
 def test_training_step_reaches_routers_and_step_encodings(fresh, batch3, monkeypatch):
+    """A step encoding gets a gradient exactly when its layer selected a row that reaches the loss
+    (:func:`_reads`, from the recorded selections); its router too, once e has moved from zero."""
     vm = fresh
     rds = enable_routing(vm, RoutingConfig(alpha=4))
     _randomise(rds, seed=6, e_scale=0.0)  # seeded routers, e = 0 as at initialisation
@@ -338,7 +340,7 @@ def test_training_step_reaches_routers_and_step_encodings(fresh, batch3, monkeyp
         assert (grad(rds.routers[name].weight) > 0) == (reads[name] and moved[name]), f"router {name}"
     # the checks above hold for any routers; these are seeded so that every layer reaches the loss
     assert all(first.values()) and all(reads.values()), (
-        f"a routed layer selected no row that is read: {first}"
+        f"a routed layer selected no row that is read: {first}, then {reads}"
     )
 
 
