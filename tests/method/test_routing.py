@@ -139,8 +139,9 @@ def test_write_back_lands_on_the_chosen_rows(fresh, cfg):
     vm = fresh
     rds = routing.install(vm, cfg)
     _randomise(rds, seed=2)
-    layer = vm.backbone.decoder_layers()[1]
-    router, e = rds.routers["1"], rds.step_encodings["1"].detach()
+    # a layer below the last: the last one refines only what is read (test_last_layer_refines_only_what_is_read)
+    layer = vm.backbone.decoder_layers()[0]
+    router, e = rds.routers["0"], rds.step_encodings["0"].detach()
     rotary = vm.backbone.decoder().rotary_emb
     g = torch.Generator().manual_seed(3)
     b, n, d = 2, 12, router.weight.shape[1]
@@ -268,35 +269,108 @@ def test_installing_twice_on_the_same_layers_fails(fresh):
     routing.install(fresh, RoutingConfig(layers="all")).remove()
 
 
-def test_training_step_reaches_routers_and_step_encodings(fresh, batch3):
+def _reads(selections: list[tuple[int, torch.Tensor]], last_layer: int, passes: int) -> dict[str, bool]:
+    """Per routed layer: did its router select a row whose refinement reaches the loss?
+
+    ``selections`` are (layer, chosen (B, L)) in call order over ``passes`` routed passes. Below
+    the last decoder layer every refined row does (the next layer reads it, its cache holds it).
+    The last layer's output is read only at a pass's last position, and only where that output
+    is fed on: the prefill's and every latent chunk's but the final one's.
+    """
+    per_pass = len(selections) // passes
+    reads: dict[str, bool] = {}
+    for i, (layer, chosen) in enumerate(selections):
+        if layer == last_layer:
+            hit = i // per_pass < passes - 1 and bool(chosen[:, -1].any())
+        else:
+            hit = bool(chosen.any())
+        reads[str(layer)] = reads.get(str(layer), False) or hit
+    return reads
+
+
+def test_training_step_reaches_routers_and_step_encodings(fresh, batch3, monkeypatch):
+    """A step encoding gets a gradient exactly when its layer selected a row that reaches the loss
+    (:func:`_reads`, from the recorded selections); its router too, once e has moved from zero."""
     vm = fresh
     rds = enable_routing(vm, RoutingConfig(alpha=4))
+    _randomise(rds, seed=6, e_scale=0.0)  # seeded routers, e = 0 as at initialisation
+    selections: list[tuple[int, torch.Tensor]] = []
+    select, refine = routing.select_tokens, rds.refine
+
+    def spy_select(scores, seg, alpha):
+        chosen = select(scores, seg, alpha)
+        selections[-1] = (selections[-1][0], chosen)
+        return chosen
+
+    monkeypatch.setattr(routing, "select_tokens", spy_select)
+    rds.refine = lambda index, *a: selections.append((index, None)) or refine(index, *a)  # type: ignore[method-assign]
     images, questions, _ = batch3
     batch = vm.prepare(images[:2], questions[:2])
     target = vm.tokenizer(" Therefore, the answer is B.", return_tensors="pt").input_ids.expand(2, -1)
     end = torch.full((2, 1), vm.token_ids.end)
+    steps = 2
 
-    def loss() -> torch.Tensor:
+    def backward() -> dict[str, bool]:
+        selections.clear()
         loop = LatentLoop(vm.backbone, vm.config, make_runner("cached", vm.backbone))
         with routing.allowed(True):
             h = loop.prefill(batch, record=True)
-            h = loop.latent_steps(h, 2, 4).hidden
+            h = loop.latent_steps(h, steps, 4).hidden
             h = loop.feed_tokens(torch.cat([end, target[:, :-1]], 1))
         logits = vm.backbone.lm_head()(h).float()
-        return torch.nn.functional.cross_entropy(logits, target[:, -1])
+        torch.nn.functional.cross_entropy(logits, target[:, -1]).backward()
+        return _reads(selections, rds.last_layer, passes=1 + steps)
+
+    def grad(p: torch.Tensor) -> float:
+        return 0.0 if p.grad is None else float(p.grad.abs().sum())
 
     opt = torch.optim.SGD(rds.parameters(), lr=0.5)
-    loss().backward()
-    # with e = 0 the scores only enter multiplied by e: the routers' first gradient is exactly zero
+    reads = backward()
+    assert set(reads) == set(rds.routers)
     for name in rds.routers:
-        assert rds.routers[name].weight.grad is None or float(rds.routers[name].weight.grad.abs().sum()) == 0
-        assert float(rds.step_encodings[name].grad.abs().sum()) > 0
+        # with e = 0 the scores only enter multiplied by e: the routers' first gradient is exactly zero
+        assert grad(rds.routers[name].weight) == 0
+        assert (grad(rds.step_encodings[name]) > 0) == reads[name], f"step encoding {name}"
+    first = reads
     opt.step()
     opt.zero_grad()
-    loss().backward()
+    moved = {name: bool(e.detach().any()) for name, e in rds.step_encodings.items()}
+    reads = backward()
     for name in rds.routers:
-        assert float(rds.routers[name].weight.grad.abs().sum()) > 0, f"router {name} got no gradient"
-        assert float(rds.step_encodings[name].grad.abs().sum()) > 0, f"step encoding {name} got no gradient"
+        assert (grad(rds.step_encodings[name]) > 0) == reads[name], f"step encoding {name}"
+        assert (grad(rds.routers[name].weight) > 0) == (reads[name] and moved[name]), f"router {name}"
+    # the checks above hold for any routers; these are seeded so that every layer reaches the loss
+    assert all(first.values()) and all(reads.values()), (
+        f"a routed layer selected no row that is read: {first}, then {reads}"
+    )
+
+
+def test_last_layer_refines_only_what_is_read(fresh, batch3):
+    """Trimming the last layer to the last position's segment changes no latent or token, and drops
+    that layer's refinement pass whenever its router passes over the last position."""
+    rds = enable_routing(fresh, RoutingConfig(alpha=3))
+    _randomise(rds, seed=9)
+    chosen = torch.tensor([[True, False, True, True], [True, True, False, False], [False, True, True, True]])
+    seg = torch.tensor([[0, 0, 1, 1], [-1, 0, 0, 0], [0, 0, 0, 0]])
+    expected = torch.tensor(
+        [[False, False, True, True], [False, False, False, False], [False, True, True, True]]
+    )
+    assert torch.equal(routing.read_rows(chosen, seg), expected)
+    # the refinement passes call the layer's forward directly; its attention module still counts them
+    calls = [0]
+    attn = fresh.backbone.decoder_layers()[rds.last_layer].self_attn
+    handle = attn.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    runs, passes = {}, {}
+    for trim in (True, False):
+        rds.trim_last_layer = trim
+        calls[0] = 0
+        runs[trim] = [_gen(fresh, batch3, engine=engine) for engine in ("cached", "recompute")]
+        passes[trim] = calls[0]
+    handle.remove()
+    assert passes[True] < passes[False], passes
+    for trimmed, full in zip(runs[True], runs[False]):
+        assert trimmed.token_ids == full.token_ids and trimmed.replay_indices == full.replay_indices
+        assert (trimmed.latents - full.latents).abs().max() <= 1e-5
 
 
 def test_routers_save_and_load_with_the_checkpoint(fresh, batch3, tmp_path):

@@ -164,8 +164,9 @@ def tiny_model(
     )
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = mod.MODEL_CLASS(cfg).eval()
+    model = mod.MODEL_CLASS(cfg)
     add_latent_tokens(model, tok)
+    model.eval()  # after resizing: the new lm_head module starts in training mode
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = c("<|im_end|>")
     return model, processor

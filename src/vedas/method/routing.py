@@ -51,6 +51,12 @@ Decisions, where the paper is loose:
   the subset, so this is the same as "consecutive positions counted from the first
   selected token".
 - *Layers*: ``odd``/``even`` count decoder layers from 0.
+- *The last decoder layer refines only what is read.* Its output reaches nothing but the
+  final norm, and the engine reads a routed pass there only at its last position, so only
+  that position's segment is refined, and only when the router selects that position
+  (:func:`read_rows`). The latents and tokens are those of refining every selected row
+  (``rds.trim_last_layer = False``; the tests compare both); the saving, at most one routed
+  layer's refinement work, is measured in ``benchmarks/rds.py`` (docs/rds.md).
 """
 
 from __future__ import annotations
@@ -214,6 +220,17 @@ def select_tokens(scores: torch.Tensor, seg: torch.Tensor, alpha: int | float) -
     return chosen
 
 
+def read_rows(chosen: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """The rows of ``chosen`` (B, L) whose last-layer refinement can reach anything: a bool mask.
+
+    The last decoder layer's output is read only through the final norm, and the engine reads a
+    routed forward only at its last position (the next latent); the layer's KV cache comes from
+    its input. That position's refinement attends to the selected rows of its own segment, so
+    those stay, and only if the last position is itself selected; every other row is dropped.
+    """
+    return chosen & chosen[:, -1:] & (seg == seg[:, -1:])
+
+
 def _subset_mask(seg_sub: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
     """The refinement pass's attention mask over the gathered subset (B, n), in the kernel's format.
 
@@ -287,6 +304,10 @@ class RoutingDepthScaling(nn.Module):
         )
         self.enabled = True
         """Set False to run the hooked layers plainly (an ablation switch; ``vm.use_routing`` is the other)."""
+        self.last_layer = num_layers - 1
+        self.trim_last_layer = True
+        """In the last decoder layer, refine only what is read (see :func:`read_rows`); False refines
+        every selected row there too, which changes no latent, only the cost (``benchmarks/rds.py``)."""
         self._handles: list[Any] = []
         self._rotary: tuple[nn.Module, ...] = ()  # a tuple, so the backbone's module is not registered here
 
@@ -358,6 +379,8 @@ class RoutingDepthScaling(nn.Module):
         router = self.routers[str(index)]
         scores = torch.sigmoid(router(h0.to(router.weight.dtype))).squeeze(-1)  # (B, L)
         chosen = select_tokens(scores.detach(), seg, self.alpha[index])
+        if index == self.last_layer and self.trim_last_layer:
+            chosen = read_rows(chosen, seg)
         count = chosen.sum(1)
         n = int(count.max())
         if n == 0:
@@ -446,6 +469,7 @@ __all__ = [
     "enable_routing",
     "install",
     "is_allowed",
+    "read_rows",
     "routing_module",
     "segments",
     "select_tokens",
