@@ -326,6 +326,15 @@ RESUMABLE = {"optim.epochs": 6, "run.save_every": 2}
 """The resume test's run: checkpoints every 2 of 12 steps."""
 
 
+def _free_port() -> int:
+    """A loopback port the OS has just handed out: fixed ports collide when test runs overlap."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _train_cmd(synth_dir, out, overrides: dict, *extra: str, torchrun_port: int | None = None) -> list[str]:
     """``vedas train`` on ``synthetic_tiny.yaml`` (or torchrun with 2 processes) as a subprocess command."""
     launch = []
@@ -396,7 +405,7 @@ def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # routers live outside the HF model: they must be synced too
     overrides = {"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}
-    cmd = _train_cmd(synth_dir, tmp_path, overrides, torchrun_port=29533)
+    cmd = _train_cmd(synth_dir, tmp_path, overrides, torchrun_port=_free_port())
     res = _run_distributed(cmd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
@@ -427,7 +436,7 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
 
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
         overrides = {"optim.batch_size": 2, "optim.epochs": 2}
-        cmd = _train_cmd(synth_dir, out, overrides, *extra, torchrun_port=29534)
+        cmd = _train_cmd(synth_dir, out, overrides, *extra, torchrun_port=_free_port())
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         res = _run_distributed(cmd, env)
         assert res.returncode == 0, res.stderr[-3000:]
