@@ -127,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, vm)
     app = create_app(vm, settings)
     # bind and listen before saying where: with --port 0 only the socket knows the port
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    # proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on every accepted connection: else Nagle's
+    # algorithm holds a reply's body until the client's delayed ACK (~40 ms a request)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)

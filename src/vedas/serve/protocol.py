@@ -1,7 +1,8 @@
 """The OpenAI chat-completions format, in and out: parse a request body into a :class:`ChatJob`.
 
     job = parse_chat(body, limits, served="my-model", default_mode="vedas")   # raises ApiError (4xx)
-    reply = completion(job_id, served, result)                               # the response object
+    reply = completion(job_id, served, job, result)                          # the response object
+    user_message("How many?", image)          # a client's message: text part + image parts (data URLs)
 
 A request is one user question with its images, as the batched engine takes it:
 
@@ -322,3 +323,19 @@ def chunks(job_id: str, served: str, job: ChatJob, r: JobResult) -> list[dict[st
     if job.include_usage:
         out.append({**base, "choices": [], "usage": usage(r), "vedas": _vedas_info(job, r)})
     return out
+
+
+def data_url(image: Image.Image) -> str:
+    """A PIL image as a base64 PNG ``data:`` URL (lossless, so the server sees the same pixels)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user_message(question: str, *images: Image.Image | str) -> dict[str, Any]:
+    """A user message: the question's text part, then one ``image_url`` part per image (PIL, URL or path)."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": question}]
+    for im in images:
+        url = im if isinstance(im, str) else data_url(im)
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": "user", "content": parts}
