@@ -106,7 +106,8 @@ def test_streaming_sends_the_same_answer_and_usage(server, client):
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == [server.name]
     h = health(server)
-    assert h["status"] == "ok" and h["model"] == server.name and h["failed_batches"] == 0
+    assert h["status"] == "ok" and h["model"] == server.name
+    assert {"submitted", "batches", "rows", "failed_batches", "dropped", "queued"} <= h.keys()
 
 
 def _big_image_url() -> str:
