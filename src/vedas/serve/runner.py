@@ -19,22 +19,25 @@ from vedas.engine.generate import Details
 from vedas.serve.protocol import ChatJob, JobResult
 
 
-def prompt_tokens(vm: Any, jobs: Sequence[ChatJob]) -> list[int]:
-    """Each job's prompt length in tokens, image tokens included, without running the image processor.
+def prompt_tokens(
+    vm: Any,
+    questions: Sequence[str],
+    images: Sequence[Sequence[Any]],
+    choices: Sequence[Sequence[str] | None],
+    mode: str,
+) -> list[int]:
+    """Each prompt's length in tokens, image tokens included, without running the image processor.
 
     The chat template holds one placeholder per image, which the processor expands to the
     image's merged-token count; that count follows from the image's size alone.
     """
-    mode = jobs[0].key.mode
-    texts = vm.prompt_texts(
-        [j.question for j in jobs], [len(j.images) for j in jobs], [j.choices for j in jobs], None, mode
-    )
+    texts = vm.prompt_texts(questions, [len(im) for im in images], choices, None, mode)
     ip = vm.processor.image_processor
     merge = ip.merge_size**2
     ids = vm.tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [
-        len(row) + sum(ip.get_number_of_image_patches(im.height, im.width) // merge - 1 for im in j.images)
-        for row, j in zip(ids, jobs)
+        len(row) + sum(ip.get_number_of_image_patches(im.height, im.width) // merge - 1 for im in ims)
+        for row, ims in zip(ids, images)
     ]
 
 
@@ -65,7 +68,9 @@ def run_jobs(vm: Any, jobs: Sequence[ChatJob]) -> list[JobResult]:
         )
     assert isinstance(d, Details)
     eos = _eos_id(vm)
-    prompts = prompt_tokens(vm, jobs)
+    prompts = prompt_tokens(
+        vm, [j.question for j in jobs], [j.images for j in jobs], [j.choices for j in jobs], key.mode
+    )
     return [
         JobResult(
             text=text,
