@@ -98,6 +98,10 @@ def summarise(engine: list[dict[str, float]], server: list[dict[int, dict[str, A
         "engine_ratio_batch16_over_batch1": statistics.median(e["ratio"] for e in engine),
         "server_ratio_c32_over_c1": statistics.median(server_ratio),
         "server_share_of_engine_ratio": statistics.median(kept),
+        # the batching cost in absolute terms: served requests/s at concurrency 32 vs the engine's batch 16
+        "server_c32_over_engine_batch16": statistics.median(
+            s[32]["throughput"] / e["batch16"] for s, e in zip(server, engine)
+        ),
         "answers_differing_from_sequential": differ,
     }
 
@@ -115,6 +119,7 @@ def table(r: dict[str, Any]) -> str:
         f"engine alone (vedas bench (c)), batch 16 / batch 1: {r['engine_ratio_batch16_over_batch1']:.2f}× "
         f"({e['batch16']:.2f} vs {e['batch1']:.2f} samples/s)",
         f"server keeps {100 * r['server_share_of_engine_ratio']:.0f} % of the engine's ratio (target ≥ 80 %)",
+        f"server at concurrency 32 / engine at batch 16 throughput: {r['server_c32_over_engine_batch16']:.2f}",
         f"answers differing from the sequential run: {r['answers_differing_from_sequential']}",
     ]
     return "\n".join(lines)

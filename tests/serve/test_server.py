@@ -249,3 +249,39 @@ def test_bad_flags_exit_2_before_the_model_loads(tmp_path, capsys, flag, value):
 
     assert main(["serve", "--checkpoint", str(tmp_path / "none"), flag, value]) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_a_vlmevalkit_style_request_is_answered(server, local_vm):
+    """The body VLMEvalKit's ``OpenAIWrapper.generate_inner`` posts (its install is too heavy to import
+    here, docs/integrations.md): a full chat-completions URL, a Bearer ``sk-`` key, ``n=1``, a JPEG
+    data URL with ``detail``, and the wrapper's extra keyword arguments (``mode``, ``latents``) as body fields."""
+    import base64
+    import io
+
+    image = random_image(84, 112, seed=21)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG")
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    content = [
+        {"type": "text", "text": QUESTION},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+    ]
+    payload = {
+        "model": server.name,
+        "messages": [{"role": "user", "content": content}],
+        "n": 1,
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+        "mode": "latent",
+        "latents": 1,
+    }
+    status, body = http("POST", f"{server.url}/v1/chat/completions", json.dumps(payload).encode())
+    assert status == 200, body
+    buf.seek(0)
+    from PIL import Image
+
+    with Image.open(buf) as decoded:
+        sent = decoded.convert("RGB")  # the server sees the JPEG's pixels
+    d = reference(local_vm, [sent], QUESTION, "latent", latents=1)
+    assert body["choices"][0]["message"]["content"] == d.texts[0]
+    assert body["usage"]["latent_steps"] == 1
