@@ -88,12 +88,17 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
     return runs
 
 
-def test_lmms_eval_finds_the_vedas_model_through_the_entry_point():
-    from lmms_eval.models import get_model
-
-    from vedas.integrations.lmms_eval import VedasLMMS
-
-    assert get_model("vedas") is VedasLMMS
+@pytest.mark.parametrize("first", ["lmms_eval.models", "vedas.integrations.lmms_eval"])
+def test_lmms_eval_finds_the_vedas_model_through_the_entry_point(first):
+    """Whichever is imported first (a fresh process each time: the registry is built once per process)."""
+    code = (
+        f"import {first}\n"
+        "from lmms_eval.models import get_model\n"
+        "from vedas.integrations.lmms_eval import VedasLMMS\n"
+        "assert get_model('vedas') is VedasLMMS\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def _vedas_eval(ckpt: Path, data: str, scoring: str, out: Path) -> dict:

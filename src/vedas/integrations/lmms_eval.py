@@ -30,7 +30,6 @@ from typing import Any
 
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.utils import simple_parse_args_string
 
 from vedas import cli_args
@@ -38,8 +37,15 @@ from vedas.methods import check_method
 from vedas.serve.runner import prompt_tokens
 
 
-def manifest() -> ModelManifest:
-    """The entry point lmms-eval loads: the model id ``vedas`` and its class."""
+def manifest() -> Any:
+    """The entry point lmms-eval loads: the model id ``vedas`` and its class (a ``ModelManifest``).
+
+    ``lmms_eval.models`` is imported here, not at the top: importing it loads every entry
+    point, this module's included, and a top-level import would make that circular when
+    this module is imported first (the manifest then fails to load and ``vedas`` is missing).
+    """
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return ModelManifest(model_id="vedas", simple_class_path=f"{__name__}.VedasLMMS")
 
 
