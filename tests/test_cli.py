@@ -101,7 +101,7 @@ def test_every_method_flag_is_spelled_method_with_the_method_names():
             assert tuple(action.choices) == expected, path
             assert action.help, path
             seen.add(path)
-    expected_commands = {("eval",), ("infer",), ("demo",), ("data", "difficulty"), *LATENT_ONLY}
+    expected_commands = {("eval",), ("infer",), ("demo",), ("serve",), ("data", "difficulty"), *LATENT_ONLY}
     assert seen == expected_commands
 
 

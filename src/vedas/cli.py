@@ -7,6 +7,7 @@
     vedas infer ...          answer one question about one image
     vedas bench ...          measured speed ratios, side by side
     vedas analyze ...        diagnostics as PNG + JSON (norms, gradients, crops, latents, latent-use)
+    vedas serve ...          an OpenAI-compatible server with dynamic batching
 
 Each subcommand has its own ``--help``. The flags they share (``--checkpoint``, ``--data``,
 ``--split``, ``--method``, ``--device``) are declared once, in :mod:`vedas.cli_args`.
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vedas.data import cli as data_cli
     from vedas.dev import bench, demo
     from vedas.evaluation import evaluate, infer
+    from vedas.serve import cli as serve_cli
     from vedas.train import recipe as train
 
     for name, module in (
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", train),
         ("infer", infer),
         ("analyze", analysis_cli),
+        ("serve", serve_cli),
     ):
         # the module docstring is the description; its example blocks keep their line breaks
         module.add_arguments(

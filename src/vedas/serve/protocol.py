@@ -1,0 +1,341 @@
+"""The OpenAI chat-completions format, in and out: parse a request body into a :class:`ChatJob`.
+
+    job = parse_chat(body, limits, served="my-model", default_mode="vedas")   # raises ApiError (4xx)
+    reply = completion(job_id, served, job, result)                          # the response object
+    user_message("How many?", image)          # a client's message: text part + image parts (data URLs)
+
+A request is one user question with its images, as the batched engine takes it:
+
+- ``messages``: ``system`` messages and ``user`` messages; every text part of them, in
+  order, makes the question (system text first); every ``image_url`` part is an image, given
+  as a ``data:`` URL (base64) or a local file (``file://`` URL or an absolute path). An
+  ``assistant`` turn is refused: the latent engine answers one question, it is not a chat.
+- ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 is greedy), ``seed``,
+  ``stream``, ``stream_options.include_usage``, ``n`` (1 only).
+- vedas fields, sent as extra body fields: ``mode`` (a method name), ``latents`` (T_r, an int
+  ≥ 0; latent modes only) and ``choices`` (options, lettered (A), (B), … in the prompt exactly
+  as ``vedas eval`` renders them).
+
+Every refusal is an :class:`ApiError` whose ``param`` names the field, rendered as an
+OpenAI error object (``{"error": {"message", "type", "param", "code"}}``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from PIL import Image
+
+from vedas.methods import LATENT_METHODS, METHODS
+
+MAX_TEMPERATURE = 2.0  # OpenAI's range for temperature
+
+
+class ApiError(Exception):
+    """A refused request: HTTP ``status`` and an OpenAI error object naming ``param``."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+def bad(param: str, message: str) -> ApiError:
+    """A 400 naming ``param``; the message starts with the field, as every error of vedas does."""
+    return ApiError(400, f"{param}: {message}", param)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (``vedas serve`` flags)."""
+
+    max_images: int = 4
+    max_tokens: int = 2048
+    min_image_side: int = 28  # one merged patch: the engine refuses smaller images
+    default_max_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Requests run in one engine call only when these agree: ``vm.generate`` takes them once per call."""
+
+    mode: str
+    latents: int | None
+    max_tokens: int
+    temperature: float
+
+
+@dataclass
+class ChatJob:
+    """One parsed request, ready for the engine."""
+
+    question: str
+    images: list[Image.Image]
+    choices: list[str] | None
+    key: BatchKey
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class JobResult:
+    """What the engine produced for one job."""
+
+    text: str
+    prompt_tokens: int
+    generated_tokens: int  # EOS included
+    latent_steps: int
+    finish_reason: str  # "stop" (EOS) or "length"
+    batch_size: int
+    timings_ms: dict[str, float]
+
+
+def _int(value: Any, param: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(param, f"must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"≥ {low}" if high is None else f"in {low}..{high}"
+        raise bad(param, f"must be {bound}, got {value}")
+    return value
+
+
+def _temperature(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad("temperature", f"must be a number, got {value!r}")
+    if not 0 <= value <= MAX_TEMPERATURE:
+        raise bad("temperature", f"must be in 0..{MAX_TEMPERATURE:g}, got {value}")
+    return float(value)
+
+
+def _image_from_data_url(url: str, param: str) -> Image.Image:
+    head, sep, data = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise bad(param, "a data URL must be base64: data:image/<type>;base64,<data>")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bad(param, f"bad base64 in the data URL: {e}") from None
+    return _open(io.BytesIO(raw), param, "the data URL")
+
+
+def _open(source: Any, param: str, what: str) -> Image.Image:
+    try:
+        with Image.open(source) as f:
+            return f.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise bad(param, f"cannot read an image from {what}: {e}") from None
+
+
+def load_image(url: Any, param: str, limits: Limits) -> Image.Image:
+    """An ``image_url.url``: a base64 ``data:`` URL, a ``file://`` URL or an absolute local path."""
+    if not isinstance(url, str) or not url:
+        raise bad(param, f"must be a data URL or a local file path, got {url!r}")
+    if url.startswith("data:"):
+        image = _image_from_data_url(url, param)
+    else:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("", "file"):
+            raise bad(param, f"{parsed.scheme}:// images are not fetched; send a data URL or a local path")
+        path = unquote(parsed.path) if parsed.scheme == "file" else url
+        if not os.path.isabs(path):
+            raise bad(param, f"a local image path must be absolute, got {path!r}")
+        image = _open(path, param, f"file {path!r}")
+    if min(image.size) < limits.min_image_side:
+        side = limits.min_image_side
+        raise bad(
+            param, f"{image.size[0]}×{image.size[1]} px is smaller than one merged patch ({side}×{side} px)"
+        )
+    return image
+
+
+def _content_parts(content: Any, where: str) -> list[tuple[str, Any, str]]:
+    """``(kind, value, param)`` for each part of a message's content (a string is one text part)."""
+    if isinstance(content, str):
+        return [("text", content, where)]
+    if not isinstance(content, list):
+        raise bad(where, "must be a string or a list of content parts")
+    parts = []
+    for j, part in enumerate(content):
+        p = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append(("text", part.get("text"), f"{p}.text"))
+        elif kind == "image_url":
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            parts.append(("image", url, f"{p}.image_url.url"))
+        else:
+            raise bad(f"{p}.type", f"must be 'text' or 'image_url', got {kind!r}")
+    return parts
+
+
+def parse_messages(messages: Any, limits: Limits) -> tuple[str, list[Image.Image]]:
+    """The question text and the images of ``messages`` (system text first, then the user's)."""
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages", "must be a non-empty list of messages")
+    texts: list[tuple[int, str]] = []  # (0 system / 1 user, text), so system text comes first
+    images: list[Image.Image] = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in ("system", "developer", "user"):
+            raise bad(
+                f"messages[{i}].role", f"must be 'system' or 'user' (one question, no chat), got {role!r}"
+            )
+        for kind, value, param in _content_parts(msg.get("content"), f"messages[{i}].content"):
+            if kind == "text":
+                if not isinstance(value, str):
+                    raise bad(param, "must be a string")
+                texts.append((0 if role != "user" else 1, value))
+            elif role != "user":
+                raise bad(param, "images belong in a user message")
+            elif len(images) >= limits.max_images:
+                raise bad(param, f"more than {limits.max_images} images in one request (--max-images)")
+            else:
+                images.append(load_image(value, param, limits))
+    question = "\n".join(t.strip() for _, t in sorted(texts, key=lambda x: x[0]) if t.strip())
+    if not any(r == 1 and t.strip() for r, t in texts):
+        raise bad("messages", "no user text: the question is empty")
+    return question, images
+
+
+def _choices(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
+        raise bad("choices", "must be a list of non-empty strings")
+    return value or None
+
+
+def _key(body: dict[str, Any], limits: Limits, default_mode: str) -> BatchKey:
+    mode = body.get("mode", default_mode)
+    if mode not in METHODS:
+        raise bad("mode", f"choose one of {list(METHODS)}, got {mode!r}")
+    latents = body.get("latents")
+    if latents is not None:
+        latents = _int(latents, "latents", 0)
+        if latents and mode not in LATENT_METHODS:
+            raise bad("latents", f"{latents} latent steps asked with mode={mode!r}, which has none")
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = body.get(name)
+    max_tokens = (
+        limits.default_max_tokens if max_tokens is None else _int(max_tokens, name, 1, limits.max_tokens)
+    )
+    return BatchKey(mode, latents, max_tokens, _temperature(body.get("temperature", 0.0)))
+
+
+def parse_chat(body: Any, limits: Limits, served: str, default_mode: str) -> ChatJob:
+    """Validate one ``POST /v1/chat/completions`` body; every refusal names its field."""
+    if not isinstance(body, dict):
+        raise bad("body", "must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != served:
+        raise ApiError(404, f"model: {model!r} is not served here (this server serves {served!r})", "model")
+    n = body.get("n")
+    if n is not None and _int(n, "n", 1) != 1:
+        raise bad("n", "only n=1 is supported")
+    question, images = parse_messages(body.get("messages"), limits)
+    seed = body.get("seed")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise bad("stream_options", "must be an object")
+    return ChatJob(
+        question=question,
+        images=images,
+        choices=_choices(body.get("choices")),
+        key=_key(body, limits, default_mode),
+        seed=None if seed is None else _int(seed, "seed", -(2**63)),
+        stream=bool(body.get("stream", False)),
+        include_usage=bool(stream_options.get("include_usage", False)),
+    )
+
+
+def usage(r: JobResult) -> dict[str, Any]:
+    """OpenAI's ``usage``: a latent step counts as one reasoning token, inside ``completion_tokens``.
+
+    So ``completion_tokens`` equals the AR steps (latent passes + generated tokens, EOS
+    included), the engine's sequential passes after the prefill.
+    """
+    completion = r.generated_tokens + r.latent_steps
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": r.prompt_tokens + completion,
+        "completion_tokens_details": {"reasoning_tokens": r.latent_steps},
+        "latent_steps": r.latent_steps,
+    }
+
+
+def _vedas_info(job: ChatJob, r: JobResult) -> dict[str, Any]:
+    return {"mode": job.key.mode, "batch_size": r.batch_size, "timings_ms": r.timings_ms}
+
+
+def completion(job_id: str, served: str, job: ChatJob, r: JobResult) -> dict[str, Any]:
+    """The ``chat.completion`` object for one finished job."""
+    return {
+        "id": job_id,
+        "object": "chat.completion",
+        "created": job.created,
+        "model": served,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": r.text},
+                "finish_reason": r.finish_reason,
+            }
+        ],
+        "usage": usage(r),
+        "vedas": _vedas_info(job, r),
+    }
+
+
+def chunks(job_id: str, served: str, job: ChatJob, r: JobResult) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects of a streamed reply: the whole answer in one content chunk.
+
+    The engine decodes a batch in lockstep and returns when the batch is done, so the answer
+    is sent when it exists; nothing is split up to look incremental.
+    """
+    base = {"id": job_id, "object": "chat.completion.chunk", "created": job.created, "model": served}
+    out = [
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": r.text}, "finish_reason": None}
+            ],
+        },
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
+    ]
+    if job.include_usage:
+        out.append({**base, "choices": [], "usage": usage(r), "vedas": _vedas_info(job, r)})
+    return out
+
+
+def data_url(image: Image.Image) -> str:
+    """A PIL image as a base64 PNG ``data:`` URL (lossless, so the server sees the same pixels)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user_message(question: str, *images: Image.Image | str) -> dict[str, Any]:
+    """A user message: the question's text part, then one ``image_url`` part per image (PIL, URL or path)."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": question}]
+    for im in images:
+        url = im if isinstance(im, str) else data_url(im)
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": "user", "content": parts}
