@@ -150,12 +150,22 @@ class RunConfig:
     log_every: int = 1
     """Write metrics every N optimizer steps."""
     resume: bool = False
-    """Continue from the newest checkpoint in ``output_dir/checkpoints``."""
+    """Continue from the newest checkpoint in ``output_dir/checkpoints``; the fields that define the run
+    (method, model, data, latent, …: :data:`vedas.train.output_dir.DEFINING`) must match its config."""
+    overwrite: bool = False
+    """Clear a non-empty ``output_dir`` before a fresh run (without it, a fresh run refuses to start there)."""
+    keep_last: int = 0
+    """Keep only the N newest checkpoints under ``output_dir/checkpoints`` (0 = keep all)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0 = run all epochs)."""
     deepspeed: str | None = None
     """A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); needs the ``deepspeed`` extra."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.keep_last >= 0, "keep_last", f"must be ≥ 0, got {self.keep_last}")
+        _check(self.save_every >= 0, "save_every", f"must be ≥ 0, got {self.save_every}")
+        _check(self.log_every >= 1, "log_every", f"must be ≥ 1, got {self.log_every}")
 
 
 @dataclass

@@ -46,6 +46,7 @@ import torch
 
 from vedas.config import ConfigError, to_dict
 from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_steps, stage_for_epoch
+from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
 
@@ -312,6 +313,7 @@ def resume(run: Run) -> train_state.TrainState:
     last = train_state.latest(run.checkpoints)
     if last is None:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
+    output_dir.check_resume(last, to_dict(run.cfg))
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
     if not gap.load_buffers(run.modules, last / gap.BUFFERS_FILE):
         say(f"{last} has no {gap.BUFFERS_FILE}: the GAP norm EMA starts afresh")
@@ -325,13 +327,18 @@ def resume(run: Run) -> train_state.TrainState:
 def main(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says; returns ``<output_dir>/final``."""
     acc = setup_accelerator(cfg)
-    seed_everything(cfg.optim.seed)
-    data = setup_data(cfg, print if acc.is_main_process else _silent)
-    run = setup(cfg, acc, data)
-    state = resume(run) if cfg.run.resume else train_state.TrainState()
-    run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
-    fit(run, state)
-    return finish(run, state)
+    lock = output_dir.claim(cfg, acc.is_main_process)  # before anything is read or written
+    try:
+        seed_everything(cfg.optim.seed)
+        data = setup_data(cfg, print if acc.is_main_process else _silent)
+        run = setup(cfg, acc, data)
+        state = resume(run) if cfg.run.resume else train_state.TrainState()
+        run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+        fit(run, state)
+        return finish(run, state)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -520,6 +527,7 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None
         to_dict(run.cfg),
     )
     gap.save_buffers(run.modules, directory / gap.BUFFERS_FILE)  # the norm EMA is state, not a parameter
+    output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
 
 
 def start_logging(run: Run) -> MetricLogger:
@@ -639,6 +647,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         main(cfg)
+    except ConfigError as e:
+        print(f"vedas train: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(f"vedas train: {e}", file=sys.stderr)
         return 1
