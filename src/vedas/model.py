@@ -11,6 +11,7 @@ processor files. Nothing is pickled; ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from PIL import Image
 
 from vedas import extras
 from vedas.backbones import arch_module, backbone_for
+from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
 from vedas.config import LatentConfig, from_dict, to_dict
 from vedas.engine import generate as driver
 from vedas.engine.attention import install_recorder
@@ -33,6 +35,7 @@ from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
+from vedas.errors import CheckpointError
 from vedas.method import gap, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
@@ -40,8 +43,6 @@ from vedas.methods import LATENT_METHODS, METHODS
 # the inference modes are the method names
 MODES = METHODS
 LATENT_MODES = LATENT_METHODS
-CONFIG_FILE = "config.yaml"
-WEIGHTS_DIR = "model"
 
 ImageLike = Image.Image | str | os.PathLike | None
 
@@ -285,10 +286,16 @@ class VedasModel:
         return dest
 
 
-def _model_type(path: str) -> str:
+def _model_type(ck: Checkpoint) -> str:
+    if ck.kind != "hub":  # check_hf_dir read it already: a local config.json is valid JSON
+        config = Path(ck.weights) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type")
+        if not model_type:
+            raise CheckpointError(f"{config}: has no model_type")
+        return str(model_type)
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path, trust_remote_code=False).model_type
+    return AutoConfig.from_pretrained(ck.weights, trust_remote_code=False).model_type
 
 
 def load(
@@ -298,24 +305,29 @@ def load(
     dtype: Any = None,
     **overrides: Any,
 ) -> VedasModel:
-    """Load a vedas checkpoint directory, or a base HF checkpoint (local dir or hub id).
+    """Load a vedas checkpoint, a ``vedas train`` run (its ``final/``), one of its ``checkpoints/step-N``,
+    or a base HF checkpoint (local directory or hub id).
 
+    The path is resolved and its files checked first (:func:`vedas.checkpoint.resolve`): a missing or
+    corrupt file is a :class:`~vedas.errors.CheckpointError` naming it, before any model is allocated.
     A base checkpoint gets the latent tokens added (rows copied from an existing token) and the
     default :class:`~vedas.config.LatentConfig`; ``overrides`` set LatentConfig fields.
     """
-    path = os.fspath(path_or_hub_id)
-    cfg_file = Path(path) / CONFIG_FILE
-    meta: dict[str, Any] = {}
-    if cfg_file.is_file():
-        meta = yaml.safe_load(cfg_file.read_text()) or {}
-        weights = str(Path(path) / WEIGHTS_DIR)
-        arch = meta.get("arch") or _model_type(weights)
-        latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
-    else:
-        weights = path
-        arch = _model_type(weights)
-        latent = from_dict(LatentConfig, overrides)
-    mod = arch_module(arch)
+    ck = resolve(path_or_hub_id)
+    if ck.kind == "train_step":
+        from vedas.train.recipe import load_step
+
+        vm = load_step(Path(ck.path), device=device)
+        vm.config = from_dict(LatentConfig, {**to_dict(vm.config), **overrides})
+        return vm
+    meta = ck.meta
+    arch = meta.get("arch") or _model_type(ck)
+    latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
+    weights = ck.weights
+    try:
+        mod = arch_module(arch)
+    except ValueError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -325,5 +337,6 @@ def load(
     if device is not None:
         model.to(device)
     vm = VedasModel(model.eval(), processor, latent)
-    vm.extras.load(Path(path), vm, meta.get("extras") or {})
+    if ck.kind == "vedas":
+        vm.extras.load(Path(ck.path), vm, meta.get("extras") or {})
     return vm

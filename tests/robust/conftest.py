@@ -73,6 +73,11 @@ class Vedas:
         """``vedas ARGS`` in a subprocess, its output captured as text."""
         return subprocess.run(self.cmd(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
 
+    def run_env(self, env: dict[str, str], *args: str, python: bool = False) -> subprocess.CompletedProcess:
+        """Like :meth:`run` with ``env`` on top of the tests' environment; ``python``: ``python ARGS``."""
+        cmd = [sys.executable, *args] if python else self.cmd(*args)
+        return subprocess.run(cmd, env={**ENV, **env}, capture_output=True, text=True, timeout=600)
+
     def popen(self, *args: str, **kwargs: object) -> subprocess.Popen:
         return subprocess.Popen(self.cmd(*args), env=ENV, **kwargs)  # type: ignore[call-overload]
 

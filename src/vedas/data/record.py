@@ -29,9 +29,10 @@ from typing import Any
 from PIL import Image
 
 from vedas.engine.prompts import option_letter
+from vedas.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A row that cannot become a record: missing field, bad value, unreadable image.
 
     ``kind`` is the short reason used as the skip counter's key when the load was asked to

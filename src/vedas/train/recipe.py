@@ -559,8 +559,8 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
     return final
 
 
-def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
-    """Write the trained model as a vedas checkpoint (LoRA merged into the weights)."""
+def merged(vm: Any, cfg: TrainConfig) -> Any:
+    """The trained model as a plain VedasModel: LoRA merged into a copy of the weights, the extras kept."""
     from vedas.model import VedasModel
 
     model = vm.model
@@ -577,8 +577,40 @@ def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
                 setattr(model.get_submodule(parent_name), child, module.get_base_layer())
     out = VedasModel(model, vm.processor, cfg.latent)
     out.extras = vm.extras.copy()
-    out.save(dest)
+    return out
+
+
+def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
+    """Write the trained model as a vedas checkpoint (LoRA merged into the weights)."""
+    merged(vm, cfg).save(dest)
     return dest
+
+
+def load_step(directory: Path, device: Any = None) -> Any:
+    """The model a training checkpoint ``checkpoints/step-N`` holds, as a VedasModel (what :func:`export`
+    would have written at that step); ``vedas.load`` calls it for such a directory.
+
+    Rebuilt as the run built it (its saved config: the base model, LoRA, routing, GAP's modules), then
+    the trained parameters are restored. A tiny model with a BPE, a PCA latent head or a difficulty
+    split needs the run's training data at its ``data.path``; other runs do not read it.
+    """
+    import yaml
+
+    from vedas.config import from_dict
+    from vedas.method import gap
+
+    cfg = from_dict(TrainConfig, yaml.safe_load((directory / "config.yaml").read_text()))
+    cfg.optim.gradient_checkpointing = False  # a training-memory setting; the weights are the same
+    needs_data = (cfg.model.base == "tiny" and cfg.model.bpe_vocab) or cfg.latent.latent_head != "none"
+    records = setup_data(cfg, _silent).records if needs_data else []
+    vm = setup_model(cfg, records)
+    objective = setup_objective(cfg, vm, records, torch.device(device or "cpu"), _silent)
+    modules = torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()})
+    train_state.load_weights(directory, modules)
+    gap.load_buffers(modules, directory / gap.BUFFERS_FILE)
+    out = merged(vm, cfg)
+    out.model.eval()
+    return out
 
 
 class MetricLogger:
@@ -669,6 +701,7 @@ __all__ = [
     "finish",
     "fit",
     "load_config",
+    "load_step",
     "main",
     "resume",
     "seed_everything",
