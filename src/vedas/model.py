@@ -35,7 +35,7 @@ from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
-from vedas.errors import CheckpointError
+from vedas.errors import CheckpointError, InputError
 from vedas.method import gap, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
@@ -47,13 +47,14 @@ LATENT_MODES = LATENT_METHODS
 ImageLike = Image.Image | str | os.PathLike | None
 
 
-def _open_image(img: Any, where: str) -> Image.Image:
+def open_image(img: Any, where: str) -> Image.Image:
+    """``img`` (a PIL image or a path) as an RGB image; an InputError naming ``where`` if it cannot be read."""
     if isinstance(img, (str, os.PathLike)):
         try:
             with Image.open(img) as f:
                 img = f.convert("RGB")
         except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}") from None
+            raise InputError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}") from None
     if not isinstance(img, Image.Image):
         raise TypeError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}")
     return img.convert("RGB") if img.mode != "RGB" else img
@@ -121,7 +122,7 @@ class VedasModel:
         per_sample: list[list[Image.Image]] = []
         for i, item in enumerate(images):
             items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
-            opened = [_open_image(x, f"images[{i}]") for x in items]
+            opened = [open_image(x, f"images[{i}]") for x in items]
             for im in opened:
                 if min(im.size) < self._min_side:
                     raise ValueError(

@@ -33,6 +33,15 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A saved tiny vedas checkpoint (never modified; tests break copies of it)."""
+    import vedas
+
+    model, processor = vedas.tiny_model("qwen2_vl", hidden=64, layers=2, seed=0)
+    return vedas.VedasModel(model, processor).save(tmp_path_factory.mktemp("ckpt") / "c")
+
+
 def train_overrides(synth_dir: Path, out: Path, **extra: object) -> list[str]:
     """``vedas train`` arguments for a 4-step run (8 records, batch 4, 2 epochs) of a 2-layer tiny model."""
     base: dict[str, object] = {

@@ -13,14 +13,6 @@ import torch
 
 import vedas
 from vedas.errors import CheckpointError
-from vedas.model import VedasModel
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A saved tiny vedas checkpoint (never modified; tests break copies of it)."""
-    model, processor = vedas.tiny_model("qwen2_vl", hidden=64, layers=2, seed=0)
-    return VedasModel(model, processor).save(tmp_path_factory.mktemp("ckpt") / "c")
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from vedas import cli_args
+from vedas.errors import UserError
 from vedas.method import tto as tto_flags
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
@@ -77,9 +78,9 @@ def evaluate(
 
     get_rule(scoring)  # an unknown rule fails before any compute
     if batch_size < 1:
-        raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
+        raise UserError(f"batch_size: must be ≥ 1, got {batch_size}")
     if not records:
-        raise ValueError("records: nothing to evaluate")
+        raise UserError("records: nothing to evaluate")
 
     def run(batch: list[Any]) -> Any:
         return vm.generate_records(

@@ -74,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"vedas infer: {e}", file=sys.stderr)
         return 2
+    from vedas.model import open_image
+
+    image = None if args.image is None else open_image(args.image, "--image")  # before the model loads
     vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
     d = vm.generate(
-        [args.image],
+        [image],
         [args.question],
         [args.choices] if args.choices else None,
         mode=args.method,
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
         views = replay_views(
             vm,
-            [args.image],
+            [image],
             [args.question],
             d,
             [args.choices] if args.choices else None,

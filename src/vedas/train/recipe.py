@@ -669,19 +669,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``vedas train``; a bad config, data or path is a UserError, which the CLI's boundary prints."""
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"vedas train: bad config: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"bad config: {e}") from None
     if args.print_config:
         print(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     try:
         main(cfg)
-    except ConfigError as e:
-        print(f"vedas train: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
         print(f"vedas train: {e}", file=sys.stderr)
         return 1
