@@ -24,12 +24,14 @@ class InputError(UserError):
     """A bad argument to ``VedasModel.generate``/``prepare`` (or a bad record): names it.
 
     ``index`` is the sample's position in the batch when one sample is at fault, so callers that
-    know the records (:meth:`vedas.model.VedasModel.generate_records`) can name the record instead.
+    know the records (:meth:`vedas.model.VedasModel.generate_records`) can name the record instead;
+    ``record_id`` is then that record's id.
     """
 
-    def __init__(self, message: str, index: int | None = None) -> None:
+    def __init__(self, message: str, index: int | None = None, record_id: str | None = None) -> None:
         super().__init__(message)
         self.index = index
+        self.record_id = record_id
 
 
 __all__ = ["CheckpointError", "InputError", "UserError"]

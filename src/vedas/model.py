@@ -11,12 +11,14 @@ processor files. Nothing is pickled; ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import yaml
 from PIL import Image
 
 from vedas import extras
+from vedas.arguments import check_batch, check_questions
 from vedas.backbones import arch_module, backbone_for
 from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
 from vedas.config import LatentConfig, from_dict, to_dict
@@ -47,17 +50,30 @@ LATENT_MODES = LATENT_METHODS
 ImageLike = Image.Image | str | os.PathLike | None
 
 
-def open_image(img: Any, where: str) -> Image.Image:
+def open_image(img: Any, where: str, index: int | None = None) -> Image.Image:
     """``img`` (a PIL image or a path) as an RGB image; an InputError naming ``where`` if it cannot be read."""
     if isinstance(img, (str, os.PathLike)):
         try:
             with Image.open(img) as f:
                 img = f.convert("RGB")
         except (OSError, ValueError) as e:
-            raise InputError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}") from None
+            raise InputError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}", index) from None
     if not isinstance(img, Image.Image):
-        raise TypeError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}")
+        raise InputError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}", index)
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+@contextlib.contextmanager
+def naming_records(records: Sequence[Any]) -> Iterator[None]:
+    """Re-raise an InputError about sample ``i`` as one about ``records[i]``, by id (``record_id`` set)."""
+    try:
+        yield
+    except InputError as e:
+        if e.index is None or not 0 <= e.index < len(records):
+            raise
+        rid = records[e.index].id
+        detail = re.sub(r"^\w+\[\d+\]: ", "", str(e))  # the position means nothing to the user; the id does
+        raise InputError(f"record {rid!r}: {detail}", e.index, rid) from None
 
 
 class VedasModel:
@@ -91,10 +107,9 @@ class VedasModel:
         contexts: Sequence[str | None] | None,
         mode: str,
     ) -> list[str]:
+        check_questions(questions)
         texts = []
         for i, q in enumerate(questions):
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"questions[{i}]: must be a non-empty string, got {q!r}")
             ch = choices[i] if choices is not None else None
             ctx = contexts[i] if contexts is not None else None
             msgs = build_messages(q, ch, ctx, num_images=num_images[i])
@@ -114,20 +129,18 @@ class VedasModel:
     ) -> PromptBatch:
         """Validate inputs and run the processor (left padding). Errors name the bad argument."""
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
-        if len(images) != len(questions):
-            raise ValueError(f"images and questions differ in length ({len(images)} vs {len(questions)})")
-        if choices is not None and len(choices) != len(questions):
-            raise ValueError(f"choices has {len(choices)} entries for {len(questions)} questions")
+            raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
+        check_batch(images, questions, choices, contexts)
         per_sample: list[list[Image.Image]] = []
         for i, item in enumerate(images):
             items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
-            opened = [open_image(x, f"images[{i}]") for x in items]
+            opened = [open_image(x, f"images[{i}]", index=i) for x in items]
             for im in opened:
                 if min(im.size) < self._min_side:
-                    raise ValueError(
+                    raise InputError(
                         f"images[{i}]: {im.size[0]}×{im.size[1]} px is smaller than one merged patch "
-                        f"({self._min_side}×{self._min_side} px)"
+                        f"({self._min_side}×{self._min_side} px)",
+                        index=i,
                     )
             per_sample.append(opened)
         texts = self.prompt_texts(questions, [len(p) for p in per_sample], choices, contexts, mode)
@@ -175,12 +188,12 @@ class VedasModel:
             temperature: 0 decodes greedily; > 0 samples (``seed``: an int, or one seed per sample).
             tto: a :class:`vedas.method.tto.TTOConfig`: optimise the latents at inference, weights frozen.
         """
-        if latents is not None and (not isinstance(latents, int) or latents < 0):
-            raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
+        if latents is not None and (not isinstance(latents, int) or isinstance(latents, bool) or latents < 0):
+            raise InputError(f"latents: must be an int ≥ 0, got {latents!r}")
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
+            raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
         if latents and mode not in LATENT_MODES:
-            raise ValueError(f"latents={latents} given with mode={mode!r}, which has no latent steps")
+            raise InputError(f"latents={latents} given with mode={mode!r}, which has no latent steps")
         cfg = self.config
         if max_new_tokens is not None:
             cfg = LatentConfig(**{**to_dict(cfg), "max_new_tokens": max_new_tokens})
@@ -250,14 +263,17 @@ class VedasModel:
         }
 
     def prepare_records(self, records: Sequence[Any], mode: str = "vedas") -> PromptBatch:
-        """:meth:`prepare` on dataset records."""
-        return self.prepare(**self.record_inputs(records), mode=mode)
+        """:meth:`prepare` on dataset records; an error about one sample names its record."""
+        with naming_records(records):
+            return self.prepare(**self.record_inputs(records), mode=mode)
 
     def generate_records(
         self, records: Sequence[Any], **kwargs: Any
     ) -> tuple[list[str], list[int]] | Details:
-        """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…)."""
-        return self.generate(**self.record_inputs(records), **kwargs)
+        """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…).
+        An error about one sample names its record (``record 'id': …``), not its batch position."""
+        with naming_records(records):
+            return self.generate(**self.record_inputs(records), **kwargs)
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
