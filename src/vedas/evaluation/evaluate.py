@@ -7,7 +7,9 @@ Writes the JSON report and a Markdown table beside it (``report.md``):
 
 ``{"method", "dataset", "n", "accuracy", "scoring_rule", "ar_steps_mean", "latency_ms":
 {"prefill", "latent", "decode", "total"}, "batch_size", "latents", "device", "per_sample":
-[{"id", "prediction", "answer", "correct", "ar_steps", "latency_ms"}], ...}``
+[{"id", "prediction", "answer", "correct", "ar_steps", "latency_ms"}], "n_skipped", "skipped":
+[{"id", "reason", "message"}], ...}`` — ``n`` counts only what was scored; with ``--skip-bad``
+every record left out, at load time or because the model could not take it, is in ``skipped``.
 
 How it measures, unlike the reference code (no warm-up, no sync, batch 1, lenient regex):
 
@@ -69,10 +71,15 @@ def evaluate(
     progress: bool = True,
     engine: str = "cached",
     tto: Any = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Run ``vm.generate_records`` over ``records`` in batches and score each prediction.
 
     ``tto``: a :class:`vedas.method.tto.TTOConfig` to optimise the latents at inference (weights frozen).
+    ``skip_bad``: a record the model cannot take (an input error naming it) is skipped instead of
+    stopping the run. The report's ``n`` counts what was scored; ``skipped`` lists every record left
+    out, at load time (when ``records`` is a :class:`~vedas.data.record.Dataset`) or here, with its
+    reason.
     """
     from vedas.evaluation.scoring import get_rule
 
@@ -93,12 +100,19 @@ def evaluate(
             tto=tto,
         )
 
+    skipped = [dict(r) for r in getattr(records, "skipped_rows", [])]
+    gen = Generator(run, vm, method, skip_bad)
     if warmup:
-        run(records[:batch_size])
+        Generator(run, vm, method, skip_bad)(list(records[:batch_size]))
     per_sample, tto_runs, used_latents = _run_batches(
-        run, records, batch_size, scoring, progress, f"eval {method}"
+        gen, list(records), batch_size, scoring, progress, f"eval {method}"
     )
+    skipped += gen.skipped
     n = len(per_sample)
+    if not n:
+        raise UserError(
+            f"records: none of the {len(records)} records could be evaluated; skipped: {skipped[:3]}"
+        )
     return {
         "method": method,
         "dataset": dataset,
@@ -113,14 +127,53 @@ def evaluate(
         "engine": engine,
         "tto": None if tto is None else _tto_report(tto, tto_runs),
         "per_category": _per_category(per_sample),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
         "per_sample": per_sample,
     }
 
 
+class Generator:
+    """One batch through ``run``; with ``skip_bad`` a batch that fails on one record's input retries
+    without the records that fail on their own (each one recorded in ``skipped`` with its reason)."""
+
+    def __init__(self, run: Any, vm: Any, method: str, skip_bad: bool) -> None:
+        self.run, self.vm, self.method, self.skip_bad = run, vm, method, skip_bad
+        self.skipped: list[dict[str, Any]] = []
+
+    def __call__(self, batch: list[Any]) -> tuple[list[Any], Any]:
+        """(the records run, their details); details None when every record was skipped."""
+        from vedas.errors import InputError
+
+        try:
+            return batch, self.run(batch)
+        except InputError:
+            if not self.skip_bad:
+                raise
+            bad = self.failing(batch)
+            if not bad:
+                raise
+        self.skipped += [{"id": rid, "reason": "bad_input", "message": msg} for rid, msg in bad.items()]
+        rest = [r for r in batch if r.id not in bad]
+        return (rest, self.run(rest)) if rest else ([], None)
+
+    def failing(self, batch: list[Any]) -> dict[str, str]:
+        """The records of ``batch`` the model cannot take on their own: id -> the error."""
+        from vedas.errors import InputError
+
+        bad = {}
+        for r in batch:
+            try:
+                self.vm.prepare_records([r], mode=self.method)
+            except InputError as e:
+                bad[r.id] = str(e)
+        return bad
+
+
 def _run_batches(
-    run: Any, records: list[Any], batch_size: int, scoring: str, progress: bool, desc: str
+    gen: Generator, records: list[Any], batch_size: int, scoring: str, progress: bool, desc: str
 ) -> tuple[list[dict[str, Any]], list[Any], int]:
-    """Every batch through ``run``: the per-sample rows, each batch's TTO record, the latent count run.
+    """Every batch through ``gen``: the per-sample rows, each batch's TTO record, the latent count run.
 
     Only these are kept, not the batches' details (their latents would pile up on the device).
     """
@@ -131,14 +184,16 @@ def _run_batches(
     correct = used_latents = 0
     bar = tqdm(total=len(records), disable=not progress, desc=desc)
     for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        d = run(batch)
+        chunk = records[start : start + batch_size]
+        batch, d = gen(chunk)
+        bar.update(len(chunk))
+        if d is None:
+            continue
         tto_runs.append(d.tto)
         used_latents = d.latents.shape[1]
         rows = _sample_rows(batch, d, scoring)
         correct += sum(row["correct"] for row in rows)
         per_sample += rows
-        bar.update(len(batch))
         bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
     bar.close()
     return per_sample, tto_runs, used_latents
@@ -275,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
     report = evaluate(
         vm,
-        list(records),
+        records,
         args.method,
         args.batch_size,
         args.scoring,
@@ -284,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=f"{name}/{args.split}",
         engine=args.engine,
         tto=tto,
+        skip_bad=args.skip_bad,
     )
     report["checkpoint"] = str(args.checkpoint)
     out, md = write(report, args.out)

@@ -83,7 +83,12 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N records."""
     skip_bad: bool = False
-    """Skip (and count) rows with a corrupt image instead of failing."""
+    """Skip (and count) bad rows instead of stopping: a corrupt or missing image, a missing field, and
+    (methods other than ``no_cot``) a record without a rationale. Every skipped id is printed with its
+    reason and listed in ``<output_dir>/skipped.json``."""
+    answer_only: bool = False
+    """Train a record without a rationale on its answer alone (no steps, no latents) instead of stopping
+    the run, or, with ``skip_bad``, skipping it."""
     difficulty: str | None = None
     """GAP difficulty-aware supervision: a ``vedas data difficulty`` JSON. Only its all-fail questions
     get latent supervision (the configured latent method); the others train as plain CoT (0 latents,

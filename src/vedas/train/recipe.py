@@ -37,7 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainData:
-    """The training records and, with ``data.difficulty``, the hard questions' ids (the rest train as CoT)."""
+    """The training records; with ``data.difficulty`` the hard questions' ids (the rest train as CoT);
+    with ``data.answer_only`` the ids of records without a rationale, which train on the answer alone."""
 
     records: Any
     hard: set[str] | None = None
+    answer_only: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -146,26 +148,50 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
 
 
 def setup_data(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainData:
-    """The training records; fails (naming the field) on records without the rationale the method needs
-    and on a difficulty file that does not cover them."""
+    """The training records; records without the rationale the method needs stop the run (naming them),
+    are skipped and counted (``data.skip_bad``) or train on the answer alone (``data.answer_only``);
+    a difficulty file must cover the records."""
     from vedas.data import load as load_data
     from vedas.method import gap
 
     d = cfg.data
     records = load_data(d.name, path=d.path, split=d.split, limit=d.limit, skip_bad=d.skip_bad)
+    answer_only = without_rationale(cfg, records, say)
     say(records.describe())
-    if cfg.method != "no_cot":
-        limit = max_steps(cfg.latent.latents, cfg.curriculum)
-        empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
-        if empty:
-            raise ConfigError(
-                f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
-            )
+    for row in records.skipped_rows:
+        say(f"skipped {row['id']}: {row['reason']}")
+    if not records:
+        raise ConfigError(f"data: no training records left in {d.path or d.name} ({records.describe()})")
     hard = gap.hard_ids(d.difficulty, [r.id for r in records]) if d.difficulty else None
     if hard is not None:
         n_hard = sum(r.id in hard for r in records)
         say(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
-    return TrainData(records, hard)
+    return TrainData(records, hard, answer_only)
+
+
+def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]) -> set[str]:
+    """Records the method needs a rationale for and that have none: a ConfigError naming them, or (with
+    ``data.skip_bad``) dropped from ``records`` and counted as ``no_rationale``; with ``data.answer_only``
+    their ids, returned (they train on the answer alone)."""
+    if cfg.method == "no_cot":
+        return set()
+    limit = max_steps(cfg.latent.latents, cfg.curriculum)
+    empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
+    if not empty:
+        return set()
+    if cfg.data.answer_only:
+        say(f"{len(empty)} records without a rationale train on the answer alone: {empty[:5]}")
+        return set(empty)
+    if not cfg.data.skip_bad:
+        raise ConfigError(
+            f"data: method {cfg.method!r} needs a rationale; {len(empty)} records have none: {empty[:5]}; "
+            "skip them with --data.skip_bad true, or train them on the answer alone with --data.answer_only true"
+        )
+    src = f"{records.name}/{records.split}"
+    records.drop(
+        {rid: ("no_rationale", f"{src} row {rid!r}: no rationale for method {cfg.method!r}") for rid in empty}
+    )
+    return set()
 
 
 def corpus(records: Any) -> list[str]:
@@ -356,16 +382,24 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def collate_records(vm: Any, cfg: TrainConfig, records: list[Any], stage: int, hard: set[str] | None) -> Any:
+def collate_records(
+    vm: Any,
+    cfg: TrainConfig,
+    records: list[Any],
+    stage: int,
+    hard: set[str] | None,
+    answer_only: set[str] | frozenset[str] = frozenset(),
+) -> Any:
     """The TrainBatch of ``records`` at curriculum ``stage``; with a difficulty split (``hard``) only the
-    hard questions get latent supervision, the others train as CoT."""
+    hard questions get latent supervision, the others train as CoT; ``answer_only`` ids train as
+    ``no_cot`` (the answer alone, 0 latents) in the same batch."""
     from vedas.method import gap
     from vedas.train.objective import collate
 
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
     lays = [
         layout(
-            gap.supervision(cfg.method, r.id, hard),
+            "no_cot" if r.id in answer_only else gap.supervision(cfg.method, r.id, hard),
             record_steps(r.steps, r.rationale, limit),
             r.answer,
             stage,
@@ -397,7 +431,7 @@ def train_step(
     for _ in range(o.grad_accum):
         b = state.batch_in_epoch
         recs = micro_batch(run, order, b)
-        batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard)
+        batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard, run.data.answer_only)
         with acc.accumulate(run.wrapped):
             out = run.wrapped(batch)
             check_finite(out["loss"], acc, run.checkpoints, step, epoch, b, recs)
@@ -531,7 +565,8 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None
 
 
 def start_logging(run: Run) -> MetricLogger:
-    """The metric logger, and the resolved config beside it (``config.yaml``), on the main process."""
+    """The metric logger, and beside it the resolved config (``config.yaml``) and the records left out
+    (``skipped.json``, when any), on the main process."""
     import yaml
 
     out_dir = Path(run.cfg.run.output_dir)
@@ -539,6 +574,9 @@ def start_logging(run: Run) -> MetricLogger:
     if run.acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(run.cfg), sort_keys=False))
+        skipped = getattr(run.data.records, "skipped_rows", [])
+        if skipped:  # what the run did not train on, by id and reason
+            (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
     return logger
 
 
