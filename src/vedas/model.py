@@ -48,6 +48,8 @@ MODES = METHODS
 LATENT_MODES = LATENT_METHODS
 
 ImageLike = Image.Image | str | os.PathLike | None
+MAX_ASPECT = 200
+"""The widest aspect ratio Qwen2-VL's processor resizes (its ``smart_resize`` refuses more)."""
 
 
 def open_image(img: Any, where: str, index: int | None = None) -> Image.Image:
@@ -92,7 +94,6 @@ class VedasModel:
         self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
-        self._min_side = self.backbone.patch_size * self.backbone.merge_size
 
     @property
     def device(self) -> torch.device:
@@ -126,26 +127,42 @@ class VedasModel:
         choices: Sequence[Sequence[str] | None] | None = None,
         contexts: Sequence[str | None] | None = None,
         mode: str = "vedas",
+        reserve: int = 0,
     ) -> PromptBatch:
-        """Validate inputs and run the processor (left padding). Errors name the bad argument."""
+        """Validate inputs and run the processor (left padding). Errors name the bad argument.
+
+        Images are resized by the model's own processor (small ones upsampled), within
+        ``config.min_pixels``/``max_pixels`` when set. A prompt whose tokens plus ``reserve`` (what the
+        caller will append: latent passes, new tokens) exceed the model's context limit is an error
+        naming the sample and the lengths, unless ``config.truncate_context`` lets its context be cut.
+        """
         if mode not in MODES:
             raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
         check_batch(images, questions, choices, contexts)
-        per_sample: list[list[Image.Image]] = []
-        for i, item in enumerate(images):
-            items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
-            opened = [open_image(x, f"images[{i}]", index=i) for x in items]
-            for im in opened:
-                if min(im.size) < self._min_side:
-                    raise InputError(
-                        f"images[{i}]: {im.size[0]}×{im.size[1]} px is smaller than one merged patch "
-                        f"({self._min_side}×{self._min_side} px)",
-                        index=i,
-                    )
-            per_sample.append(opened)
-        texts = self.prompt_texts(questions, [len(p) for p in per_sample], choices, contexts, mode)
+        per_sample = [self._open_sample(i, item) for i, item in enumerate(images)]
+        num_images = [len(p) for p in per_sample]
         flat = [im for p in per_sample for im in p]
-        enc = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+        size = self._image_size()
+
+        def encode(ctx: Sequence[str | None] | None) -> Any:
+            texts = self.prompt_texts(questions, num_images, choices, ctx, mode)
+            return self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt", **size)
+
+        enc = encode(contexts)
+        over = self._overflow(enc, reserve)
+        if over and self.config.truncate_context and contexts is not None:
+            contexts = self._shorten_contexts(contexts, over)
+            enc = encode(contexts)
+            over = self._overflow(enc, reserve)
+        if over:
+            i, excess = next(iter(over.items()))
+            n = int(enc["attention_mask"][i].sum())
+            raise InputError(
+                f"prompts[{i}]: {n} prompt tokens + {reserve} for the latent steps and the answer = {n + reserve}, "
+                f"over the model's context limit of {n + reserve - excess} tokens (max_position_embeddings); "
+                "shorten the question or context, lower max_new_tokens, or set truncate_context to cut the context",
+                index=i,
+            )
         dev = self.device
         return PromptBatch(
             input_ids=enc["input_ids"].to(dev),
@@ -154,6 +171,53 @@ class VedasModel:
             pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,
             image_grid_thw=enc["image_grid_thw"].to(dev) if flat else None,
         )
+
+    def _open_sample(self, i: int, item: Any) -> list[Image.Image]:
+        """Sample ``i``'s images, opened; an aspect ratio the processor refuses is an error naming it."""
+        items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
+        opened = [open_image(x, f"images[{i}]", index=i) for x in items]
+        for im in opened:
+            ratio = max(im.size) / min(im.size)
+            if ratio > MAX_ASPECT:
+                raise InputError(
+                    f"images[{i}]: {im.size[0]}×{im.size[1]} px has an aspect ratio of {ratio:.0f}, over the "
+                    f"image processor's limit of {MAX_ASPECT}",
+                    index=i,
+                )
+        return opened
+
+    def _image_size(self) -> dict[str, Any]:
+        """The processor's ``size`` kwarg for ``config.min_pixels``/``max_pixels`` (nothing when both are unset)."""
+        lo, hi = self.config.min_pixels, self.config.max_pixels
+        if lo is None and hi is None:
+            return {}
+        own = self.processor.image_processor.size
+        return {
+            "size": {"shortest_edge": lo or own["shortest_edge"], "longest_edge": hi or own["longest_edge"]}
+        }
+
+    def context_limit(self) -> int | None:
+        """The most tokens the model takes (its text config's ``max_position_embeddings``), if it says."""
+        cfg = self.model.config
+        return getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None)
+
+    def _overflow(self, enc: Any, reserve: int) -> dict[int, int]:
+        """Sample index -> tokens over the context limit, for the samples that exceed it."""
+        limit = self.context_limit()
+        if limit is None:
+            return {}
+        lengths = enc["attention_mask"].sum(1).tolist()
+        return {i: n + reserve - limit for i, n in enumerate(lengths) if n + reserve > limit}
+
+    def _shorten_contexts(self, contexts: Sequence[str | None], over: dict[int, int]) -> list[str | None]:
+        """``contexts`` with the overflowing samples' context cut at the end by its excess (plus a margin:
+        re-tokenising the cut text may merge differently)."""
+        out = list(contexts)
+        for i, excess in over.items():
+            if out[i]:
+                ids = self.tokenizer.encode(out[i], add_special_tokens=False)
+                out[i] = self.tokenizer.decode(ids[: max(0, len(ids) - excess - 8)])
+        return out
 
     # --- generation ----------------------------------------------------------------------
     def generate(
@@ -197,7 +261,12 @@ class VedasModel:
         cfg = self.config
         if max_new_tokens is not None:
             cfg = LatentConfig(**{**to_dict(cfg), "max_new_tokens": max_new_tokens})
-        batch = self.prepare(images, questions, choices, contexts, mode)
+        latent = mode in LATENT_MODES
+        steps = (cfg.latents if latents is None else latents) if latent else 0
+        # the sequence grows past the prompt by each latent pass (K replayed tokens + z), <|latent_end|>
+        # and the new tokens: the prompt must leave room for all of them
+        reserve = steps * (cfg.replay_k + 1) + int(latent) + cfg.max_new_tokens
+        batch = self.prepare(images, questions, choices, contexts, mode, reserve=reserve)
         has_image = batch.input_ids.eq(self.backbone.image_token_id).any(1)
         if mode in LATENT_MODES and cfg.replay_k > 0 and not bool(has_image.all()):
             n = int((~has_image).sum())
@@ -205,8 +274,6 @@ class VedasModel:
                 f"{n} of {len(questions)} samples have no image: visual replay is off for them",
                 stacklevel=2,
             )
-        latent = mode in LATENT_MODES
-        steps = (cfg.latents if latents is None else latents) if latent else 0
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
         with routing.allowed(mode == "vedas" and self.use_routing):

@@ -305,6 +305,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="latent engine: cached (KV cache) or recompute (the oracle) (default: cached)",
     )
     cli_args.add_device(parser)
+    cli_args.add_inputs(parser)
     parser.add_argument(
         "--out", default="report.json", help="where to write the JSON (the .md goes beside it)"
     )
@@ -327,7 +328,9 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
+    vm = vedas.load(
+        args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+    )
     report = evaluate(
         vm,
         records,

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
     cli_args.add_device(parser)
+    cli_args.add_inputs(parser)
     parser.add_argument(
         "--show-replay",
         default=None,
@@ -77,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from vedas.model import open_image
 
     image = None if args.image is None else open_image(args.image, "--image")  # before the model loads
-    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
+    vm = vedas.load(
+        args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+    )
     d = vm.generate(
         [image],
         [args.question],

@@ -312,6 +312,9 @@ def setup(cfg: TrainConfig, acc: Any, data: TrainData, total_steps: int | None =
         if cfg.run.max_steps:
             total_steps = min(total_steps, cfg.run.max_steps)
     vm = setup_model(cfg, data.records)
+    if drop_unusable(vm, cfg, data, say):
+        _, steps_per_epoch = batch_plan(len(data.records), cfg, acc.num_processes)
+        total_steps = min(total_steps, steps_per_epoch * cfg.optim.epochs)
     objective = setup_objective(cfg, vm, data.records, acc.device, say)
     params, optimizer, scheduler = setup_optimizer(cfg, objective, vm, total_steps)
     return Run(
@@ -328,6 +331,29 @@ def setup(cfg: TrainConfig, acc: Any, data: TrainData, total_steps: int | None =
         total_steps=total_steps,
         checkpoints=Path(cfg.run.output_dir) / "checkpoints",
     )
+
+
+def drop_unusable(vm: Any, cfg: TrainConfig, data: TrainData, say: Callable[[str], None]) -> int:
+    """With ``data.skip_bad``: drop the records the model cannot take (an image shape its processor
+    refuses, a prompt over its context limit: an InputError of ``prepare_records``), counted as
+    ``bad_input``; returns how many. Without it such a record stops the run when its batch comes,
+    naming it."""
+    from vedas.errors import InputError
+
+    if not cfg.data.skip_bad:
+        return 0
+    mode = "vedas" if cfg.method in LATENT_METHODS else "no_cot"
+    bad: dict[str, tuple[str, str]] = {}
+    for r in data.records:
+        try:
+            vm.prepare_records([r], mode=mode)
+        except InputError as e:
+            bad[r.id] = ("bad_input", str(e))
+    if bad:
+        data.records.drop(bad)
+        for rid, (_, msg) in bad.items():
+            say(f"skipped {rid}: bad_input ({msg})")
+    return len(bad)
 
 
 def resume(run: Run) -> train_state.TrainState:
