@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
+    args.argv = argv  # the command line as given, for commands that print how to continue
     try:
         return int(args.func(args) or 0)
     except (UserError, *EXPECTED) as e:

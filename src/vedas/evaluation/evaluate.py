@@ -3,7 +3,9 @@
     vedas eval --checkpoint runs/demo/vedas --data synthetic:data/synth --split test \\
         --method vedas --batch-size 8 --scoring vedas --out report.json
 
-Writes the JSON report and a Markdown table beside it (``report.md``):
+Writes the JSON report and a Markdown table beside it (``report.md``), and, batch by batch as it
+goes, ``report.jsonl`` (:mod:`vedas.evaluation.results`): an interrupted evaluation continues
+from it with ``--resume`` and gives the report an uninterrupted one would (latency aside).
 
 ``{"method", "dataset", "n", "accuracy", "scoring_rule", "ar_steps_mean", "latency_ms":
 {"prefill", "latent", "decode", "total"}, "batch_size", "latents", "device", "per_sample":
@@ -72,6 +74,7 @@ def evaluate(
     engine: str = "cached",
     tto: Any = None,
     skip_bad: bool = False,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Run ``vm.generate_records`` over ``records`` in batches and score each prediction.
 
@@ -80,6 +83,8 @@ def evaluate(
     stopping the run. The report's ``n`` counts what was scored; ``skipped`` lists every record left
     out, at load time (when ``records`` is a :class:`~vedas.data.record.Dataset`) or here, with its
     reason.
+    ``log``: a :class:`vedas.evaluation.results.ResultLog`; each batch is appended to it as soon as it
+    is scored, and the batches it already holds (a resumed evaluation) are taken from it, not re-run.
     """
     from vedas.evaluation.scoring import get_rule
 
@@ -101,13 +106,24 @@ def evaluate(
         )
 
     skipped = [dict(r) for r in getattr(records, "skipped_rows", [])]
-    gen = Generator(run, vm, method, skip_bad)
-    if warmup:
+    done = log.batches if log is not None else []
+    if warmup and len(done) * batch_size < len(records):
         Generator(run, vm, method, skip_bad)(list(records[:batch_size]))
-    per_sample, tto_runs, used_latents = _run_batches(
-        gen, list(records), batch_size, scoring, progress, f"eval {method}"
+    batches = _run_batches(
+        Generator(run, vm, method, skip_bad),
+        list(records),
+        batch_size,
+        scoring,
+        progress,
+        f"eval {method}",
+        log,
     )
-    skipped += gen.skipped
+    if log is not None:
+        log.finish()
+    per_sample = [row for b in batches for row in b["rows"]]
+    skipped += [row for b in batches for row in b["skipped"]]
+    tto_runs = [b["tto"] for b in batches if b["rows"]]
+    used_latents = next((b["latents"] for b in reversed(batches) if b["rows"]), 0)
     n = len(per_sample)
     if not n:
         raise UserError(
@@ -171,32 +187,51 @@ class Generator:
 
 
 def _run_batches(
-    gen: Generator, records: list[Any], batch_size: int, scoring: str, progress: bool, desc: str
-) -> tuple[list[dict[str, Any]], list[Any], int]:
-    """Every batch through ``gen``: the per-sample rows, each batch's TTO record, the latent count run.
+    gen: Generator,
+    records: list[Any],
+    batch_size: int,
+    scoring: str,
+    progress: bool,
+    desc: str,
+    log: Any = None,
+) -> list[dict[str, Any]]:
+    """Every batch through ``gen`` (those ``log`` already holds are taken from it): per batch its
+    per-sample rows, the records it skipped, its TTO record and the latent count run.
 
     Only these are kept, not the batches' details (their latents would pile up on the device).
     """
     from tqdm.auto import tqdm
 
-    per_sample: list[dict[str, Any]] = []
-    tto_runs: list[Any] = []
-    correct = used_latents = 0
-    bar = tqdm(total=len(records), disable=not progress, desc=desc)
-    for start in range(0, len(records), batch_size):
+    # the log's own list: what it holds already, and each batch as it appends it
+    batches: list[dict[str, Any]] = log.batches if log is not None else []
+    starts = range(0, len(records), batch_size)
+    bar = tqdm(
+        total=len(records),
+        initial=min(len(batches) * batch_size, len(records)),
+        disable=not progress,
+        desc=desc,
+    )
+    for i, start in enumerate(starts[len(batches) :], start=len(batches)):
         chunk = records[start : start + batch_size]
-        batch, d = gen(chunk)
+        before = len(gen.skipped)
+        ran, d = gen(chunk)
+        result = {
+            "batch": i,
+            "rows": [] if d is None else _sample_rows(ran, d, scoring),
+            "skipped": gen.skipped[before:],
+            "tto": None if d is None else d.tto,
+            "latents": 0 if d is None else d.latents.shape[1],
+        }
+        if log is not None:
+            log.append(result)
+        else:
+            batches.append(result)
         bar.update(len(chunk))
-        if d is None:
-            continue
-        tto_runs.append(d.tto)
-        used_latents = d.latents.shape[1]
-        rows = _sample_rows(batch, d, scoring)
-        correct += sum(row["correct"] for row in rows)
-        per_sample += rows
-        bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
+        scored = [r for b in batches for r in b["rows"]]
+        if scored:
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in scored) / len(scored):.3f}")
     bar.close()
-    return per_sample, tto_runs, used_latents
+    return batches
 
 
 def _sample_rows(batch: list[Any], d: Any, scoring: str) -> list[dict[str, Any]]:
@@ -309,6 +344,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="report.json", help="where to write the JSON (the .md goes beside it)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation from the JSONL beside --out (same settings)",
+    )
     tto_flags.add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -317,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
     import vedas
     from vedas.data import load
     from vedas.data.registry import split_spec
+    from vedas.evaluation.results import ResultLog
     from vedas.evaluation.scoring import get_rule
 
     try:
@@ -328,24 +369,58 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    vm = vedas.load(
-        args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
-    )
-    report = evaluate(
-        vm,
-        records,
-        args.method,
-        args.batch_size,
-        args.scoring,
-        args.latents,
-        args.max_new_tokens,
-        dataset=f"{name}/{args.split}",
-        engine=args.engine,
-        tto=tto,
-        skip_bad=args.skip_bad,
-    )
+    results = Path(args.out).with_suffix(".jsonl")
+    log = ResultLog.open(results, _header(args, tto, records), resume=args.resume)
+    if log.batches:
+        print(f"resuming: {len(log.batches)} batches already in {results}")
+    try:
+        vm = vedas.load(
+            args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+        )
+        report = evaluate(
+            vm,
+            records,
+            args.method,
+            args.batch_size,
+            args.scoring,
+            args.latents,
+            args.max_new_tokens,
+            dataset=f"{name}/{args.split}",
+            engine=args.engine,
+            tto=tto,
+            skip_bad=args.skip_bad,
+            log=log,
+        )
+    except KeyboardInterrupt:
+        import shlex
+
+        done = min(len(log.batches) * args.batch_size, len(records))
+        again = shlex.join(["vedas", *[a for a in getattr(args, "argv", []) if a != "--resume"], "--resume"])
+        print(
+            f"vedas eval: interrupted after {done} of {len(records)} records; they are in {results}. "
+            f"Continue with:\n  {again}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        log.close()
     report["checkpoint"] = str(args.checkpoint)
     out, md = write(report, args.out)
     print(markdown([report]), end="")
-    print(f"wrote {out} and {md}")
+    print(f"wrote {out}, {md} and {results}")
     return 0
+
+
+def _header(args: argparse.Namespace, tto: Any, records: list[Any]) -> dict[str, Any]:
+    """What decides an evaluation's results: a resume must match it (:mod:`vedas.evaluation.results`)."""
+    from vedas.config import to_dict
+
+    keys = ("checkpoint", "data", "split", "limit", "method", "batch_size", "scoring", "latents")
+    keys += ("max_new_tokens", "engine", "skip_bad", "min_pixels", "max_pixels", "truncate_context")
+    header = {k: getattr(args, k) for k in keys}
+    header["checkpoint"] = (
+        str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists() else args.checkpoint
+    )
+    header["tto"] = None if tto is None else to_dict(tto)
+    header["ids"] = [r.id for r in records]
+    return header

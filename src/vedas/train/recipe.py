@@ -49,6 +49,8 @@ from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_st
 from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
+from vedas.train.interrupt import Interrupted, StopOnSignal
+from vedas.train.metrics import MetricLogger
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
 
@@ -475,11 +477,12 @@ def train_step(
 
 def fit(run: Run, state: train_state.TrainState) -> None:
     """The epochs from ``state`` on: stage from the epoch, :func:`train_step` per optimizer step, metrics
-    every ``run.log_every`` steps, a checkpoint every ``run.save_every``; stops after ``run.total_steps``."""
+    every ``run.log_every`` steps, a checkpoint every ``run.save_every``; stops after ``run.total_steps``.
+    SIGINT/SIGTERM stop it after the current step with a checkpoint (:class:`Interrupted`)."""
     from tqdm.auto import tqdm
 
     cfg, acc = run.cfg, run.acc
-    logger = start_logging(run)
+    logger = start_logging(run, resumed_at=state.step or None)  # past step N: the run was resumed there
     bar = tqdm(
         total=run.total_steps,
         initial=state.step,
@@ -489,31 +492,38 @@ def fit(run: Run, state: train_state.TrainState) -> None:
     per_step = cfg.optim.batch_size * cfg.optim.grad_accum * acc.num_processes
     done = state.step >= run.total_steps
     t_last = time.perf_counter()
-    for epoch in range(state.epoch, cfg.optim.epochs):
-        if done:
-            break
-        stage = stage_of(cfg, epoch)
-        if stage != state.stage or epoch == 0:
-            logger.event({"epoch": epoch, "stage": stage, "step": state.step})
-        state.stage = stage
-        order = epoch_order(len(run.data.records), cfg.optim.seed, epoch)
-        while state.batch_in_epoch < run.steps_per_epoch * cfg.optim.grad_accum:
-            out = train_step(run, state, epoch, stage, order)
-            now = time.perf_counter()
-            rate = per_step / max(now - t_last, 1e-9)
-            t_last = now
-            metrics = step_metrics(run, state, epoch, stage, out, rate)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
-            if state.step % cfg.run.log_every == 0:
-                logger.log(metrics)
-            if cfg.run.save_every and state.step % cfg.run.save_every == 0:
-                save_checkpoint(run, state, epoch)
-            if state.step >= run.total_steps:
-                done = True
+    with StopOnSignal() as stop:
+        for epoch in range(state.epoch, cfg.optim.epochs):
+            if done:
                 break
-        if not done:
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            stage = stage_of(cfg, epoch)
+            # a run resumed mid-epoch logged this epoch's event before its checkpoint
+            if state.batch_in_epoch == 0 and (stage != state.stage or epoch == 0):
+                logger.event({"epoch": epoch, "stage": stage, "step": state.step})
+            state.stage = stage
+            order = epoch_order(len(run.data.records), cfg.optim.seed, epoch)
+            while state.batch_in_epoch < run.steps_per_epoch * cfg.optim.grad_accum:
+                out = train_step(run, state, epoch, stage, order)
+                now = time.perf_counter()
+                rate = per_step / max(now - t_last, 1e-9)
+                t_last = now
+                metrics = step_metrics(run, state, epoch, stage, out, rate)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
+                if state.step % cfg.run.log_every == 0:
+                    logger.log(metrics)
+                if cfg.run.save_every and state.step % cfg.run.save_every == 0:
+                    save_checkpoint(run, state, epoch)
+                signum = stop.requested(acc)
+                if signum is not None:
+                    bar.close()
+                    logger.close()
+                    raise Interrupted(signum, state.step, save_checkpoint(run, state, epoch))
+                if state.step >= run.total_steps:
+                    done = True
+                    break
+            if not done:
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
     bar.close()
     logger.close()
     acc.wait_for_everyone()
@@ -568,13 +578,13 @@ def check_finite(
 # --- outputs -----------------------------------------------------------------------------
 
 
-def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None:
-    """``checkpoints/step-N`` from the main process; none under DeepSpeed, whose optimizer states are its
-    own (pickled) format, so no resume there."""
+def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path | None:
+    """``checkpoints/step-N`` from the main process (returned; None elsewhere); none under DeepSpeed,
+    whose optimizer states are its own (pickled) format, so no resume there."""
     from vedas.method import gap
 
     if not run.acc.is_main_process or run.cfg.run.deepspeed or run.checkpoints is None:
-        return
+        return None
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
@@ -588,15 +598,16 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None
     )
     gap.save_buffers(run.modules, directory / gap.BUFFERS_FILE)  # the norm EMA is state, not a parameter
     output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
+    return directory
 
 
-def start_logging(run: Run) -> MetricLogger:
+def start_logging(run: Run, resumed_at: int | None = None) -> MetricLogger:
     """The metric logger, and beside it the resolved config (``config.yaml``) and the records left out
     (``skipped.json``, when any), on the main process."""
     import yaml
 
     out_dir = Path(run.cfg.run.output_dir)
-    logger = MetricLogger(out_dir, run.acc.is_main_process)
+    logger = MetricLogger(out_dir, run.acc.is_main_process, resumed_at)
     if run.acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(run.cfg), sort_keys=False))
@@ -677,46 +688,6 @@ def load_step(directory: Path, device: Any = None) -> Any:
     return out
 
 
-class MetricLogger:
-    """Metrics as JSONL (``metrics.jsonl``) and TensorBoard (``tb/``), main process only."""
-
-    def __init__(self, out_dir: Path, active: bool) -> None:
-        self.active = active
-        self.tb = None
-        if active:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(out_dir / "metrics.jsonl", "a")  # noqa: SIM115
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
-                self.tb = None
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps(metrics) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, metrics["step"])
-
-    def event(self, info: dict[str, Any]) -> None:
-        """The stage schedule, logged as it happens."""
-        if self.active:
-            self.file.write(json.dumps({"event": "stage", **info}) + "\n")
-            self.file.flush()
-            print(f"epoch {info['epoch']}: curriculum stage {info['stage']}")
-
-    def close(self) -> None:
-        if self.active:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
 # --- CLI ---------------------------------------------------------------------------------
 
 
@@ -746,10 +717,39 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"vedas train: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            saved = (
+                f"saved {e.checkpoint}"
+                if e.checkpoint
+                else "no checkpoint was saved (DeepSpeed runs do not resume)"
+            )
+            print(f"vedas train: {e}; {saved}. Resume with:\n  {resume_command(args)}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same config and overrides, ``--run.resume true``."""
+    import shlex
+
+    kept, skip = [], False
+    for item in args.overrides:
+        if skip:
+            skip = False
+        elif item in ("--run.resume", "--run.overwrite"):
+            skip = True  # and its value
+        elif not item.startswith(("--run.resume=", "--run.overwrite=")):
+            kept.append(item)
+    config = ["--config", args.config] if args.config else []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launch = ["vedas"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "vedas.cli"]
+    return shlex.join([*launch, "train", *config, *kept, "--run.resume", "true"])
+
+
 __all__ = [
+    "Interrupted",
+    "MetricLogger",
     "NonFiniteLossError",
     "Run",
     "TrainConfig",
