@@ -65,7 +65,7 @@ def train_overrides(synth_dir: Path, out: Path, **extra: object) -> list[str]:
     return args
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def train_args(synth_dir) -> Callable[..., list[str]]:
     """``train_args(out, **overrides)``: the arguments of a small ``vedas train`` into ``out``."""
     return lambda out, **extra: train_overrides(synth_dir, out, **extra)

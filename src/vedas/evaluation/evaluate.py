@@ -369,6 +369,9 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
+    from vedas.checkpoint import resolve
+
+    resolve(args.checkpoint)  # a bad checkpoint fails before any results file is touched
     results = Path(args.out).with_suffix(".jsonl")
     log = ResultLog.open(results, _header(args, tto, records), resume=args.resume)
     if log.batches:

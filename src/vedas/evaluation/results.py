@@ -11,7 +11,8 @@ The last line, ``{"done": true}``, marks a finished evaluation.
 ``--resume`` reads the batches of an unfinished file and evaluation continues with the next one;
 the batches are the same (same records, same order, same batch size), so the report equals an
 uninterrupted run's, latency aside. A resume whose settings differ is refused, naming each one
-that differs; a fresh run never overwrites an unfinished file (it says to resume or delete it).
+that differs; a fresh run never overwrites an unfinished file that holds results (it says to
+resume or delete it).
 A line cut short by a kill is dropped, and its batch runs again.
 """
 
@@ -51,7 +52,7 @@ class ResultLog:
         finished = bool(lines) and lines[-1].get("done") is True
         batches = [x for x in lines[1:] if "batch" in x]
         if not resume:
-            if lines and not finished:
+            if batches and not finished:
                 raise UserError(
                     f"{path} holds {len(batches)} batches of an unfinished evaluation: continue it with "
                     "--resume, or delete the file to start again"
