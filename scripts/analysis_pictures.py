@@ -58,7 +58,7 @@ def write_config(work: Path, synth_dir: Path, args: argparse.Namespace) -> Path:
     cfg["data"]["path"] = str(synth_dir)
     cfg["optim"]["epochs"] = args.epochs
     cfg["optim"]["batch_size"] = args.batch_size
-    cfg["run"] = {"output_dir": str(work / "run"), "log_every": 10, "progress": True}
+    cfg["run"] = {"output_dir": str(work / "run"), "log_every": 10, "progress": True, "overwrite": True}
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -7,9 +7,11 @@
         cli_args.add_data(parser, split="test", skip_bad=True)   # --data --split --limit --skip-bad
         cli_args.add_method(parser, default="vedas")             # --method, choices: vedas.methods.METHODS
         cli_args.add_device(parser)                              # --device auto|cpu|cuda|cuda:N
+        cli_args.add_inputs(parser)                              # --min-pixels --max-pixels --truncate-context
 
     def run(args):
-        vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
+        vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device),
+                        **cli_args.input_overrides(args))
 
 One device rule for every command: ``auto`` (the default) is ``cuda`` when a GPU is visible,
 else ``cpu``; naming a CUDA device that is not there is an argument error before any work.
@@ -97,6 +99,42 @@ def add_method(
         nargs="+" if several else None,
         help=f"{help} (default: {shown})",
     )
+
+
+def add_inputs(parser: argparse.ArgumentParser) -> None:
+    """``--min-pixels``, ``--max-pixels`` and ``--truncate-context``: how inputs are fitted to the model
+    (the :class:`vedas.config.LatentConfig` fields of the same names; unset keeps the checkpoint's)."""
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="resize smaller images up to about N pixels (default: the checkpoint's processor)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="resize larger images down to at most N pixels, e.g. 1003520 = 1280 visual tokens "
+        "(default: the checkpoint's processor)",
+    )
+    parser.add_argument(
+        "--truncate-context",
+        action="store_true",
+        help="cut a record's context field to fit the model's context limit instead of failing",
+    )
+
+
+def input_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The ``vedas.load`` overrides that :func:`add_inputs`'s flags ask for (none when left unset)."""
+    out: dict[str, object] = {}
+    for name in ("min_pixels", "max_pixels"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    if getattr(args, "truncate_context", False):
+        out["truncate_context"] = True
+    return out
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

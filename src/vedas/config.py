@@ -20,10 +20,12 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from vedas.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad config value; the message names the dotted field."""
 
 
@@ -62,6 +64,17 @@ class LatentConfig:
     checkpoint extra ``latent_head``). Applied before ``latent_norm``."""
     pca_variance: float = 0.95
     """Share of the visual embeddings' variance the PCA head's components keep (fit at training start)."""
+    min_pixels: int | None = None
+    """Images are resized by the model's own processor to between ``min_pixels`` and ``max_pixels``
+    pixels (aspect kept, sides multiples of 28; small images are upsampled). None keeps the processor's
+    own bound (Qwen2-VL: 56×56)."""
+    max_pixels: int | None = None
+    """The upper bound of that resize; None keeps the processor's own. The Qwen2-VL checkpoints ship
+    12,845,056 (a 4000×3000 photo becomes ~15,300 visual tokens); 1003520 (28×28×1280) caps an image at
+    1,280 visual tokens, bounding memory and time."""
+    truncate_context: bool = False
+    """A prompt over the model's context limit is an error naming the record; with this, the record's
+    context field is cut at the end until the prompt fits (the question and options are never cut)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -75,6 +88,18 @@ class LatentConfig:
             f"must be an int ≥ 0, got {self.replay_k!r}",
         )
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens!r}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            _check(
+                value is None or (isinstance(value, int) and value >= 28 * 28),
+                name,
+                f"must be None or an int ≥ 784 (one 28×28 merged patch), got {value!r}",
+            )
+        _check(
+            self.min_pixels is None or self.max_pixels is None or self.min_pixels <= self.max_pixels,
+            "min_pixels",
+            f"must be ≤ max_pixels ({self.max_pixels}), got {self.min_pixels}",
+        )
         _check(
             isinstance(self.pca_variance, (int, float)) and 0.0 < self.pca_variance <= 1.0,
             "pca_variance",
@@ -262,11 +287,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}{what}" + (f" ({context})" if context else "")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping")
     return data
@@ -281,4 +318,5 @@ __all__ = [
     "keyword_args",
     "load_yaml",
     "to_dict",
+    "yaml_problem",
 ]

@@ -11,11 +11,14 @@ processor files. Nothing is pickled; ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ import yaml
 from PIL import Image
 
 from vedas import extras
+from vedas.arguments import check_batch, check_questions
 from vedas.backbones import arch_module, backbone_for
+from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
 from vedas.config import LatentConfig, from_dict, to_dict
 from vedas.engine import generate as driver
 from vedas.engine.attention import install_recorder
@@ -33,6 +38,7 @@ from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
+from vedas.errors import CheckpointError, InputError
 from vedas.method import gap, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
@@ -40,22 +46,36 @@ from vedas.methods import LATENT_METHODS, METHODS
 # the inference modes are the method names
 MODES = METHODS
 LATENT_MODES = LATENT_METHODS
-CONFIG_FILE = "config.yaml"
-WEIGHTS_DIR = "model"
 
 ImageLike = Image.Image | str | os.PathLike | None
+MAX_ASPECT = 200
+"""The widest aspect ratio Qwen2-VL's processor resizes (its ``smart_resize`` refuses more)."""
 
 
-def _open_image(img: Any, where: str) -> Image.Image:
+def open_image(img: Any, where: str, index: int | None = None) -> Image.Image:
+    """``img`` (a PIL image or a path) as an RGB image; an InputError naming ``where`` if it cannot be read."""
     if isinstance(img, (str, os.PathLike)):
         try:
             with Image.open(img) as f:
                 img = f.convert("RGB")
         except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}") from None
+            raise InputError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}", index) from None
     if not isinstance(img, Image.Image):
-        raise TypeError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}")
+        raise InputError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}", index)
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+@contextlib.contextmanager
+def naming_records(records: Sequence[Any]) -> Iterator[None]:
+    """Re-raise an InputError about sample ``i`` as one about ``records[i]``, by id (``record_id`` set)."""
+    try:
+        yield
+    except InputError as e:
+        if e.index is None or not 0 <= e.index < len(records):
+            raise
+        rid = records[e.index].id
+        detail = re.sub(r"^\w+\[\d+\]: ", "", str(e))  # the position means nothing to the user; the id does
+        raise InputError(f"record {rid!r}: {detail}", e.index, rid) from None
 
 
 class VedasModel:
@@ -74,7 +94,6 @@ class VedasModel:
         self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
-        self._min_side = self.backbone.patch_size * self.backbone.merge_size
 
     @property
     def device(self) -> torch.device:
@@ -89,10 +108,9 @@ class VedasModel:
         contexts: Sequence[str | None] | None,
         mode: str,
     ) -> list[str]:
+        check_questions(questions)
         texts = []
         for i, q in enumerate(questions):
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"questions[{i}]: must be a non-empty string, got {q!r}")
             ch = choices[i] if choices is not None else None
             ctx = contexts[i] if contexts is not None else None
             msgs = build_messages(q, ch, ctx, num_images=num_images[i])
@@ -109,28 +127,42 @@ class VedasModel:
         choices: Sequence[Sequence[str] | None] | None = None,
         contexts: Sequence[str | None] | None = None,
         mode: str = "vedas",
+        reserve: int = 0,
     ) -> PromptBatch:
-        """Validate inputs and run the processor (left padding). Errors name the bad argument."""
+        """Validate inputs and run the processor (left padding). Errors name the bad argument.
+
+        Images are resized by the model's own processor (small ones upsampled), within
+        ``config.min_pixels``/``max_pixels`` when set. A prompt whose tokens plus ``reserve`` (what the
+        caller will append: latent passes, new tokens) exceed the model's context limit is an error
+        naming the sample and the lengths, unless ``config.truncate_context`` lets its context be cut.
+        """
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
-        if len(images) != len(questions):
-            raise ValueError(f"images and questions differ in length ({len(images)} vs {len(questions)})")
-        if choices is not None and len(choices) != len(questions):
-            raise ValueError(f"choices has {len(choices)} entries for {len(questions)} questions")
-        per_sample: list[list[Image.Image]] = []
-        for i, item in enumerate(images):
-            items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
-            opened = [_open_image(x, f"images[{i}]") for x in items]
-            for im in opened:
-                if min(im.size) < self._min_side:
-                    raise ValueError(
-                        f"images[{i}]: {im.size[0]}×{im.size[1]} px is smaller than one merged patch "
-                        f"({self._min_side}×{self._min_side} px)"
-                    )
-            per_sample.append(opened)
-        texts = self.prompt_texts(questions, [len(p) for p in per_sample], choices, contexts, mode)
+            raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
+        check_batch(images, questions, choices, contexts)
+        per_sample = [self._open_sample(i, item) for i, item in enumerate(images)]
+        num_images = [len(p) for p in per_sample]
         flat = [im for p in per_sample for im in p]
-        enc = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+        size = self._image_size()
+
+        def encode(ctx: Sequence[str | None] | None) -> Any:
+            texts = self.prompt_texts(questions, num_images, choices, ctx, mode)
+            return self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt", **size)
+
+        enc = encode(contexts)
+        over = self._overflow(enc, reserve)
+        if over and self.config.truncate_context and contexts is not None:
+            contexts = self._shorten_contexts(contexts, over)
+            enc = encode(contexts)
+            over = self._overflow(enc, reserve)
+        if over:
+            i, excess = next(iter(over.items()))
+            n = int(enc["attention_mask"][i].sum())
+            raise InputError(
+                f"prompts[{i}]: {n} prompt tokens + {reserve} for the latent steps and the answer = {n + reserve}, "
+                f"over the model's context limit of {n + reserve - excess} tokens (max_position_embeddings); "
+                "shorten the question or context, lower max_new_tokens, or set truncate_context to cut the context",
+                index=i,
+            )
         dev = self.device
         return PromptBatch(
             input_ids=enc["input_ids"].to(dev),
@@ -139,6 +171,53 @@ class VedasModel:
             pixel_values=enc["pixel_values"].to(dev, self.backbone.dtype()) if flat else None,
             image_grid_thw=enc["image_grid_thw"].to(dev) if flat else None,
         )
+
+    def _open_sample(self, i: int, item: Any) -> list[Image.Image]:
+        """Sample ``i``'s images, opened; an aspect ratio the processor refuses is an error naming it."""
+        items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
+        opened = [open_image(x, f"images[{i}]", index=i) for x in items]
+        for im in opened:
+            ratio = max(im.size) / min(im.size)
+            if ratio > MAX_ASPECT:
+                raise InputError(
+                    f"images[{i}]: {im.size[0]}×{im.size[1]} px has an aspect ratio of {ratio:.0f}, over the "
+                    f"image processor's limit of {MAX_ASPECT}",
+                    index=i,
+                )
+        return opened
+
+    def _image_size(self) -> dict[str, Any]:
+        """The processor's ``size`` kwarg for ``config.min_pixels``/``max_pixels`` (nothing when both are unset)."""
+        lo, hi = self.config.min_pixels, self.config.max_pixels
+        if lo is None and hi is None:
+            return {}
+        own = self.processor.image_processor.size
+        return {
+            "size": {"shortest_edge": lo or own["shortest_edge"], "longest_edge": hi or own["longest_edge"]}
+        }
+
+    def context_limit(self) -> int | None:
+        """The most tokens the model takes (its text config's ``max_position_embeddings``), if it says."""
+        cfg = self.model.config
+        return getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None)
+
+    def _overflow(self, enc: Any, reserve: int) -> dict[int, int]:
+        """Sample index -> tokens over the context limit, for the samples that exceed it."""
+        limit = self.context_limit()
+        if limit is None:
+            return {}
+        lengths = enc["attention_mask"].sum(1).tolist()
+        return {i: n + reserve - limit for i, n in enumerate(lengths) if n + reserve > limit}
+
+    def _shorten_contexts(self, contexts: Sequence[str | None], over: dict[int, int]) -> list[str | None]:
+        """``contexts`` with the overflowing samples' context cut at the end by its excess (plus a margin:
+        re-tokenising the cut text may merge differently)."""
+        out = list(contexts)
+        for i, excess in over.items():
+            if out[i]:
+                ids = self.tokenizer.encode(out[i], add_special_tokens=False)
+                out[i] = self.tokenizer.decode(ids[: max(0, len(ids) - excess - 8)])
+        return out
 
     # --- generation ----------------------------------------------------------------------
     def generate(
@@ -173,16 +252,21 @@ class VedasModel:
             temperature: 0 decodes greedily; > 0 samples (``seed``: an int, or one seed per sample).
             tto: a :class:`vedas.method.tto.TTOConfig`: optimise the latents at inference, weights frozen.
         """
-        if latents is not None and (not isinstance(latents, int) or latents < 0):
-            raise ValueError(f"latents: must be an int ≥ 0, got {latents!r}")
+        if latents is not None and (not isinstance(latents, int) or isinstance(latents, bool) or latents < 0):
+            raise InputError(f"latents: must be an int ≥ 0, got {latents!r}")
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {list(MODES)}")
+            raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
         if latents and mode not in LATENT_MODES:
-            raise ValueError(f"latents={latents} given with mode={mode!r}, which has no latent steps")
+            raise InputError(f"latents={latents} given with mode={mode!r}, which has no latent steps")
         cfg = self.config
         if max_new_tokens is not None:
             cfg = LatentConfig(**{**to_dict(cfg), "max_new_tokens": max_new_tokens})
-        batch = self.prepare(images, questions, choices, contexts, mode)
+        latent = mode in LATENT_MODES
+        steps = (cfg.latents if latents is None else latents) if latent else 0
+        # the sequence grows past the prompt by each latent pass (K replayed tokens + z), <|latent_end|>
+        # and the new tokens: the prompt must leave room for all of them
+        reserve = steps * (cfg.replay_k + 1) + int(latent) + cfg.max_new_tokens
+        batch = self.prepare(images, questions, choices, contexts, mode, reserve=reserve)
         has_image = batch.input_ids.eq(self.backbone.image_token_id).any(1)
         if mode in LATENT_MODES and cfg.replay_k > 0 and not bool(has_image.all()):
             n = int((~has_image).sum())
@@ -190,8 +274,6 @@ class VedasModel:
                 f"{n} of {len(questions)} samples have no image: visual replay is off for them",
                 stacklevel=2,
             )
-        latent = mode in LATENT_MODES
-        steps = (cfg.latents if latents is None else latents) if latent else 0
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
         with routing.allowed(mode == "vedas" and self.use_routing):
@@ -248,14 +330,17 @@ class VedasModel:
         }
 
     def prepare_records(self, records: Sequence[Any], mode: str = "vedas") -> PromptBatch:
-        """:meth:`prepare` on dataset records."""
-        return self.prepare(**self.record_inputs(records), mode=mode)
+        """:meth:`prepare` on dataset records; an error about one sample names its record."""
+        with naming_records(records):
+            return self.prepare(**self.record_inputs(records), mode=mode)
 
     def generate_records(
         self, records: Sequence[Any], **kwargs: Any
     ) -> tuple[list[str], list[int]] | Details:
-        """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…)."""
-        return self.generate(**self.record_inputs(records), **kwargs)
+        """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…).
+        An error about one sample names its record (``record 'id': …``), not its batch position."""
+        with naming_records(records):
+            return self.generate(**self.record_inputs(records), **kwargs)
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -285,10 +370,16 @@ class VedasModel:
         return dest
 
 
-def _model_type(path: str) -> str:
+def _model_type(ck: Checkpoint) -> str:
+    if ck.kind != "hub":  # check_hf_dir read it already: a local config.json is valid JSON
+        config = Path(ck.weights) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type")
+        if not model_type:
+            raise CheckpointError(f"{config}: has no model_type")
+        return str(model_type)
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path, trust_remote_code=False).model_type
+    return AutoConfig.from_pretrained(ck.weights, trust_remote_code=False).model_type
 
 
 def load(
@@ -298,24 +389,29 @@ def load(
     dtype: Any = None,
     **overrides: Any,
 ) -> VedasModel:
-    """Load a vedas checkpoint directory, or a base HF checkpoint (local dir or hub id).
+    """Load a vedas checkpoint, a ``vedas train`` run (its ``final/``), one of its ``checkpoints/step-N``,
+    or a base HF checkpoint (local directory or hub id).
 
+    The path is resolved and its files checked first (:func:`vedas.checkpoint.resolve`): a missing or
+    corrupt file is a :class:`~vedas.errors.CheckpointError` naming it, before any model is allocated.
     A base checkpoint gets the latent tokens added (rows copied from an existing token) and the
     default :class:`~vedas.config.LatentConfig`; ``overrides`` set LatentConfig fields.
     """
-    path = os.fspath(path_or_hub_id)
-    cfg_file = Path(path) / CONFIG_FILE
-    meta: dict[str, Any] = {}
-    if cfg_file.is_file():
-        meta = yaml.safe_load(cfg_file.read_text()) or {}
-        weights = str(Path(path) / WEIGHTS_DIR)
-        arch = meta.get("arch") or _model_type(weights)
-        latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
-    else:
-        weights = path
-        arch = _model_type(weights)
-        latent = from_dict(LatentConfig, overrides)
-    mod = arch_module(arch)
+    ck = resolve(path_or_hub_id)
+    if ck.kind == "train_step":
+        from vedas.train.recipe import load_step
+
+        vm = load_step(Path(ck.path), device=device)
+        vm.config = from_dict(LatentConfig, {**to_dict(vm.config), **overrides})
+        return vm
+    meta = ck.meta
+    arch = meta.get("arch") or _model_type(ck)
+    latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
+    weights = ck.weights
+    try:
+        mod = arch_module(arch)
+    except ValueError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -325,5 +421,6 @@ def load(
     if device is not None:
         model.to(device)
     vm = VedasModel(model.eval(), processor, latent)
-    vm.extras.load(Path(path), vm, meta.get("extras") or {})
+    if ck.kind == "vedas":
+        vm.extras.load(Path(ck.path), vm, meta.get("extras") or {})
     return vm

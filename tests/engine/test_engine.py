@@ -177,7 +177,7 @@ def test_restore_rolls_the_loop_back_to_the_snapshot(vm, batch3, engine):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"images": [(20, 60)]}, r"images\[0\]: 60×20 px is smaller than one merged patch"),
+        ({"images": [(1, 300)]}, r"images\[0\]: 300×1 px has an aspect ratio of 300"),
         ({"questions": ["  "]}, r"questions\[0\]: must be a non-empty string"),
         ({"latents": -1}, r"latents: must be an int ≥ 0"),
         ({"mode": "fast"}, r"mode='fast'"),

@@ -82,10 +82,10 @@ class ReplayView:
 
 
 def _as_images(item: Any) -> list[Image.Image]:
-    from vedas.model import _open_image
+    from vedas.model import open_image
 
     items = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
-    return [_open_image(x, "images") for x in items]
+    return [open_image(x, "images") for x in items]
 
 
 def replay_views(

@@ -26,6 +26,7 @@ from pathlib import Path
 from vedas.data.images import ImageReader
 from vedas.data.record import Dataset, Record
 from vedas.data.rows import Row, collect
+from vedas.errors import UserError
 
 PACKAGE = "easy-vqa"
 SPLITS = ("train", "test")
@@ -36,9 +37,9 @@ def load(
 ) -> Dataset:
     """Questions of one split from the installed ``easy_vqa`` package."""
     if path is not None:
-        raise ValueError("easy_vqa: the data ships inside the easy-vqa package; do not pass path=")
+        raise UserError("easy_vqa: the data ships inside the easy-vqa package; do not pass path=")
     if split not in SPLITS:
-        raise ValueError(f"easy_vqa: split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"easy_vqa: split must be one of {SPLITS}, got {split!r}")
     try:
         import easy_vqa
     except ImportError as exc:

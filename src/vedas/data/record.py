@@ -29,9 +29,10 @@ from typing import Any
 from PIL import Image
 
 from vedas.engine.prompts import option_letter
+from vedas.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A row that cannot become a record: missing field, bad value, unreadable image.
 
     ``kind`` is the short reason used as the skip counter's key when the load was asked to
@@ -106,8 +107,9 @@ class Dataset(list[Record]):
 
     ``summary`` always has ``read`` (raw rows looked at) and ``loaded`` (records returned);
     every other key is a skip reason with its count, so
-    ``summary["read"] == summary["loaded"] + sum(skip counts)``. ``skipped`` keeps one
-    ``(reason, message)`` line per skipped row for auditing.
+    ``summary["read"] == summary["loaded"] + sum(skip counts)``. ``skipped_rows`` keeps one
+    ``{"id", "reason", "message"}`` per skipped row for auditing (``id`` None when the row had
+    none); ``skipped`` is the same as ``(reason, message)`` pairs.
     """
 
     def __init__(self, name: str, split: str, path: str | None = None) -> None:
@@ -116,7 +118,24 @@ class Dataset(list[Record]):
         self.split = split
         self.path = path
         self.summary: dict[str, int] = {"read": 0, "loaded": 0}
-        self.skipped: list[tuple[str, str]] = []
+        self.skipped_rows: list[dict[str, str | None]] = []
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(str(r["reason"]), str(r["message"])) for r in self.skipped_rows]
+
+    def skip(self, reason: str, message: str, row_id: str | None) -> None:
+        """Count one row left out (not loaded) under ``reason``."""
+        self.summary[reason] = self.summary.get(reason, 0) + 1
+        self.skipped_rows.append({"id": row_id, "reason": reason, "message": message})
+
+    def drop(self, reasons: dict[str, tuple[str, str]]) -> None:
+        """Take loaded records out, by id: ``reasons[id] = (reason, message)``; counted like load-time skips."""
+        kept = [r for r in self if r.id not in reasons]
+        for rid, (reason, message) in reasons.items():
+            self.skip(reason, message, rid)
+        self[:] = kept
+        self.summary["loaded"] = len(self)
 
     @property
     def skip_counts(self) -> dict[str, int]:

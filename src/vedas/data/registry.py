@@ -17,6 +17,7 @@ import importlib
 from pathlib import Path
 
 from vedas.data.record import Dataset
+from vedas.errors import UserError
 
 # name -> (module, hub id or where the data comes from)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -36,7 +37,7 @@ def canonical_name(name: str) -> str:
     """The registry name for ``name`` or an alias; ValueError listing valid names."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return key
 
 
@@ -76,12 +77,12 @@ def load(
     """
     key = canonical_name(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        raise UserError(f"limit must be a positive integer or None, got {limit!r}")
     module = importlib.import_module(DATASETS[key][0])
     if key == "easy_vqa":
         return module.load(path, split=split, limit=limit, skip_bad=skip_bad)
     if path is None:
-        raise ValueError(
+        raise UserError(
             f"{key}: pass path= (a local folder or file); download {DATASETS[key][1]} first, "
             "no dataset hub is reached from vedas.data.load"
         )

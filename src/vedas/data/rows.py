@@ -6,7 +6,7 @@ function that maps one row to a :class:`~vedas.data.record.Record`, to :func:`co
 
 - a :class:`~vedas.data.record.SkipRow` (left out by design) is counted under its reason;
 - a :class:`~vedas.data.record.DataError` (a bad row) is raised, or, with
-  ``skip_bad=True``, counted under its kind and remembered in ``Dataset.skipped``;
+  ``skip_bad=True``, counted under its kind and remembered in ``Dataset.skipped_rows``;
 - duplicate ids are bad rows too (evaluation reports key on ids);
 - ``limit`` stops reading once that many records are loaded.
 """
@@ -103,14 +103,12 @@ def collect(
             if record.id in seen:
                 raise row.error("duplicate_id", f"id {record.id!r} appears more than once")
         except SkipRow as skip:
-            dataset.summary[skip.reason] = dataset.summary.get(skip.reason, 0) + 1
-            dataset.skipped.append((skip.reason, f"{name} row {row.id!r}: {skip.reason}"))
+            dataset.skip(skip.reason, f"{name} row {row.id!r}: {skip.reason}", row.id)
             continue
         except DataError as err:
             if not skip_bad:
                 raise
-            dataset.summary[err.kind] = dataset.summary.get(err.kind, 0) + 1
-            dataset.skipped.append((err.kind, str(err)))
+            dataset.skip(err.kind, str(err), err.row_id or row.id)
             continue
         seen.add(record.id)
         dataset.append(record)

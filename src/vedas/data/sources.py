@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vedas.data.record import DataError
 from vedas.data.rows import Row
+from vedas.errors import UserError
 
 READABLE = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -48,7 +49,7 @@ def rows_of(path: Path, source: str, id_field: str = "id") -> Iterator[Row]:
     elif suffix == ".csv":
         yield from _csv(path, source, id_field)
     else:
-        raise ValueError(f"{source}: cannot read {path}: expected one of {', '.join(READABLE)}")
+        raise UserError(f"{source}: cannot read {path}: expected one of {', '.join(READABLE)}")
 
 
 def _parquet(path: Path, source: str, id_field: str) -> Iterator[Row]:

@@ -173,7 +173,8 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
             warmup_ratio=0.05,
             seed=seed,
         ),
-        run=RunConfig(output_dir=str(out / method), log_every=1),
+        # the demo retrains every method it is asked for: an earlier demo's run is replaced
+        run=RunConfig(output_dir=str(out / method), log_every=1, overwrite=True),
     )
 
 

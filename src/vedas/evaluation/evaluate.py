@@ -3,11 +3,15 @@
     vedas eval --checkpoint runs/demo/vedas --data synthetic:data/synth --split test \\
         --method vedas --batch-size 8 --scoring vedas --out report.json
 
-Writes the JSON report and a Markdown table beside it (``report.md``):
+Writes the JSON report and a Markdown table beside it (``report.md``), and, batch by batch as it
+goes, ``report.jsonl`` (:mod:`vedas.evaluation.results`): an interrupted evaluation continues
+from it with ``--resume`` and gives the report an uninterrupted one would (latency aside).
 
 ``{"method", "dataset", "n", "accuracy", "scoring_rule", "ar_steps_mean", "latency_ms":
 {"prefill", "latent", "decode", "total"}, "batch_size", "latents", "device", "per_sample":
-[{"id", "prediction", "answer", "correct", "ar_steps", "latency_ms"}], ...}``
+[{"id", "prediction", "answer", "correct", "ar_steps", "latency_ms"}], "n_skipped", "skipped":
+[{"id", "reason", "message"}], ...}`` — ``n`` counts only what was scored; with ``--skip-bad``
+every record left out, at load time or because the model could not take it, is in ``skipped``.
 
 How it measures, unlike the reference code (no warm-up, no sync, batch 1, lenient regex):
 
@@ -35,6 +39,7 @@ from typing import Any
 import torch
 
 from vedas import cli_args
+from vedas.errors import UserError
 from vedas.method import tto as tto_flags
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
@@ -68,18 +73,26 @@ def evaluate(
     progress: bool = True,
     engine: str = "cached",
     tto: Any = None,
+    skip_bad: bool = False,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Run ``vm.generate_records`` over ``records`` in batches and score each prediction.
 
     ``tto``: a :class:`vedas.method.tto.TTOConfig` to optimise the latents at inference (weights frozen).
+    ``skip_bad``: a record the model cannot take (an input error naming it) is skipped instead of
+    stopping the run. The report's ``n`` counts what was scored; ``skipped`` lists every record left
+    out, at load time (when ``records`` is a :class:`~vedas.data.record.Dataset`) or here, with its
+    reason.
+    ``log``: a :class:`vedas.evaluation.results.ResultLog`; each batch is appended to it as soon as it
+    is scored, and the batches it already holds (a resumed evaluation) are taken from it, not re-run.
     """
     from vedas.evaluation.scoring import get_rule
 
     get_rule(scoring)  # an unknown rule fails before any compute
     if batch_size < 1:
-        raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
+        raise UserError(f"batch_size: must be ≥ 1, got {batch_size}")
     if not records:
-        raise ValueError("records: nothing to evaluate")
+        raise UserError("records: nothing to evaluate")
 
     def run(batch: list[Any]) -> Any:
         return vm.generate_records(
@@ -92,12 +105,30 @@ def evaluate(
             tto=tto,
         )
 
-    if warmup:
-        run(records[:batch_size])
-    per_sample, tto_runs, used_latents = _run_batches(
-        run, records, batch_size, scoring, progress, f"eval {method}"
+    skipped = [dict(r) for r in getattr(records, "skipped_rows", [])]
+    done = log.batches if log is not None else []
+    if warmup and len(done) * batch_size < len(records):
+        Generator(run, vm, method, skip_bad)(list(records[:batch_size]))
+    batches = _run_batches(
+        Generator(run, vm, method, skip_bad),
+        list(records),
+        batch_size,
+        scoring,
+        progress,
+        f"eval {method}",
+        log,
     )
+    if log is not None:
+        log.finish()
+    per_sample = [row for b in batches for row in b["rows"]]
+    skipped += [row for b in batches for row in b["skipped"]]
+    tto_runs = [b["tto"] for b in batches if b["rows"]]
+    used_latents = next((b["latents"] for b in reversed(batches) if b["rows"]), 0)
     n = len(per_sample)
+    if not n:
+        raise UserError(
+            f"records: none of the {len(records)} records could be evaluated; skipped: {skipped[:3]}"
+        )
     return {
         "method": method,
         "dataset": dataset,
@@ -112,35 +143,95 @@ def evaluate(
         "engine": engine,
         "tto": None if tto is None else _tto_report(tto, tto_runs),
         "per_category": _per_category(per_sample),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
         "per_sample": per_sample,
     }
 
 
+class Generator:
+    """One batch through ``run``; with ``skip_bad`` a batch that fails on one record's input retries
+    without the records that fail on their own (each one recorded in ``skipped`` with its reason)."""
+
+    def __init__(self, run: Any, vm: Any, method: str, skip_bad: bool) -> None:
+        self.run, self.vm, self.method, self.skip_bad = run, vm, method, skip_bad
+        self.skipped: list[dict[str, Any]] = []
+
+    def __call__(self, batch: list[Any]) -> tuple[list[Any], Any]:
+        """(the records run, their details); details None when every record was skipped."""
+        from vedas.errors import InputError
+
+        try:
+            return batch, self.run(batch)
+        except InputError:
+            if not self.skip_bad:
+                raise
+            bad = self.failing(batch)
+            if not bad:
+                raise
+        self.skipped += [{"id": rid, "reason": "bad_input", "message": msg} for rid, msg in bad.items()]
+        rest = [r for r in batch if r.id not in bad]
+        return (rest, self.run(rest)) if rest else ([], None)
+
+    def failing(self, batch: list[Any]) -> dict[str, str]:
+        """The records of ``batch`` the model cannot take on their own: id -> the error."""
+        from vedas.errors import InputError
+
+        bad = {}
+        for r in batch:
+            try:
+                self.vm.prepare_records([r], mode=self.method)
+            except InputError as e:
+                bad[r.id] = str(e)
+        return bad
+
+
 def _run_batches(
-    run: Any, records: list[Any], batch_size: int, scoring: str, progress: bool, desc: str
-) -> tuple[list[dict[str, Any]], list[Any], int]:
-    """Every batch through ``run``: the per-sample rows, each batch's TTO record, the latent count run.
+    gen: Generator,
+    records: list[Any],
+    batch_size: int,
+    scoring: str,
+    progress: bool,
+    desc: str,
+    log: Any = None,
+) -> list[dict[str, Any]]:
+    """Every batch through ``gen`` (those ``log`` already holds are taken from it): per batch its
+    per-sample rows, the records it skipped, its TTO record and the latent count run.
 
     Only these are kept, not the batches' details (their latents would pile up on the device).
     """
     from tqdm.auto import tqdm
 
-    per_sample: list[dict[str, Any]] = []
-    tto_runs: list[Any] = []
-    correct = used_latents = 0
-    bar = tqdm(total=len(records), disable=not progress, desc=desc)
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        d = run(batch)
-        tto_runs.append(d.tto)
-        used_latents = d.latents.shape[1]
-        rows = _sample_rows(batch, d, scoring)
-        correct += sum(row["correct"] for row in rows)
-        per_sample += rows
-        bar.update(len(batch))
-        bar.set_postfix(acc=f"{correct / len(per_sample):.3f}")
+    # the log's own list: what it holds already, and each batch as it appends it
+    batches: list[dict[str, Any]] = log.batches if log is not None else []
+    starts = range(0, len(records), batch_size)
+    bar = tqdm(
+        total=len(records),
+        initial=min(len(batches) * batch_size, len(records)),
+        disable=not progress,
+        desc=desc,
+    )
+    for i, start in enumerate(starts[len(batches) :], start=len(batches)):
+        chunk = records[start : start + batch_size]
+        before = len(gen.skipped)
+        ran, d = gen(chunk)
+        result = {
+            "batch": i,
+            "rows": [] if d is None else _sample_rows(ran, d, scoring),
+            "skipped": gen.skipped[before:],
+            "tto": None if d is None else d.tto,
+            "latents": 0 if d is None else d.latents.shape[1],
+        }
+        if log is not None:
+            log.append(result)
+        else:
+            batches.append(result)
+        bar.update(len(chunk))
+        scored = [r for b in batches for r in b["rows"]]
+        if scored:
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in scored) / len(scored):.3f}")
     bar.close()
-    return per_sample, tto_runs, used_latents
+    return batches
 
 
 def _sample_rows(batch: list[Any], d: Any, scoring: str) -> list[dict[str, Any]]:
@@ -249,8 +340,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="latent engine: cached (KV cache) or recompute (the oracle) (default: cached)",
     )
     cli_args.add_device(parser)
+    cli_args.add_inputs(parser)
     parser.add_argument(
         "--out", default="report.json", help="where to write the JSON (the .md goes beside it)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation from the JSONL beside --out (same settings)",
     )
     tto_flags.add_arguments(parser)
     parser.set_defaults(func=run)
@@ -260,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
     import vedas
     from vedas.data import load
     from vedas.data.registry import split_spec
+    from vedas.evaluation.results import ResultLog
     from vedas.evaluation.scoring import get_rule
 
     try:
@@ -271,21 +369,61 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
-    report = evaluate(
-        vm,
-        list(records),
-        args.method,
-        args.batch_size,
-        args.scoring,
-        args.latents,
-        args.max_new_tokens,
-        dataset=f"{name}/{args.split}",
-        engine=args.engine,
-        tto=tto,
-    )
+    from vedas.checkpoint import resolve
+
+    resolve(args.checkpoint)  # a bad checkpoint fails before any results file is touched
+    results = Path(args.out).with_suffix(".jsonl")
+    log = ResultLog.open(results, _header(args, tto, records), resume=args.resume)
+    if log.batches:
+        print(f"resuming: {len(log.batches)} batches already in {results}")
+    try:
+        vm = vedas.load(
+            args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+        )
+        report = evaluate(
+            vm,
+            records,
+            args.method,
+            args.batch_size,
+            args.scoring,
+            args.latents,
+            args.max_new_tokens,
+            dataset=f"{name}/{args.split}",
+            engine=args.engine,
+            tto=tto,
+            skip_bad=args.skip_bad,
+            log=log,
+        )
+    except KeyboardInterrupt:
+        import shlex
+
+        done = min(len(log.batches) * args.batch_size, len(records))
+        again = shlex.join(["vedas", *[a for a in getattr(args, "argv", []) if a != "--resume"], "--resume"])
+        print(
+            f"vedas eval: interrupted after {done} of {len(records)} records; they are in {results}. "
+            f"Continue with:\n  {again}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        log.close()
     report["checkpoint"] = str(args.checkpoint)
     out, md = write(report, args.out)
     print(markdown([report]), end="")
-    print(f"wrote {out} and {md}")
+    print(f"wrote {out}, {md} and {results}")
     return 0
+
+
+def _header(args: argparse.Namespace, tto: Any, records: list[Any]) -> dict[str, Any]:
+    """What decides an evaluation's results: a resume must match it (:mod:`vedas.evaluation.results`)."""
+    from vedas.config import to_dict
+
+    keys = ("checkpoint", "data", "split", "limit", "method", "batch_size", "scoring", "latents")
+    keys += ("max_new_tokens", "engine", "skip_bad", "min_pixels", "max_pixels", "truncate_context")
+    header = {k: getattr(args, k) for k in keys}
+    header["checkpoint"] = (
+        str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists() else args.checkpoint
+    )
+    header["tto"] = None if tto is None else to_dict(tto)
+    header["ids"] = [r.id for r in records]
+    return header

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
     cli_args.add_device(parser)
+    cli_args.add_inputs(parser)
     parser.add_argument(
         "--show-replay",
         default=None,
@@ -74,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"vedas infer: {e}", file=sys.stderr)
         return 2
-    vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device))
+    from vedas.model import open_image
+
+    image = None if args.image is None else open_image(args.image, "--image")  # before the model loads
+    vm = vedas.load(
+        args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+    )
     d = vm.generate(
-        [args.image],
+        [image],
         [args.question],
         [args.choices] if args.choices else None,
         mode=args.method,
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
         views = replay_views(
             vm,
-            [args.image],
+            [image],
             [args.question],
             d,
             [args.choices] if args.choices else None,

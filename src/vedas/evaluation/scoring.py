@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 
 from vedas.data.record import Record
 from vedas.engine.prompts import ANSWER_PREFIX, option_letter
+from vedas.errors import UserError
 
 Rule = Callable[[str, Sequence[str]], str | None]
 
@@ -162,7 +163,7 @@ RULES: dict[str, Rule] = {
 def get_rule(rule: str) -> Rule:
     """The rule function by name; ValueError naming it and listing the valid names."""
     if rule not in RULES:
-        raise ValueError(f"unknown scoring rule {rule!r}; valid rules: {', '.join(RULES)}")
+        raise UserError(f"unknown scoring rule {rule!r}; valid rules: {', '.join(RULES)}")
     return RULES[rule]
 
 

@@ -83,7 +83,12 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N records."""
     skip_bad: bool = False
-    """Skip (and count) rows with a corrupt image instead of failing."""
+    """Skip (and count) bad rows instead of stopping: a corrupt or missing image, a missing field, and
+    (methods other than ``no_cot``) a record without a rationale. Every skipped id is printed with its
+    reason and listed in ``<output_dir>/skipped.json``."""
+    answer_only: bool = False
+    """Train a record without a rationale on its answer alone (no steps, no latents) instead of stopping
+    the run, or, with ``skip_bad``, skipping it."""
     difficulty: str | None = None
     """GAP difficulty-aware supervision: a ``vedas data difficulty`` JSON. Only its all-fail questions
     get latent supervision (the configured latent method); the others train as plain CoT (0 latents,
@@ -150,12 +155,22 @@ class RunConfig:
     log_every: int = 1
     """Write metrics every N optimizer steps."""
     resume: bool = False
-    """Continue from the newest checkpoint in ``output_dir/checkpoints``."""
+    """Continue from the newest checkpoint in ``output_dir/checkpoints``; the fields that define the run
+    (method, model, data, latent, …: :data:`vedas.train.output_dir.DEFINING`) must match its config."""
+    overwrite: bool = False
+    """Clear a non-empty ``output_dir`` before a fresh run (without it, a fresh run refuses to start there)."""
+    keep_last: int = 0
+    """Keep only the N newest checkpoints under ``output_dir/checkpoints`` (0 = keep all)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0 = run all epochs)."""
     deepspeed: str | None = None
     """A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); needs the ``deepspeed`` extra."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.keep_last >= 0, "keep_last", f"must be ≥ 0, got {self.keep_last}")
+        _check(self.save_every >= 0, "save_every", f"must be ≥ 0, got {self.save_every}")
+        _check(self.log_every >= 1, "log_every", f"must be ≥ 1, got {self.log_every}")
 
 
 @dataclass

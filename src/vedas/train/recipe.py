@@ -37,7 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,11 @@ import torch
 
 from vedas.config import ConfigError, to_dict
 from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_steps, stage_for_epoch
+from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
+from vedas.train.interrupt import Interrupted, StopOnSignal
+from vedas.train.metrics import MetricLogger
 
 HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
 
@@ -58,10 +61,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainData:
-    """The training records and, with ``data.difficulty``, the hard questions' ids (the rest train as CoT)."""
+    """The training records; with ``data.difficulty`` the hard questions' ids (the rest train as CoT);
+    with ``data.answer_only`` the ids of records without a rationale, which train on the answer alone."""
 
     records: Any
     hard: set[str] | None = None
+    answer_only: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -145,26 +150,50 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
 
 
 def setup_data(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainData:
-    """The training records; fails (naming the field) on records without the rationale the method needs
-    and on a difficulty file that does not cover them."""
+    """The training records; records without the rationale the method needs stop the run (naming them),
+    are skipped and counted (``data.skip_bad``) or train on the answer alone (``data.answer_only``);
+    a difficulty file must cover the records."""
     from vedas.data import load as load_data
     from vedas.method import gap
 
     d = cfg.data
     records = load_data(d.name, path=d.path, split=d.split, limit=d.limit, skip_bad=d.skip_bad)
+    answer_only = without_rationale(cfg, records, say)
     say(records.describe())
-    if cfg.method != "no_cot":
-        limit = max_steps(cfg.latent.latents, cfg.curriculum)
-        empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
-        if empty:
-            raise ConfigError(
-                f"data: method {cfg.method!r} needs a rationale; records without one: {empty[:5]}"
-            )
+    for row in records.skipped_rows:
+        say(f"skipped {row['id']}: {row['reason']}")
+    if not records:
+        raise ConfigError(f"data: no training records left in {d.path or d.name} ({records.describe()})")
     hard = gap.hard_ids(d.difficulty, [r.id for r in records]) if d.difficulty else None
     if hard is not None:
         n_hard = sum(r.id in hard for r in records)
         say(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
-    return TrainData(records, hard)
+    return TrainData(records, hard, answer_only)
+
+
+def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]) -> set[str]:
+    """Records the method needs a rationale for and that have none: a ConfigError naming them, or (with
+    ``data.skip_bad``) dropped from ``records`` and counted as ``no_rationale``; with ``data.answer_only``
+    their ids, returned (they train on the answer alone)."""
+    if cfg.method == "no_cot":
+        return set()
+    limit = max_steps(cfg.latent.latents, cfg.curriculum)
+    empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
+    if not empty:
+        return set()
+    if cfg.data.answer_only:
+        say(f"{len(empty)} records without a rationale train on the answer alone: {empty[:5]}")
+        return set(empty)
+    if not cfg.data.skip_bad:
+        raise ConfigError(
+            f"data: method {cfg.method!r} needs a rationale; {len(empty)} records have none: {empty[:5]}; "
+            "skip them with --data.skip_bad true, or train them on the answer alone with --data.answer_only true"
+        )
+    src = f"{records.name}/{records.split}"
+    records.drop(
+        {rid: ("no_rationale", f"{src} row {rid!r}: no rationale for method {cfg.method!r}") for rid in empty}
+    )
+    return set()
 
 
 def corpus(records: Any) -> list[str]:
@@ -285,6 +314,9 @@ def setup(cfg: TrainConfig, acc: Any, data: TrainData, total_steps: int | None =
         if cfg.run.max_steps:
             total_steps = min(total_steps, cfg.run.max_steps)
     vm = setup_model(cfg, data.records)
+    if drop_unusable(vm, cfg, data, say):
+        _, steps_per_epoch = batch_plan(len(data.records), cfg, acc.num_processes)
+        total_steps = min(total_steps, steps_per_epoch * cfg.optim.epochs)
     objective = setup_objective(cfg, vm, data.records, acc.device, say)
     params, optimizer, scheduler = setup_optimizer(cfg, objective, vm, total_steps)
     return Run(
@@ -303,6 +335,29 @@ def setup(cfg: TrainConfig, acc: Any, data: TrainData, total_steps: int | None =
     )
 
 
+def drop_unusable(vm: Any, cfg: TrainConfig, data: TrainData, say: Callable[[str], None]) -> int:
+    """With ``data.skip_bad``: drop the records the model cannot take (an image shape its processor
+    refuses, a prompt over its context limit: an InputError of ``prepare_records``), counted as
+    ``bad_input``; returns how many. Without it such a record stops the run when its batch comes,
+    naming it."""
+    from vedas.errors import InputError
+
+    if not cfg.data.skip_bad:
+        return 0
+    mode = "vedas" if cfg.method in LATENT_METHODS else "no_cot"
+    bad: dict[str, tuple[str, str]] = {}
+    for r in data.records:
+        try:
+            vm.prepare_records([r], mode=mode)
+        except InputError as e:
+            bad[r.id] = ("bad_input", str(e))
+    if bad:
+        data.records.drop(bad)
+        for rid, (_, msg) in bad.items():
+            say(f"skipped {rid}: bad_input ({msg})")
+    return len(bad)
+
+
 def resume(run: Run) -> train_state.TrainState:
     """Load the newest checkpoint under ``run.checkpoints`` into ``run``; returns where training stood."""
     from vedas.method import gap
@@ -312,6 +367,7 @@ def resume(run: Run) -> train_state.TrainState:
     last = train_state.latest(run.checkpoints)
     if last is None:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
+    output_dir.check_resume(last, to_dict(run.cfg))
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
     if not gap.load_buffers(run.modules, last / gap.BUFFERS_FILE):
         say(f"{last} has no {gap.BUFFERS_FILE}: the GAP norm EMA starts afresh")
@@ -325,13 +381,18 @@ def resume(run: Run) -> train_state.TrainState:
 def main(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says; returns ``<output_dir>/final``."""
     acc = setup_accelerator(cfg)
-    seed_everything(cfg.optim.seed)
-    data = setup_data(cfg, print if acc.is_main_process else _silent)
-    run = setup(cfg, acc, data)
-    state = resume(run) if cfg.run.resume else train_state.TrainState()
-    run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
-    fit(run, state)
-    return finish(run, state)
+    lock = output_dir.claim(cfg, acc.is_main_process)  # before anything is read or written
+    try:
+        seed_everything(cfg.optim.seed)
+        data = setup_data(cfg, print if acc.is_main_process else _silent)
+        run = setup(cfg, acc, data)
+        state = resume(run) if cfg.run.resume else train_state.TrainState()
+        run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+        fit(run, state)
+        return finish(run, state)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -349,16 +410,24 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def collate_records(vm: Any, cfg: TrainConfig, records: list[Any], stage: int, hard: set[str] | None) -> Any:
+def collate_records(
+    vm: Any,
+    cfg: TrainConfig,
+    records: list[Any],
+    stage: int,
+    hard: set[str] | None,
+    answer_only: set[str] | frozenset[str] = frozenset(),
+) -> Any:
     """The TrainBatch of ``records`` at curriculum ``stage``; with a difficulty split (``hard``) only the
-    hard questions get latent supervision, the others train as CoT."""
+    hard questions get latent supervision, the others train as CoT; ``answer_only`` ids train as
+    ``no_cot`` (the answer alone, 0 latents) in the same batch."""
     from vedas.method import gap
     from vedas.train.objective import collate
 
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
     lays = [
         layout(
-            gap.supervision(cfg.method, r.id, hard),
+            "no_cot" if r.id in answer_only else gap.supervision(cfg.method, r.id, hard),
             record_steps(r.steps, r.rationale, limit),
             r.answer,
             stage,
@@ -390,7 +459,7 @@ def train_step(
     for _ in range(o.grad_accum):
         b = state.batch_in_epoch
         recs = micro_batch(run, order, b)
-        batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard)
+        batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard, run.data.answer_only)
         with acc.accumulate(run.wrapped):
             out = run.wrapped(batch)
             check_finite(out["loss"], acc, run.checkpoints, step, epoch, b, recs)
@@ -408,11 +477,12 @@ def train_step(
 
 def fit(run: Run, state: train_state.TrainState) -> None:
     """The epochs from ``state`` on: stage from the epoch, :func:`train_step` per optimizer step, metrics
-    every ``run.log_every`` steps, a checkpoint every ``run.save_every``; stops after ``run.total_steps``."""
+    every ``run.log_every`` steps, a checkpoint every ``run.save_every``; stops after ``run.total_steps``.
+    SIGINT/SIGTERM stop it after the current step with a checkpoint (:class:`Interrupted`)."""
     from tqdm.auto import tqdm
 
     cfg, acc = run.cfg, run.acc
-    logger = start_logging(run)
+    logger = start_logging(run, resumed_at=state.step or None)  # past step N: the run was resumed there
     bar = tqdm(
         total=run.total_steps,
         initial=state.step,
@@ -422,31 +492,38 @@ def fit(run: Run, state: train_state.TrainState) -> None:
     per_step = cfg.optim.batch_size * cfg.optim.grad_accum * acc.num_processes
     done = state.step >= run.total_steps
     t_last = time.perf_counter()
-    for epoch in range(state.epoch, cfg.optim.epochs):
-        if done:
-            break
-        stage = stage_of(cfg, epoch)
-        if stage != state.stage or epoch == 0:
-            logger.event({"epoch": epoch, "stage": stage, "step": state.step})
-        state.stage = stage
-        order = epoch_order(len(run.data.records), cfg.optim.seed, epoch)
-        while state.batch_in_epoch < run.steps_per_epoch * cfg.optim.grad_accum:
-            out = train_step(run, state, epoch, stage, order)
-            now = time.perf_counter()
-            rate = per_step / max(now - t_last, 1e-9)
-            t_last = now
-            metrics = step_metrics(run, state, epoch, stage, out, rate)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
-            if state.step % cfg.run.log_every == 0:
-                logger.log(metrics)
-            if cfg.run.save_every and state.step % cfg.run.save_every == 0:
-                save_checkpoint(run, state, epoch)
-            if state.step >= run.total_steps:
-                done = True
+    with StopOnSignal() as stop:
+        for epoch in range(state.epoch, cfg.optim.epochs):
+            if done:
                 break
-        if not done:
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            stage = stage_of(cfg, epoch)
+            # a run resumed mid-epoch logged this epoch's event before its checkpoint
+            if state.batch_in_epoch == 0 and (stage != state.stage or epoch == 0):
+                logger.event({"epoch": epoch, "stage": stage, "step": state.step})
+            state.stage = stage
+            order = epoch_order(len(run.data.records), cfg.optim.seed, epoch)
+            while state.batch_in_epoch < run.steps_per_epoch * cfg.optim.grad_accum:
+                out = train_step(run, state, epoch, stage, order)
+                now = time.perf_counter()
+                rate = per_step / max(now - t_last, 1e-9)
+                t_last = now
+                metrics = step_metrics(run, state, epoch, stage, out, rate)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", stage=stage, sps=f"{rate:.1f}")
+                if state.step % cfg.run.log_every == 0:
+                    logger.log(metrics)
+                if cfg.run.save_every and state.step % cfg.run.save_every == 0:
+                    save_checkpoint(run, state, epoch)
+                signum = stop.requested(acc)
+                if signum is not None:
+                    bar.close()
+                    logger.close()
+                    raise Interrupted(signum, state.step, save_checkpoint(run, state, epoch))
+                if state.step >= run.total_steps:
+                    done = True
+                    break
+            if not done:
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
     bar.close()
     logger.close()
     acc.wait_for_everyone()
@@ -501,13 +578,13 @@ def check_finite(
 # --- outputs -----------------------------------------------------------------------------
 
 
-def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None:
-    """``checkpoints/step-N`` from the main process; none under DeepSpeed, whose optimizer states are its
-    own (pickled) format, so no resume there."""
+def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path | None:
+    """``checkpoints/step-N`` from the main process (returned; None elsewhere); none under DeepSpeed,
+    whose optimizer states are its own (pickled) format, so no resume there."""
     from vedas.method import gap
 
     if not run.acc.is_main_process or run.cfg.run.deepspeed or run.checkpoints is None:
-        return
+        return None
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
@@ -520,17 +597,23 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> None
         to_dict(run.cfg),
     )
     gap.save_buffers(run.modules, directory / gap.BUFFERS_FILE)  # the norm EMA is state, not a parameter
+    output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
+    return directory
 
 
-def start_logging(run: Run) -> MetricLogger:
-    """The metric logger, and the resolved config beside it (``config.yaml``), on the main process."""
+def start_logging(run: Run, resumed_at: int | None = None) -> MetricLogger:
+    """The metric logger, and beside it the resolved config (``config.yaml``) and the records left out
+    (``skipped.json``, when any), on the main process."""
     import yaml
 
     out_dir = Path(run.cfg.run.output_dir)
-    logger = MetricLogger(out_dir, run.acc.is_main_process)
+    logger = MetricLogger(out_dir, run.acc.is_main_process, resumed_at)
     if run.acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(run.cfg), sort_keys=False))
+        skipped = getattr(run.data.records, "skipped_rows", [])
+        if skipped:  # what the run did not train on, by id and reason
+            (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
     return logger
 
 
@@ -551,8 +634,8 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
     return final
 
 
-def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
-    """Write the trained model as a vedas checkpoint (LoRA merged into the weights)."""
+def merged(vm: Any, cfg: TrainConfig) -> Any:
+    """The trained model as a plain VedasModel: LoRA merged into a copy of the weights, the extras kept."""
     from vedas.model import VedasModel
 
     model = vm.model
@@ -569,48 +652,40 @@ def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
                 setattr(model.get_submodule(parent_name), child, module.get_base_layer())
     out = VedasModel(model, vm.processor, cfg.latent)
     out.extras = vm.extras.copy()
-    out.save(dest)
+    return out
+
+
+def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
+    """Write the trained model as a vedas checkpoint (LoRA merged into the weights)."""
+    merged(vm, cfg).save(dest)
     return dest
 
 
-class MetricLogger:
-    """Metrics as JSONL (``metrics.jsonl``) and TensorBoard (``tb/``), main process only."""
+def load_step(directory: Path, device: Any = None) -> Any:
+    """The model a training checkpoint ``checkpoints/step-N`` holds, as a VedasModel (what :func:`export`
+    would have written at that step); ``vedas.load`` calls it for such a directory.
 
-    def __init__(self, out_dir: Path, active: bool) -> None:
-        self.active = active
-        self.tb = None
-        if active:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(out_dir / "metrics.jsonl", "a")  # noqa: SIM115
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    Rebuilt as the run built it (its saved config: the base model, LoRA, routing, GAP's modules), then
+    the trained parameters are restored. A tiny model with a BPE, a PCA latent head or a difficulty
+    split needs the run's training data at its ``data.path``; other runs do not read it.
+    """
+    import yaml
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
-                self.tb = None
+    from vedas.config import from_dict
+    from vedas.method import gap
 
-    def log(self, metrics: dict[str, Any]) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps(metrics) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, metrics["step"])
-
-    def event(self, info: dict[str, Any]) -> None:
-        """The stage schedule, logged as it happens."""
-        if self.active:
-            self.file.write(json.dumps({"event": "stage", **info}) + "\n")
-            self.file.flush()
-            print(f"epoch {info['epoch']}: curriculum stage {info['stage']}")
-
-    def close(self) -> None:
-        if self.active:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
+    cfg = from_dict(TrainConfig, yaml.safe_load((directory / "config.yaml").read_text()))
+    cfg.optim.gradient_checkpointing = False  # a training-memory setting; the weights are the same
+    needs_data = (cfg.model.base == "tiny" and cfg.model.bpe_vocab) or cfg.latent.latent_head != "none"
+    records = setup_data(cfg, _silent).records if needs_data else []
+    vm = setup_model(cfg, records)
+    objective = setup_objective(cfg, vm, records, torch.device(device or "cpu"), _silent)
+    modules = torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()})
+    train_state.load_weights(directory, modules)
+    gap.load_buffers(modules, directory / gap.BUFFERS_FILE)
+    out = merged(vm, cfg)
+    out.model.eval()
+    return out
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -629,11 +704,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``vedas train``; a bad config, data or path is a UserError, which the CLI's boundary prints."""
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"vedas train: bad config: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"bad config: {e}") from None
     if args.print_config:
         print(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         return 0
@@ -642,10 +717,39 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"vedas train: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            saved = (
+                f"saved {e.checkpoint}"
+                if e.checkpoint
+                else "no checkpoint was saved (DeepSpeed runs do not resume)"
+            )
+            print(f"vedas train: {e}; {saved}. Resume with:\n  {resume_command(args)}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same config and overrides, ``--run.resume true``."""
+    import shlex
+
+    kept, skip = [], False
+    for item in args.overrides:
+        if skip:
+            skip = False
+        elif item in ("--run.resume", "--run.overwrite"):
+            skip = True  # and its value
+        elif not item.startswith(("--run.resume=", "--run.overwrite=")):
+            kept.append(item)
+    config = ["--config", args.config] if args.config else []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launch = ["vedas"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "vedas.cli"]
+    return shlex.join([*launch, "train", *config, *kept, "--run.resume", "true"])
+
+
 __all__ = [
+    "Interrupted",
+    "MetricLogger",
     "NonFiniteLossError",
     "Run",
     "TrainConfig",
@@ -658,6 +762,7 @@ __all__ = [
     "finish",
     "fit",
     "load_config",
+    "load_step",
     "main",
     "resume",
     "seed_everything",

@@ -129,10 +129,8 @@ def latest(checkpoints: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def load(
-    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG states; returns the data position."""
+def load_weights(directory: Path, module: torch.nn.Module) -> None:
+    """Copy ``trainable.safetensors`` of a checkpoint into ``module``'s parameters of the same names."""
     device = next(module.parameters()).device
     weights = load_file(str(directory / "trainable.safetensors"), device=str(device))
     params = dict(module.named_parameters())
@@ -142,6 +140,14 @@ def load(
     with torch.no_grad():
         for n, v in weights.items():
             params[n].copy_(v)
+
+
+def load(
+    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG states; returns the data position."""
+    device = next(module.parameters()).device
+    load_weights(directory, module)
     opt = _unflatten_optimizer(
         load_file(str(directory / "optimizer.safetensors"), device=str(device)),
         json.loads((directory / "optimizer.json").read_text()),

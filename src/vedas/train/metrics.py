@@ -1,0 +1,88 @@
+"""Training metrics as JSONL (``metrics.jsonl``) and TensorBoard (``tb/``), with each step logged once.
+
+    logger = MetricLogger(out_dir, active=is_main, resumed_at=state.step if resuming else None)
+    logger.log({"step": 3, "loss": 0.7, ...}); logger.event({"epoch": 1, "stage": 1, "step": 2})
+
+A resumed run redoes the steps after its checkpoint, which the interrupted run may already have
+logged (a SIGKILL between checkpoints). So a logger that resumes at step S first cuts
+``metrics.jsonl`` back to what was true at S (metric rows of steps ≤ S; stage events of steps
+< S, since the event of an epoch that starts at S comes after checkpoint S), and opens
+TensorBoard with ``purge_step=S + 1``, which hides every later event of the old run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FILE = "metrics.jsonl"
+
+
+def truncate(path: Path, step: int) -> int:
+    """Keep the rows of ``path`` that were written by step ``step`` (module docstring); returns how many went."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            dropped += 1
+            continue
+        at = row.get("step", 0)
+        if at < step or (at == step and "event" not in row):
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+    return dropped
+
+
+class MetricLogger:
+    """Metrics as JSONL and TensorBoard, main process only; ``resumed_at`` cuts both back to that step."""
+
+    def __init__(self, out_dir: Path, active: bool, resumed_at: int | None = None) -> None:
+        self.active = active
+        self.tb = None
+        if active:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if resumed_at is not None:
+                truncate(out_dir / FILE, resumed_at)
+            self.file = open(out_dir / FILE, "a")  # noqa: SIM115
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                purge = None if resumed_at is None else resumed_at + 1
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
+            except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
+                self.tb = None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, metrics["step"])
+
+    def event(self, info: dict[str, Any]) -> None:
+        """The stage schedule, logged as it happens."""
+        if self.active:
+            self.file.write(json.dumps({"event": "stage", **info}) + "\n")
+            self.file.flush()
+            print(f"epoch {info['epoch']}: curriculum stage {info['stage']}")
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+__all__ = ["FILE", "MetricLogger", "truncate"]
