@@ -120,24 +120,38 @@ def evaluate(
     )
     if log is not None:
         log.finish()
-    per_sample = [row for b in batches for row in b["rows"]]
     skipped += [row for b in batches for row in b["skipped"]]
+    settings = {"method": method, "dataset": dataset, "scoring_rule": scoring, "batch_size": batch_size}
+    return _report(vm, batches, skipped, len(records), settings, engine, tto)
+
+
+def _report(
+    vm: Any,
+    batches: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    n_records: int,
+    settings: dict[str, Any],
+    engine: str,
+    tto: Any,
+) -> dict[str, Any]:
+    """The report of scored ``batches`` (keys in the order the JSON has always had)."""
+    per_sample = [row for b in batches for row in b["rows"]]
     tto_runs = [b["tto"] for b in batches if b["rows"]]
     used_latents = next((b["latents"] for b in reversed(batches) if b["rows"]), 0)
     n = len(per_sample)
     if not n:
         raise UserError(
-            f"records: none of the {len(records)} records could be evaluated; skipped: {skipped[:3]}"
+            f"records: none of the {n_records} records could be evaluated; skipped: {skipped[:3]}"
         )
     return {
-        "method": method,
-        "dataset": dataset,
+        "method": settings["method"],
+        "dataset": settings["dataset"],
         "n": n,
         "accuracy": sum(s["correct"] for s in per_sample) / n,
-        "scoring_rule": scoring,
+        "scoring_rule": settings["scoring_rule"],
         "ar_steps_mean": sum(s["ar_steps"] for s in per_sample) / n,
         "latency_ms": _mean_latency(per_sample, with_tto=tto is not None),
-        "batch_size": batch_size,
+        "batch_size": settings["batch_size"],
         "latents": used_latents,
         "device": device_name(vm.device),
         "engine": engine,
