@@ -383,6 +383,8 @@ def main(cfg: TrainConfig) -> Path:
     acc = setup_accelerator(cfg)
     lock = output_dir.claim(cfg, acc.is_main_process)  # before anything is read or written
     try:
+        if acc.num_processes > 1:  # no rank writes before every rank has checked the directory
+            acc.wait_for_everyone()
         seed_everything(cfg.optim.seed)
         data = setup_data(cfg, print if acc.is_main_process else _silent)
         run = setup(cfg, acc, data)
