@@ -85,21 +85,17 @@ def transplant(
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from vedas.backbones import qwen2_vl
-    from vedas.dev.tiny import CHAT_TEMPLATE
+    from vedas.dev.tiny import CHAT_TEMPLATE, vision_token_ids
     from vedas.engine.tokens import add_latent_tokens
 
     lc = llama.config
     text = _text_config(lc, tokenizer)  # checks the Llama fits, adds the vision tokens
-    c = tokenizer.convert_tokens_to_ids
     cfg = qwen2_vl.tiny_config(
         text,
         vision_depth,
         vision_hidden,
         vision_heads,
-        image_token_id=c("<|image_pad|>"),
-        video_token_id=c("<|video_pad|>"),
-        vision_start_token_id=c("<|vision_start|>"),
-        vision_end_token_id=c("<|vision_end|>"),
+        **vision_token_ids(tokenizer),
     )
     cfg.tie_word_embeddings = bool(lc.tie_word_embeddings)
     cfg._attn_implementation = "sdpa"
@@ -115,7 +111,7 @@ def transplant(
     )
     add_latent_tokens(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = c("<|im_end|>")
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return model, processor
 
 

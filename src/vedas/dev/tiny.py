@@ -91,6 +91,17 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+def vision_token_ids(tokenizer: Any) -> dict[str, int]:
+    """The Qwen-VL config's image/video/vision-boundary token ids, read from ``tokenizer``."""
+    c = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": c("<|image_pad|>"),
+        "video_token_id": c("<|video_pad|>"),
+        "vision_start_token_id": c("<|vision_start|>"),
+        "vision_end_token_id": c("<|vision_end|>"),
+    }
+
+
 def tiny_model(
     arch: str = "qwen2_vl",
     hidden: int = 64,
@@ -157,10 +168,7 @@ def tiny_model(
         vision_depth,
         vision_hidden,
         vision_heads,
-        image_token_id=c("<|image_pad|>"),
-        video_token_id=c("<|video_pad|>"),
-        vision_start_token_id=c("<|vision_start|>"),
-        vision_end_token_id=c("<|vision_end|>"),
+        **vision_token_ids(tok),
     )
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
