@@ -6,8 +6,12 @@
 A resumed run redoes the steps after its checkpoint, which the interrupted run may already have
 logged (a SIGKILL between checkpoints). So a logger that resumes at step S first cuts
 ``metrics.jsonl`` back to what was true at S (metric rows of steps ≤ S; stage events of steps
-< S, since the event of an epoch that starts at S comes after checkpoint S), and opens
-TensorBoard with ``purge_step=S + 1``, which hides every later event of the old run.
+< S, since the event of an epoch that starts at S comes after checkpoint S), then rebuilds
+``tb/`` from those rows: one new event file holding exactly them, after which the old event
+files are removed. (TensorBoard's own ``purge_step`` is not enough: it only works when the new
+event file sorts after the old one, and file names order by whole seconds, then by pid — a
+run killed within its first second and resumed by a lower pid sorted first and showed the
+redone steps twice.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 FILE = "metrics.jsonl"
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def truncate(path: Path, step: int) -> int:
@@ -55,11 +63,24 @@ class MetricLogger:
             self.file = open(out_dir / FILE, "a")  # noqa: SIM115
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                purge = None if resumed_at is None else resumed_at + 1
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
             except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
-                self.tb = None
+                return
+            tb_dir = out_dir / "tb"
+            old = sorted(tb_dir.glob("events.out.tfevents.*")) if resumed_at is not None else []
+            self.tb = SummaryWriter(str(tb_dir))
+            if resumed_at is not None:
+                for row in _rows(out_dir / FILE):
+                    if "event" not in row:
+                        self._scalars(row)
+                self.tb.flush()
+                for path in old:  # the new file holds all they had up to the checkpoint
+                    path.unlink(missing_ok=True)
+
+    def _scalars(self, metrics: dict[str, Any]) -> None:
+        assert self.tb is not None
+        for k, v in metrics.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.tb.add_scalar(k, v, metrics["step"])
 
     def log(self, metrics: dict[str, Any]) -> None:
         if not self.active:
@@ -67,9 +88,7 @@ class MetricLogger:
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
         if self.tb is not None:
-            for k, v in metrics.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, metrics["step"])
+            self._scalars(metrics)
 
     def event(self, info: dict[str, Any]) -> None:
         """The stage schedule, logged as it happens."""
