@@ -118,6 +118,23 @@ def make_image():
     return random_image
 
 
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """``synth_data(train, test, seed=0)`` -> a directory of the synthetic benchmark, written once per session."""
+    from vedas.data import synth
+
+    made: dict[tuple[int, int, int], Any] = {}
+
+    def make(train: int, test: int, seed: int = 0):
+        if (train, test, seed) not in made:
+            out = tmp_path_factory.mktemp(f"synth_{train}_{test}_{seed}")
+            synth.write(out, train=train, test=test, seed=seed, progress=False)
+            made[train, test, seed] = out
+        return made[train, test, seed]
+
+    return make
+
+
 @pytest.fixture(scope="session", params=ARCHS)
 def arch(request) -> str:
     return request.param

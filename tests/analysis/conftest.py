@@ -27,12 +27,8 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
-def synth_dir(tmp_path_factory) -> Path:
-    from vedas.data import synth
-
-    out = tmp_path_factory.mktemp("analysis_synth")
-    synth.write(out, train=16, test=8, seed=0)
-    return out
+def synth_dir(synth_data) -> Path:
+    return synth_data(16, 8)
 
 
 @pytest.fixture(scope="session")

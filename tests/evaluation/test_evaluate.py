@@ -11,7 +11,6 @@ import pytest
 
 from vedas.config import LatentConfig
 from vedas.data import load as load_data
-from vedas.data import synth
 from vedas.evaluation.evaluate import evaluate, markdown
 from vedas.model import VedasModel
 
@@ -31,10 +30,8 @@ REPORT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    synth.write(out, train=8, test=6, seed=0)
-    return out
+def synth_dir(synth_data) -> Path:
+    return synth_data(8, 6)
 
 
 @pytest.fixture(scope="module")

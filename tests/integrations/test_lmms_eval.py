@@ -20,7 +20,6 @@ import torch
 import vedas
 from vedas.config import LatentConfig
 from vedas.data import load as load_data
-from vedas.data import synth
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -39,10 +38,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    synth.write(out, train=0, test=10, seed=0)
-    return out
+def synth_dir(synth_data) -> Path:
+    return synth_data(0, 10)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 import vedas
 from vedas.config import ConfigError, LatentConfig
 from vedas.data import load as load_data
-from vedas.data import synth
 from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig, best_windows, window_to_pixels
 from vedas.train.config import TrainConfig, load_config
@@ -30,10 +29,8 @@ TINY = "{hidden: 64, layers: 2, heads: 4, kv_heads: 2, vision_depth: 1, vision_h
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    synth.write(out, train=16, test=4, seed=0)
-    return out
+def synth_dir(synth_data) -> Path:
+    return synth_data(16, 4)
 
 
 @pytest.fixture(scope="module")
