@@ -13,7 +13,7 @@ the next pass needs, can report its length, and can roll back to an earlier poin
   and the baseline of the speed benchmark; its attention maps are computed in float32 from
   the same q and k as the recorder's row (:data:`vedas.engine.attention.ORACLE`).
 
-    runner = make_runner("cached", vm.backbone)    # or "recompute"
+    runner = make_runner("cached", vm.backbone)    # or "recompute", or "static" (vedas.engine.static)
 """
 
 from __future__ import annotations
@@ -192,9 +192,19 @@ class RecomputeRunner:
 
 
 RUNNERS = {"cached": CachedRunner, "recompute": RecomputeRunner}
+ENGINES = ["cached", "recompute", "static"]
+"""Every engine name; ``static`` (:mod:`vedas.engine.static`) preallocates its cache and compiles."""
 
 
-def make_runner(engine: str, backbone: Backbone) -> Runner:
+def make_runner(engine: str, backbone: Backbone, reserve: int | None = None) -> Runner:
+    """The runner of ``engine``; ``reserve``: the most positions the passes after the prefill add
+    (the ``static`` engine allocates its cache for the prompt plus that; the others grow as they go)."""
+    if engine == "static":
+        from vedas.engine.static import StaticRunner
+
+        if reserve is None:
+            raise ValueError("engine='static' needs reserve: the positions to allocate beyond the prompt")
+        return StaticRunner(backbone, reserve)
     if engine not in RUNNERS:
-        raise ValueError(f"engine={engine!r}: choose one of {sorted(RUNNERS)}")
+        raise ValueError(f"engine={engine!r}: choose one of {ENGINES}")
     return RUNNERS[engine](backbone)
