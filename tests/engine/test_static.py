@@ -61,7 +61,9 @@ def test_static_cache_soft_mix_and_original_positions(tiny, batch3):
 def test_compiled_equals_cached(arch, vm, batch3):
     """Compiled (aot_eager, see the module docstring) in one graph per pass shape, no graph break."""
     if arch != "qwen2_5_vl":  # ~20 s per architecture; their decoders are the same code
-        pytest.skip("one compiled case (qwen2_5_vl) keeps the test time in budget; the static cache runs on both")
+        pytest.skip(
+            "one compiled case (qwen2_5_vl) keeps the test time in budget; the static cache runs on both"
+        )
     counters.clear()
     ref, ours = _pair(vm, batch3, "vedas", CompileSettings(backend="aot_eager"), max_new_tokens=4)
     _assert_same(ref, ours)
@@ -88,7 +90,9 @@ def test_static_cache_with_routing_equals_cached(tiny, batch3):
 
 def test_static_cache_bf16_gives_the_same_tokens(arch, batch3):
     model, processor = vedas.tiny_model(arch, hidden=64, layers=4, heads=4, kv_heads=2, seed=0)
-    vm = VedasModel(model.to(torch.bfloat16), processor, LatentConfig(latents=3, replay_k=6, max_new_tokens=4))
+    vm = VedasModel(
+        model.to(torch.bfloat16), processor, LatentConfig(latents=3, replay_k=6, max_new_tokens=4)
+    )
     ref, ours = _pair(vm, batch3, "vedas")
     assert ours.latents.dtype == torch.bfloat16
     assert ours.token_ids == ref.token_ids and ours.replay_indices == ref.replay_indices

@@ -73,7 +73,8 @@ class CompileSettings:
 
 
 _SETTINGS: contextvars.ContextVar[CompileSettings | None] = contextvars.ContextVar(
-    "vedas_static_compile", default=CompileSettings()
+    "vedas_static_compile",
+    default=CompileSettings(),  # noqa: B039 (frozen: immutable)
 )
 
 
