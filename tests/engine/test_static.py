@@ -133,3 +133,15 @@ def test_static_refuses_autograd_and_overflow(vm, batch3):
         from vedas.method.tto import TTOConfig
 
         vm.generate(*batch3, engine="static", tto=TTOConfig())
+
+
+def test_the_cli_offers_every_engine():
+    from vedas import cli_args
+    from vedas.cli import build_parser
+    from vedas.engine.runners import ENGINES
+
+    assert cli_args.ENGINES == ENGINES
+    for command in ("infer", "eval"):
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        engine = next(a for a in sub._actions if a.dest == "engine")
+        assert engine.choices == ENGINES and engine.default == "cached"
