@@ -145,3 +145,22 @@ def test_the_cli_offers_every_engine():
         sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
         engine = next(a for a in sub._actions if a.dest == "engine")
         assert engine.choices == ENGINES and engine.default == "cached"
+
+
+def test_a_finished_calls_cache_is_reused_and_a_live_one_is_not(vm, batch3):
+    batch = vm.prepare(*batch3)
+
+    def run():
+        with compile_settings(None):
+            loop = LatentLoop(vm.backbone, vm.config, make_runner("static", vm.backbone, reserve=21))
+        with torch.no_grad():
+            return loop, loop.latent_steps(loop.prefill(batch), 3).latents
+
+    first, latents1 = run()
+    second, _ = run()  # ``first`` is alive: its cache is not handed out
+    assert second._runner.cache is not first._runner.cache
+    cache = second._runner.cache
+    del first, second
+    third, latents3 = run()
+    assert third._runner.cache is cache  # reused: the same tensors, which CUDA graphs are bound to
+    assert torch.equal(latents1, latents3)  # and reset: nothing of the earlier call leaks in

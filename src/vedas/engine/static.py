@@ -3,7 +3,8 @@
 :class:`StaticRunner` is a :class:`~vedas.engine.runners.Runner` like the cached one, with
 three differences, all for ``torch.compile`` (and CUDA graphs on a GPU):
 
-- the KV cache is a ``StaticCache`` allocated once, at the prefill, for the prompt plus
+- the KV cache is a ``StaticCache`` taken at the prefill (reused from an earlier call of the
+  same shape when one is free: CUDA graphs are bound to its addresses), for the prompt plus
   the most positions the call can add (``reserve``: T_r chunks of ≤ K+1 tokens, the
   ``<|latent_end|>`` token and the answer), rounded up to :data:`LENGTH_BUCKET` so that
   batches of nearby lengths share a compiled graph;
@@ -113,6 +114,31 @@ def compiled_pass(decoder: Any, settings: CompileSettings, device: torch.device)
     return per_decoder[settings]
 
 
+POOL_SIZE = 4
+"""Static caches kept per model for reuse (most recent shapes)."""
+
+# a finished call's cache, reused by the next call of the same (batch, length, dtype, device): CUDA
+# graphs are recorded against the cache tensors' addresses, so a new cache per call would make
+# every call record them again. An entry whose runner is still alive is never handed out twice.
+_POOL: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[StaticCache, weakref.ref]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pooled_cache(runner: StaticRunner, key: tuple[Any, ...], max_len: int) -> StaticCache:
+    pool = _POOL.setdefault(runner.decoder, {})
+    entry = pool.pop(key, None)
+    if entry is not None and entry[1]() is None:  # its runner is gone: reuse it
+        cache = entry[0]
+        cache.reset()
+    else:
+        cache = StaticCache(config=runner.backbone.model.config.get_text_config(), max_cache_len=max_len)
+    pool[key] = (cache, weakref.ref(runner))
+    while len(pool) > POOL_SIZE:
+        pool.pop(next(iter(pool)))
+    return cache
+
+
 def _routing_installed(backbone: Backbone) -> bool:
     """Whether an enabled Routing Depth Scaling module hooks one of the decoder layers."""
     return any(routing.installed_on(layer) for layer in backbone.decoder_layers())
@@ -141,7 +167,8 @@ class StaticRunner:
     def _allocate(self, embeds: torch.Tensor) -> None:
         need = embeds.shape[1] + self.reserve
         max_len = -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
-        self.cache = StaticCache(config=self.backbone.model.config.get_text_config(), max_cache_len=max_len)
+        key = (embeds.shape[0], max_len, embeds.dtype, embeds.device)
+        self.cache = _pooled_cache(self, key, max_len)
         self.mask = torch.zeros(embeds.shape[0], max_len, dtype=torch.long, device=embeds.device)
 
     def __call__(self, embeds, positions, new_mask, record, implicit=False):
