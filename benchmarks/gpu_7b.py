@@ -177,7 +177,7 @@ def measure(vm: Any, args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for b in [int(x) for x in args.batches.split(",")]:
         images, questions = samples(b, args.image)
-        calls, warmup = {}, {}
+        calls, warmup, first = {}, {}, {}
         for engine in args.engines.split(","):
             for mode in args.modes.split(","):
                 length = args.cot_tokens if mode == "cot" else args.answer_tokens
@@ -185,7 +185,7 @@ def measure(vm: Any, args: argparse.Namespace) -> dict[str, Any]:
                 calls[key] = call(vm, images, questions, mode, engine, length, args.compile_backend)
                 sync(args.device)
                 t0 = time.perf_counter()
-                calls[key]()  # warm-up: compilation and CUDA-graph capture for static
+                first[key] = calls[key]()  # warm-up: compilation and CUDA-graph capture for static
                 sync(args.device)
                 warmup[key] = time.perf_counter() - t0
         names = list(calls)
@@ -197,6 +197,11 @@ def measure(vm: Any, args: argparse.Namespace) -> dict[str, Any]:
         for key in names:
             med = {k: statistics.median(x[k] for x in runs[key]) for k in runs[key][0]}
             rows[key] = {"ms": med, "warmup_s": warmup[key], "rounds": runs[key]}
+            ref = first.get(key.replace(f"/{key.split('/')[1]}/", "/cached/"))
+            if ref is not None and ref is not first[key]:
+                rows[key]["same_tokens_as_cached"] = ref.token_ids == first[key].token_ids
+                diff = (ref.latents.float() - first[key].latents.float()).abs()
+                rows[key]["latent_max_diff_vs_cached"] = float(diff.max()) if diff.numel() else 0.0
     return rows
 
 
@@ -250,9 +255,12 @@ def table(rows: dict[str, Any], rat: dict[str, dict[str, float]], ideal_ms: floa
     ]
     for key, row in rows.items():
         ms = row["ms"]
+        same = ""
+        if "same_tokens_as_cached" in row:
+            same = f" tokens {'=' if row['same_tokens_as_cached'] else '≠'} cached, latents ±{row['latent_max_diff_vs_cached']:.1e}"
         lines.append(
             f"| {key} | {ms['prefill']:.1f} | {ms.get('latent', 0.0):.1f} | {ms['decode']:.1f} | "
-            f"{ms['total']:.1f} | {row['warmup_s']:.1f} |"
+            f"{ms['total']:.1f} | {row['warmup_s']:.1f}{same} |"
         )
     for engine, r in rat.items():
         lines.append(f"{engine}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()))

@@ -34,8 +34,10 @@ def test_tiny_smoke_run_writes_every_phase_and_ratio(tmp_path, capsys):
         for e in ("cached", "static_eager")
         for m in ("no_cot", "cot", "vedas")
     }
-    for row in r["rows"].values():
+    for key, row in r["rows"].items():
         assert {"prefill", "latent", "decode", "total"} <= set(row["ms"]) and row["ms"]["total"] > 0
+        if "/static_eager/" in key:
+            assert row["same_tokens_as_cached"] and row["latent_max_diff_vs_cached"] <= 1e-4
     for engine in ("cached", "static_eager"):
         rat = r["ratios"][engine]
         for key in ("b1_decode_step_vs_roofline", "b1_latent_chunk_vs_decode_step", "b1_e2e_vedas_vs_no_cot"):
