@@ -96,6 +96,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="of cached, static, static_eager (default: cached,static; tiny: cached,static_eager)",
     )
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of engine static")
+    ap.add_argument(
+        "--length-bucket",
+        type=int,
+        default=512,
+        help="static cache length rounded up to this: one length for every mode, so one set of compiled "
+        "graphs per batch size (default: 512)",
+    )
     ap.add_argument("--answer-tokens", type=int, default=8, help="answer length of no_cot and vedas")
     ap.add_argument("--cot-tokens", type=int, default=128, help="answer length of cot")
     ap.add_argument("--image", type=int, default=IMAGE, help="image side in px (448: 256 visual tokens)")
@@ -156,11 +163,13 @@ def samples(n: int, side: int) -> tuple[list[Any], list[str]]:
     return images, [f"{QUESTION} ({i})" for i in range(n)]
 
 
-def call(vm: Any, images: list[Any], questions: list[str], mode: str, engine: str, length: int, backend: str):
+def call(vm: Any, images: list[Any], questions: list[str], mode: str, engine: str, length: int, args):
     from vedas.dev.bench import forced_generate
     from vedas.engine.static import CompileSettings, compile_settings
 
-    settings = None if engine == "static_eager" else CompileSettings(backend=backend)
+    settings = None
+    if engine != "static_eager":
+        settings = CompileSettings(backend=args.compile_backend, length_bucket=args.length_bucket)
 
     def run() -> Any:
         with compile_settings(settings):
@@ -182,7 +191,7 @@ def measure(vm: Any, args: argparse.Namespace) -> dict[str, Any]:
             for mode in args.modes.split(","):
                 length = args.cot_tokens if mode == "cot" else args.answer_tokens
                 key = f"b{b}/{engine}/{mode}"
-                calls[key] = call(vm, images, questions, mode, engine, length, args.compile_backend)
+                calls[key] = call(vm, images, questions, mode, engine, length, args)
                 sync(args.device)
                 t0 = time.perf_counter()
                 first[key] = calls[key]()  # warm-up: compilation and CUDA-graph capture for static
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "answer_tokens": args.answer_tokens,
         "cot_tokens": args.cot_tokens,
         "compile_backend": args.compile_backend,
+        "length_bucket": args.length_bucket,
         "bandwidth_tb_s": args.bandwidth,
         "step_weight_bytes": step_bytes(vm),
         "decode_step_roofline_ms": ideal_ms,

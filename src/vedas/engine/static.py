@@ -6,8 +6,8 @@ three differences, all for ``torch.compile`` (and CUDA graphs on a GPU):
 - the KV cache is a ``StaticCache`` taken at the prefill (reused from an earlier call of the
   same shape when one is free: CUDA graphs are bound to its addresses), for the prompt plus
   the most positions the call can add (``reserve``: T_r chunks of ≤ K+1 tokens, the
-  ``<|latent_end|>`` token and the answer), rounded up to :data:`LENGTH_BUCKET` so that
-  batches of nearby lengths share a compiled graph;
+  ``<|latent_end|>`` token and the answer), rounded up to :data:`LENGTH_BUCKET`
+  (``CompileSettings.length_bucket``) so that batches of nearby lengths share a compiled graph;
 - the padding mask is that full length from the start: zeros beyond what has been run,
   each pass writes its slots in place, and rolling back zeroes them again and moves the
   cache's write position back (the stale keys stay behind the mask);
@@ -66,6 +66,9 @@ class CompileSettings:
     backend: str = "inductor"
     mode: str | None = None
     """None: ``reduce-overhead`` (CUDA graphs) on CUDA, the default mode elsewhere."""
+    length_bucket: int = LENGTH_BUCKET
+    """The cache length is rounded up to a multiple of this; every distinct length is another set of
+    compiled graphs, so a larger bucket (e.g. 512) lets modes with different reserves share them."""
 
     def mode_for(self, device: torch.device) -> str | None:
         if self.mode is not None:
@@ -166,7 +169,8 @@ class StaticRunner:
 
     def _allocate(self, embeds: torch.Tensor) -> None:
         need = embeds.shape[1] + self.reserve
-        max_len = -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
+        bucket = LENGTH_BUCKET if self.settings is None else self.settings.length_bucket
+        max_len = -(-need // bucket) * bucket
         key = (embeds.shape[0], max_len, embeds.dtype, embeds.device)
         self.cache = _pooled_cache(self, key, max_len)
         self.mask = torch.zeros(embeds.shape[0], max_len, dtype=torch.long, device=embeds.device)
