@@ -81,6 +81,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke or small-width run)")
     ap.add_argument("--tiny", action="store_true", help="tiny widths on the CPU: the smoke run")
+    ap.add_argument(
+        "--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"], help="(default: qwen2_vl)"
+    )
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: 28, tiny: 2)")
     ap.add_argument("--vision-depth", type=int, default=None, help="vision blocks (default: 32, tiny: 2)")
     ap.add_argument("--hidden", type=int, default=None, help="override the decoder width (with --heads)")
@@ -140,7 +143,7 @@ def build(args: argparse.Namespace, sizes: dict[str, Any]) -> Any:
     try:
         with torch.device(args.device):
             model, processor = vedas.tiny_model(
-                "qwen2_vl", min_pixels=28 * 28, max_pixels=args.image * args.image, seed=0, **sizes
+                args.arch, min_pixels=28 * 28, max_pixels=args.image * args.image, seed=0, **sizes
             )
     finally:
         torch.set_default_dtype(previous)
@@ -160,7 +163,8 @@ def samples(n: int, side: int) -> tuple[list[Any], list[str]]:
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((side, side, 3)) * 255).astype("uint8")) for _ in range(n)]
-    return images, [f"{QUESTION} ({i})" for i in range(n)]
+    # prompts of three lengths, so a batch is left-padded as real ones are
+    return images, [f"{QUESTION}{' Be brief.' * (i % 3)} ({i})" for i in range(n)]
 
 
 def call(vm: Any, images: list[Any], questions: list[str], mode: str, engine: str, length: int, args):
@@ -298,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python benchmarks/gpu_7b.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device_name,
+        "arch": args.arch,
         "shape": sizes,
         "dtype": args.dtype,
         "image": args.image,
