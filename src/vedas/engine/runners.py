@@ -66,6 +66,22 @@ def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Te
     return torch.where(new_mask.bool(), index, -1)
 
 
+def decoder_pass(
+    decoder: Any, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+) -> torch.Tensor:
+    """One decoder forward over new tokens with a KV cache: the final-norm hidden states (B, n, D).
+
+    The one call both cache-keeping engines make (the static engine compiles it).
+    """
+    return decoder(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+
+
 class CachedRunner:
     """Each pass sees only its new tokens; the history lives in the KV cache."""
 
@@ -79,14 +95,8 @@ class CachedRunner:
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         rec = LastQueryRecorder() if record else contextlib.nullcontext()
         with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
-            out = self.decoder(
-                inputs_embeds=embeds,
-                attention_mask=self.mask,
-                position_ids=positions,
-                past_key_values=self.cache,
-                use_cache=True,
-            )
-        return out.last_hidden_state, (rec.mean() if record else None)
+            hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache)
+        return hidden, (rec.mean() if record else None)
 
     @property
     def length(self) -> int:

@@ -47,7 +47,7 @@ from transformers import StaticCache
 
 from vedas.backbones.base import Backbone
 from vedas.engine.attention import ModuleRecorder, attention_implementation, attention_modules
-from vedas.engine.runners import _segment_ids
+from vedas.engine.runners import _segment_ids, decoder_pass
 from vedas.method import routing
 
 LENGTH_BUCKET = 64
@@ -92,16 +92,6 @@ def compile_settings(settings: CompileSettings | None) -> Iterator[None]:
         _SETTINGS.reset(token)
 
 
-def _decoder_pass(decoder: Any, embeds, mask, positions, cache) -> torch.Tensor:
-    return decoder(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state
-
-
 # one compiled pass per (decoder, settings): every generate call on that model reuses its graphs
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[CompileSettings, Callable[..., Any]]] = (
     weakref.WeakKeyDictionary()
@@ -112,7 +102,7 @@ def compiled_pass(decoder: Any, settings: CompileSettings, device: torch.device)
     per_decoder = _COMPILED.setdefault(decoder, {})
     if settings not in per_decoder:
         per_decoder[settings] = torch.compile(
-            _decoder_pass, backend=settings.backend, mode=settings.mode_for(device), dynamic=False
+            decoder_pass, backend=settings.backend, mode=settings.mode_for(device), dynamic=False
         )
     return per_decoder[settings]
 
@@ -194,7 +184,7 @@ class StaticRunner:
             )
         self.mask[:, self._length : end] = new_mask.long()
         seg = _segment_ids(new_mask, implicit, 0) if implicit else None
-        run = _decoder_pass
+        run = decoder_pass
         if not first and self.settings is not None:
             run = compiled_pass(self.decoder, self.settings, embeds.device)
             if embeds.device.type == "cuda":
