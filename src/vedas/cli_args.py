@@ -137,6 +137,20 @@ def input_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+ENGINES = ["cached", "recompute", "static"]
+"""The latent engines (:data:`vedas.engine.runners.ENGINES`; written out so ``--help`` needs no torch)."""
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        default="cached",
+        choices=ENGINES,
+        help="latent engine: cached (KV cache), recompute (the oracle) or static (a preallocated cache "
+        "and torch.compile of the decode and latent passes; CUDA graphs on a GPU) (default: cached)",
+    )
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",

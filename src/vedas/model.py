@@ -244,7 +244,8 @@ class VedasModel:
             choices: per sample, the options (lettered (A), (B), … in the prompt) or None.
             mode: ``vedas``/``latent`` (latent steps with visual replay), ``cot`` or ``no_cot`` (plain decoding).
             latents: T_r override; None uses the checkpoint's count (``config.latents``).
-            engine: ``cached`` (KV cache, fast) or ``recompute`` (re-runs the prefix each step; the oracle).
+            engine: ``cached`` (KV cache, fast), ``recompute`` (re-runs the prefix each step; the oracle) or
+                ``static`` (a preallocated cache, passes after the prefill compiled; :mod:`vedas.engine.static`).
             return_details: return a :class:`vedas.engine.generate.Details` instead of ``(texts, ar_steps)``.
             latent_transform: ``f(step, z) -> z'`` applied to each latent before it is fed back
                 (latent-use checks, calibration); see :meth:`vedas.engine.loop.LatentLoop.latent_steps`.

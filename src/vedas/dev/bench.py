@@ -130,7 +130,7 @@ def generate_times(vm, images, questions, choices, repeats: int, forced_length: 
     return medians(interleaved({"call": call}, vm.device, repeats)["call"])
 
 
-def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas"):
+def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas", engine: str = "cached"):
     """``vm.generate`` with EOS suppressed so every sample generates exactly ``length`` tokens."""
     from vedas.config import LatentConfig, to_dict
     from vedas.engine import generate
@@ -147,6 +147,7 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
         latent_end_id=vm.token_ids.end if latent else None,
         eos_id=eos,
         pad_id=vm.tokenizer.pad_token_id,
+        engine=engine,
         suppress=[eos, *vars(vm.token_ids).values()],
     )
     return details

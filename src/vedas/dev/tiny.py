@@ -118,6 +118,7 @@ def tiny_model(
     bpe_corpus: Iterable[str] | None = None,
     bpe_vocab: int = 512,
     attn_implementation: str = "sdpa",
+    vocab_size: int | None = None,
 ) -> tuple[Any, Any]:
     """Build a random model of the real architecture and its processor, offline.
 
@@ -128,6 +129,8 @@ def tiny_model(
         min_pixels, max_pixels: the image processor's resize bounds (smart_resize).
         seed: torch seed for the random weights.
         bpe_corpus: if given, train a byte-level BPE of ``bpe_vocab`` tokens on it (shorter sequences).
+        vocab_size: the embedding and lm_head rows, when more than the tokenizer's (a real model's
+            vocabulary size, e.g. 152064 for Qwen2-VL, so that the weights weigh what the real ones do).
     """
     mod = arch_module(arch)
     if hidden % heads or heads % kv_heads:
@@ -146,7 +149,7 @@ def tiny_model(
     )
     c = tok.convert_tokens_to_ids
     text = dict(
-        vocab_size=len(tok),
+        vocab_size=max(len(tok), vocab_size or 0),
         hidden_size=hidden,
         intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,

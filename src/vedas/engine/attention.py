@@ -81,14 +81,22 @@ class LastQueryRecorder:
         return self.total / self.calls
 
 
+_PAUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_recording_paused", default=False)
+
+
 class paused:
-    """Context manager that suspends recording (e.g. for extra passes that must not count)."""
+    """Context manager that suspends recording, by either recorder (e.g. for extra passes that must not count).
+
+    Only uncompiled code can pause (the routing refinement passes, which never run compiled).
+    """
 
     def __enter__(self) -> None:
         self._token = _ACTIVE.set(None)
+        self._paused = _PAUSED.set(True)
 
     def __exit__(self, *exc: object) -> None:
         _ACTIVE.reset(self._token)
+        _PAUSED.reset(self._paused)
 
 
 def attention_probs(
@@ -129,13 +137,63 @@ def last_query_probs(
     return attention_probs(query[:, :, -1:], key, attention_mask, scaling).squeeze(2)
 
 
+class ModuleRecorder:
+    """The recorder for compiled passes: the switch and each layer's row live on the attention modules.
+
+    ``torch.compile`` cannot read a ``ContextVar`` (it breaks the graph at every layer), but it
+    traces a plain attribute of a module: the switch ``vedas_record`` is a Python bool (the
+    compiled pass is specialised on it) and each attention call stores its head-mean row in
+    ``vedas_row``. The rows are the ones :class:`LastQueryRecorder` takes (same function, float32).
+
+        with ModuleRecorder(attention_modules(layers), on=True) as rec:
+            decoder(...)
+        rec.mean()                                   # (B, L_keys)
+    """
+
+    def __init__(self, modules: list[Any], on: bool) -> None:
+        self.modules = modules
+        self.on = on
+
+    def __enter__(self) -> ModuleRecorder:
+        for m in self.modules:
+            m.vedas_record, m.vedas_row = self.on, None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.modules:
+            m.vedas_record = False
+
+    def mean(self) -> torch.Tensor:
+        rows = [m.vedas_row for m in self.modules]
+        for m in self.modules:
+            m.vedas_row = None
+        if any(r is None for r in rows):
+            raise RuntimeError(
+                "a decoder layer recorded no row: is the recorder installed on this model (install_recorder)?"
+            )
+        return torch.stack(rows).mean(0)
+
+
+def attention_modules(layers: Any) -> list[Any]:
+    """The self-attention module of each decoder layer (``layer.self_attn``, the Hugging Face layout)."""
+    mods = [getattr(layer, "self_attn", None) for layer in layers]
+    if any(m is None for m in mods):
+        raise RuntimeError("a decoder layer has no .self_attn: the module recorder cannot find its attention")
+    return mods
+
+
 def _recording(base: Callable[..., Any]) -> Callable[..., Any]:
     def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
         out = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        rec = _ACTIVE.get()
-        if rec is not None:
-            # differentiable while training: the replay weights softmax(a_I) pass gradients back
-            rec.add(last_query_probs(query, key, attention_mask, scaling))
+        if getattr(module, "vedas_record", False):  # ModuleRecorder: safe under torch.compile
+            if not torch.compiler.is_compiling() and _PAUSED.get():
+                return out
+            module.vedas_row = last_query_probs(query, key, attention_mask, scaling).mean(1)
+        elif not torch.compiler.is_compiling():
+            rec = _ACTIVE.get()
+            if rec is not None:
+                # differentiable while training: the replay weights softmax(a_I) pass gradients back
+                rec.add(last_query_probs(query, key, attention_mask, scaling))
         return out
 
     return attention

@@ -123,7 +123,9 @@ def run(
     steps = steps if latent_end_id is not None else 0
     if hook is not None:
         hook.check(engine, steps)
-    loop = LatentLoop(backbone, cfg, make_runner(engine, backbone), suppress)
+    # what the passes after the prefill can add: T_r chunks of ≤ K+1 tokens, <|latent_end|>, the answer
+    reserve = steps * (cfg.replay_k + 1) + int(latent_end_id is not None) + cfg.max_new_tokens
+    loop = LatentLoop(backbone, cfg, make_runner(engine, backbone, reserve), suppress)
     report = None
     with torch.no_grad():
         clock = _Clock(batch.input_ids.device)

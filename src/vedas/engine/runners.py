@@ -13,7 +13,7 @@ the next pass needs, can report its length, and can roll back to an earlier poin
   and the baseline of the speed benchmark; its attention maps are computed in float32 from
   the same q and k as the recorder's row (:data:`vedas.engine.attention.ORACLE`).
 
-    runner = make_runner("cached", vm.backbone)    # or "recompute"
+    runner = make_runner("cached", vm.backbone)    # or "recompute", or "static" (vedas.engine.static)
 """
 
 from __future__ import annotations
@@ -66,6 +66,22 @@ def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Te
     return torch.where(new_mask.bool(), index, -1)
 
 
+def decoder_pass(
+    decoder: Any, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+) -> torch.Tensor:
+    """One decoder forward over new tokens with a KV cache: the final-norm hidden states (B, n, D).
+
+    The one call both cache-keeping engines make (the static engine compiles it).
+    """
+    return decoder(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+
+
 class CachedRunner:
     """Each pass sees only its new tokens; the history lives in the KV cache."""
 
@@ -79,14 +95,8 @@ class CachedRunner:
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         rec = LastQueryRecorder() if record else contextlib.nullcontext()
         with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
-            out = self.decoder(
-                inputs_embeds=embeds,
-                attention_mask=self.mask,
-                position_ids=positions,
-                past_key_values=self.cache,
-                use_cache=True,
-            )
-        return out.last_hidden_state, (rec.mean() if record else None)
+            hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache)
+        return hidden, (rec.mean() if record else None)
 
     @property
     def length(self) -> int:
@@ -192,9 +202,19 @@ class RecomputeRunner:
 
 
 RUNNERS = {"cached": CachedRunner, "recompute": RecomputeRunner}
+ENGINES = ["cached", "recompute", "static"]
+"""Every engine name; ``static`` (:mod:`vedas.engine.static`) preallocates its cache and compiles."""
 
 
-def make_runner(engine: str, backbone: Backbone) -> Runner:
+def make_runner(engine: str, backbone: Backbone, reserve: int | None = None) -> Runner:
+    """The runner of ``engine``; ``reserve``: the most positions the passes after the prefill add
+    (the ``static`` engine allocates its cache for the prompt plus that; the others grow as they go)."""
+    if engine == "static":
+        from vedas.engine.static import StaticRunner
+
+        if reserve is None:
+            raise ValueError("engine='static' needs reserve: the positions to allocate beyond the prompt")
+        return StaticRunner(backbone, reserve)
     if engine not in RUNNERS:
-        raise ValueError(f"engine={engine!r}: choose one of {sorted(RUNNERS)}")
+        raise ValueError(f"engine={engine!r}: choose one of {ENGINES}")
     return RUNNERS[engine](backbone)

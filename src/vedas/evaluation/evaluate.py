@@ -347,12 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--latents", type=int, default=None, help="override the checkpoint's latent count")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
-    parser.add_argument(
-        "--engine",
-        default="cached",
-        choices=["cached", "recompute"],
-        help="latent engine: cached (KV cache) or recompute (the oracle) (default: cached)",
-    )
+    cli_args.add_engine(parser)
     cli_args.add_device(parser)
     cli_args.add_inputs(parser)
     parser.add_argument(

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latents", type=int, default=None, help="override the checkpoint's latent count T_r"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
+    cli_args.add_engine(parser)
     cli_args.add_device(parser)
     cli_args.add_inputs(parser)
     parser.add_argument(
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         latents=args.latents,
         return_details=True,
         max_new_tokens=args.max_new_tokens,
+        engine=args.engine,
         tto=tto,
     )
     print(d.texts[0])

@@ -110,6 +110,12 @@ def current_segments() -> torch.Tensor | None:
     return _SEGMENTS.get()
 
 
+def installed_on(layer: nn.Module) -> bool:
+    """Whether an enabled :class:`RoutingDepthScaling` hooks ``layer`` (the static engine then does not compile)."""
+    module = _INSTALLED.get(layer)
+    return module is not None and module.enabled
+
+
 # --- configuration -------------------------------------------------------------------------
 
 
