@@ -73,6 +73,14 @@ class QwenVLBackbone:
         out = self.inner().get_image_features(pixel_values, image_grid_thw)
         return list(out.pooler_output)
 
+    def image_inputs(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        return self.visual_features(pixel_values, image_grid_thw), None
+
+    def decoder_inputs(self, sources: Any) -> dict[str, Any]:
+        return {}
+
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
         m = self.merge_size
         return [(int(h) // m, int(w) // m) for _, h, w in image_grid_thw.tolist()]
