@@ -10,10 +10,13 @@ implements it.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 
 @runtime_checkable
@@ -55,9 +58,9 @@ class Backbone(Protocol):
         DeepStack), or None where the architecture has none."""
         ...
 
-    def decoder_inputs(self, sources: Any) -> dict[str, Any]:
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
         """Extra keyword arguments of :meth:`decoder` for one pass, given its visual positions and
-        their source tokens (a :class:`vedas.engine.sources.VisualSources`); ``{}`` where none are needed."""
+        their source tokens; ``{}`` where none are needed (docs/design.md#deepstack-replay)."""
         ...
 
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:

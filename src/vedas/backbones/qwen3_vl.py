@@ -19,7 +19,7 @@ What differs from Qwen2-VL, all handled by the model's own code except the last 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -29,6 +29,9 @@ from transformers import (
 )
 
 from vedas.backbones.qwen_vl import QwenVLBackbone, without_video
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 MODEL_TYPE = "qwen3_vl"
 MODEL_CLASS = Qwen3VLForConditionalGeneration
@@ -47,7 +50,7 @@ class Qwen3VLBackbone(QwenVLBackbone):
         side = torch.stack([torch.cat(rows, 0) for rows in out.deepstack_features])  # (S, N_total, D)
         return list(out.pooler_output), side
 
-    def decoder_inputs(self, sources: Any) -> dict[str, Any]:
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
         """``visual_pos_masks`` and ``deepstack_visual_embeds`` of one pass (``{}`` if it has no visual position)."""
         visual = sources.visual
         if visual is None or visual.side is None:

@@ -9,12 +9,15 @@ tiny configs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2VLProcessor
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 
 def without_video(processor_cls: type) -> type:
@@ -78,7 +81,7 @@ class QwenVLBackbone:
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         return self.visual_features(pixel_values, image_grid_thw), None
 
-    def decoder_inputs(self, sources: Any) -> dict[str, Any]:
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
         return {}
 
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
