@@ -8,6 +8,7 @@
         cli_args.add_method(parser, default="vedas")             # --method, choices: vedas.methods.METHODS
         cli_args.add_device(parser)                              # --device auto|cpu|cuda|cuda:N
         cli_args.add_inputs(parser)                              # --min-pixels --max-pixels --truncate-context
+        cli_args.add_arch(parser, help)                          # --arch (tiny models: demo, bench)
 
     def run(args):
         vm = vedas.load(args.checkpoint, device=cli_args.resolve_device(args.device),
@@ -26,6 +27,16 @@ from vedas.methods import LATENT_METHODS, METHODS
 
 DEVICE_METAVAR = "auto|cpu|cuda|cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def add_arch(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--arch NAME``: a tiny random model's architecture (checked against the registry when it is built)."""
+    parser.add_argument(
+        "--arch",
+        default="qwen2_vl",
+        metavar="qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe",
+        help=help,
+    )
 
 
 def add_checkpoint(parser: argparse.ArgumentParser, help: str | None = None) -> None:

@@ -18,6 +18,7 @@ def test_tiny_model_is_the_real_architecture(tiny, arch):
     expected = {
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+        "qwen3_vl": "Qwen3VLForConditionalGeneration",
     }
     assert type(model).__name__ == expected[arch]
     assert "video_processor" not in processor.get_attributes()
@@ -58,7 +59,8 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
 def test_patchify_matches_the_image_processor(tiny, make_image):
     model, processor = tiny
     bb = backbone_for(model, processor)
-    img = make_image(84, 140, 5)
+    f = bb.patch_size * bb.merge_size
+    img = make_image(3 * f, 5 * f, 5)
     ip = processor.image_processor
     ref = ip(images=[img], return_tensors="pt", do_resize=False)
     x = torch.tensor(np.asarray(img)).permute(2, 0, 1).float()[None] / 255
@@ -69,12 +71,15 @@ def test_patchify_matches_the_image_processor(tiny, make_image):
 
 
 def test_grids_positions_and_visual_features(vm, make_image):
-    img = make_image(84, 140, 6)  # 6 x 10 patches -> 3 x 5 merged tokens, non-square
+    img = make_image(
+        84, 140, 6
+    )  # patch 14: 6 x 10 patches -> 3 x 5 merged tokens; patch 16: 96 x 128 px -> 3 x 4
     batch = vm.prepare([img], ["What?"])
     bb = vm.backbone
-    assert bb.merged_grids(batch.image_grid_thw) == [(3, 5)]
+    gh, gw = (3, 5) if bb.patch_size == 14 else (3, 4)
+    assert bb.merged_grids(batch.image_grid_thw) == [(gh, gw)]
     feats = bb.visual_features(batch.pixel_values, batch.image_grid_thw)
-    assert feats[0].shape == (15, vm.model.config.get_text_config().hidden_size)
+    assert feats[0].shape == (gh * gw, vm.model.config.get_text_config().hidden_size)
     ref = vm.model.model.get_image_features(batch.pixel_values, batch.image_grid_thw).pooler_output[0]
     assert torch.equal(feats[0], ref)
     pos = bb.prompt_positions(
@@ -83,7 +88,7 @@ def test_grids_positions_and_visual_features(vm, make_image):
     img_pos = pos[:, 0, batch.input_ids[0] == bb.image_token_id]
     start = int(img_pos[0, 0])
     # raster order: token j sits at row j // G_w, column j % G_w (never 1-D positions for the image)
-    rows, cols = torch.arange(15) // 5, torch.arange(15) % 5
+    rows, cols = torch.arange(gh * gw) // gw, torch.arange(gh * gw) % gw
     assert torch.equal(img_pos[1] - start, rows) and torch.equal(img_pos[2] - start, cols)
 
 

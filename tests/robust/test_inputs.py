@@ -54,17 +54,18 @@ def test_the_shipped_fixtures_evaluate(vedas_cli, ckpt, tmp_path, name, path):
 def test_max_and_min_pixels_bound_the_resize(vm, make_image):
     """Item 8: no resolution control: a 4000×3000 photo became 15,301 visual tokens."""
     photo = make_image(300, 400, 0).resize((4000, 3000))
-    merge = vm.backbone.merge_size
-    for lo, hi in [(None, 28 * 28 * 16), (28 * 28 * 4, 28 * 28 * 64)]:
+    merge, p = vm.backbone.merge_size, vm.backbone.patch_size
+    f = p * merge  # 28 px on Qwen2-VL, 32 on Qwen3-VL
+    for lo, hi in [(None, f * f * 16), (f * f * 4, f * f * 64)]:
         vm.config = LatentConfig(latents=1, replay_k=2, max_new_tokens=2, min_pixels=lo, max_pixels=hi)
         grid = vm.prepare([photo], ["How many?"]).image_grid_thw[0].tolist()
         own = vm.processor.image_processor.size
-        h, w = smart_resize(3000, 4000, 28, lo or own["shortest_edge"], hi)  # the processor's own rule
-        assert grid == [1, h // 14, w // 14]
-        assert grid[1] * grid[2] // merge**2 <= hi // (28 * 28)
-    vm.config = LatentConfig(min_pixels=28 * 28 * 64)  # small images upsampled to at least that
+        h, w = smart_resize(3000, 4000, f, lo or own["shortest_edge"], hi)  # the processor's own rule
+        assert grid == [1, h // p, w // p]
+        assert grid[1] * grid[2] // merge**2 <= hi // (f * f)
+    vm.config = LatentConfig(min_pixels=f * f * 64)  # small images upsampled to at least that
     grid = vm.prepare([make_image(10, 10, 0)], ["How many?"]).image_grid_thw[0].tolist()
-    assert grid[1] * grid[2] * 14 * 14 >= 28 * 28 * 64
+    assert grid[1] * grid[2] * p * p >= f * f * 64
     with pytest.raises(ConfigError, match=r"min_pixels: must be ≤ max_pixels"):
         LatentConfig(min_pixels=10_000, max_pixels=5_000)
     with pytest.raises(ConfigError, match=r"max_pixels: must be None or an int ≥ 784"):

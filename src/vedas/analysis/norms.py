@@ -125,15 +125,17 @@ def _layer_outputs(layers: Any) -> Iterator[dict[int, torch.Tensor]]:
 def _add_prompt_norms(vm: Any, chunk: Any, captured: dict[int, torch.Tensor], sums: _Norms) -> None:
     """One plain forward of ``chunk``'s prompts; every real token's norms into ``sums``, by kind."""
     from vedas.engine.inputs import embed_prompt
+    from vedas.engine.sources import VisualSources
 
     bb = vm.backbone
     batch = vm.prepare_records(chunk, mode="vedas")
-    embeds, _, positions = embed_prompt(bb, batch)
+    embeds, visual, positions = embed_prompt(bb, batch)
     out = bb.decoder()(
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
         position_ids=positions,
         use_cache=False,
+        **bb.decoder_inputs(VisualSources.prompt(visual, embeds.shape[1])),  # DeepStack on Qwen3-VL
     ).last_hidden_state
     is_img = batch.input_ids == bb.image_token_id
     kinds = {"text": batch.attention_mask.bool() & ~is_img, "visual": is_img}

@@ -3,16 +3,20 @@
 The latent engine, visual replay, SCF-VR and routing talk to a VLM only through this
 interface: where the visual tokens are and their grid (patch and merge size), the visual
 input embeddings and their dtype, the 3-D positions of the prompt, the decoder layers and
-final norm, and re-encoding pixel crops. Adding a backbone means adding one file that
+final norm, any extra decoder inputs a pass needs at its visual positions, and re-encoding
+pixel crops. Adding a backbone means adding one file that
 implements it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 
 @runtime_checkable
@@ -44,6 +48,19 @@ class Backbone(Protocol):
 
     def visual_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Visual input embeddings after the merger, one (N_i, D) tensor per image, raster order."""
+        ...
+
+    def image_inputs(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One vision-tower call for a prompt: :meth:`visual_features`, and the per-layer rows the
+        decoder also takes at the image positions, (S, N_total, D) in the same order (Qwen3-VL's
+        DeepStack), or None where the architecture has none."""
+        ...
+
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
+        """Extra keyword arguments of :meth:`decoder` for one pass, given its visual positions and
+        their source tokens; ``{}`` where none are needed (docs/design.md#deepstack-replay)."""
         ...
 
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:

@@ -9,12 +9,15 @@ tiny configs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2VLProcessor
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 
 def without_video(processor_cls: type) -> type:
@@ -72,6 +75,14 @@ class QwenVLBackbone:
     def visual_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         out = self.inner().get_image_features(pixel_values, image_grid_thw)
         return list(out.pooler_output)
+
+    def image_inputs(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        return self.visual_features(pixel_values, image_grid_thw), None
+
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
+        return {}
 
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
         m = self.merge_size

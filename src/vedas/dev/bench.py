@@ -1,6 +1,6 @@
 """``vedas bench``: speed and memory ratios measured side by side in one run.
 
-    vedas bench [--quick] [--checkpoints runs/demo/report.json] --json bench.json
+    vedas bench [--quick] [--arch qwen3_vl] [--checkpoints runs/demo/report.json] --json bench.json
 
 On one model and one set of samples it measures:
 
@@ -40,12 +40,23 @@ from typing import Any
 import torch
 
 from vedas import cli_args
+from vedas.cli_args import add_arch
 
 HELP = "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording"
 
 # The engine benchmark's model and prompt: ≥ 300 prompt tokens, ≥ 128 visual tokens.
 SIZES = dict(hidden=256, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64, vision_heads=2)
-IMAGE_HW = (224, 448)  # 16 × 32 patches -> 8 × 16 = 128 merged visual tokens
+
+
+def image_hw(arch: str) -> tuple[int, int]:
+    """The benchmark image for ``arch``: 8 × 16 = 128 merged visual tokens on every architecture
+    (224 × 448 px at patch 14, 256 × 512 px at Qwen3-VL's patch 16)."""
+    from vedas.backbones import arch_module
+
+    side = getattr(arch_module(arch), "PATCH_SIZE", 14) * 2
+    return 8 * side, 16 * side
+
+
 QUESTION = (
     "Look carefully at the small coloured shapes scattered over the picture. First count the red squares, "
     "then count the blue circles, and finally tell how many more circles than squares there are. "
@@ -60,9 +71,9 @@ def sync(device: torch.device | str) -> None:
 
 
 def build(
-    device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32
+    device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32, arch: str = "qwen2_vl"
 ) -> tuple[Any, list, list, list]:
-    """The benchmark model (tiny Qwen2-VL of :data:`SIZES`) and ``n`` samples."""
+    """The benchmark model (a tiny ``arch`` of :data:`SIZES`) and ``n`` samples."""
     import numpy as np
     from PIL import Image
 
@@ -70,13 +81,14 @@ def build(
     from vedas.config import LatentConfig
 
     torch.manual_seed(0)
-    model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE_HW[0] * IMAGE_HW[1], seed=0, **SIZES)
+    hw = image_hw(arch)
+    model, processor = vedas.tiny_model(arch, max_pixels=hw[0] * hw[1], seed=0, **SIZES)
     model.to(device)
     vm = vedas.VedasModel(
         model, processor, LatentConfig(latents=latents, replay_k=replay_k, max_new_tokens=8)
     )
     rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((*IMAGE_HW, 3)) * 255).astype("uint8")) for _ in range(n)]
+    images = [Image.fromarray((rng.random((*hw, 3)) * 255).astype("uint8")) for _ in range(n)]
     questions = [f"{QUESTION} (sample {i})" for i in range(n)]
     return vm, images, questions, [CHOICES] * n
 
@@ -154,19 +166,22 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
 
 
 def prefill_inputs(vm, images, questions, choices):
+    """A prompt batch, its embeddings, positions and the backbone's extra decoder inputs (DeepStack)."""
     from vedas.engine.inputs import embed_prompt
+    from vedas.engine.sources import VisualSources
 
     batch = vm.prepare(images, questions, choices)
     with torch.no_grad():
-        embeds, _, positions = embed_prompt(vm.backbone, batch)
-    return batch, embeds, positions
+        embeds, visual, positions = embed_prompt(vm.backbone, batch)
+    extra = vm.backbone.decoder_inputs(VisualSources.prompt(visual, embeds.shape[1]))
+    return batch, embeds, positions, extra
 
 
 def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str, float]:
     """Prefill forward with the recorder off and on, alternated call by call; median of paired ratios."""
     from vedas.engine.attention import LastQueryRecorder
 
-    batch, embeds, positions = prefill_inputs(vm, images, questions, choices)
+    batch, embeds, positions, extra = prefill_inputs(vm, images, questions, choices)
     dec = vm.backbone.decoder()
 
     def forward(record: bool) -> float:
@@ -174,7 +189,7 @@ def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str
         sync(vm.device)
         t0 = time.perf_counter()
         with torch.no_grad(), ctx:
-            dec(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions)
+            dec(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions, **extra)
         sync(vm.device)
         return (time.perf_counter() - t0) * 1e3
 
@@ -195,13 +210,13 @@ def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str
     }
 
 
-def memory_probe(variant: str, batch: int, device: str) -> int:
+def memory_probe(variant: str, batch: int, device: str, arch: str = "qwen2_vl") -> int:
     """Bytes one prefill forward adds to the peak, recording the attention row by ``variant``."""
     from vedas.engine.attention import LastQueryRecorder
     from vedas.engine.runners import eager_attention
 
-    vm, images, questions, choices = build(device, n=batch)
-    b, embeds, positions = prefill_inputs(vm, images, questions, choices)
+    vm, images, questions, choices = build(device, n=batch, arch=arch)
+    b, embeds, positions, extra = prefill_inputs(vm, images, questions, choices)
     dec = vm.backbone.decoder()
 
     def forward() -> torch.Tensor:
@@ -213,10 +228,11 @@ def memory_probe(variant: str, batch: int, device: str) -> int:
                         attention_mask=b.attention_mask,
                         position_ids=positions,
                         output_attentions=True,
+                        **extra,
                     )
                 return torch.stack([a[:, :, -1] for a in out.attentions]).mean(dim=(0, 2))
             with LastQueryRecorder() as rec:
-                dec(inputs_embeds=embeds, attention_mask=b.attention_mask, position_ids=positions)
+                dec(inputs_embeds=embeds, attention_mask=b.attention_mask, position_ids=positions, **extra)
             return rec.mean()
 
     forward()  # one-time allocations are not the variant's cost
@@ -253,9 +269,9 @@ def peak_rise(work: Any, device: str) -> int:
     return status("VmHWM:") - base
 
 
-def peak_memory(batch: int, device: str) -> dict[str, int]:
+def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, int]:
     if device.startswith("cuda"):
-        return {v: memory_probe(v, batch, device) for v in ("recording", "eager")}
+        return {v: memory_probe(v, batch, device, arch) for v in ("recording", "eager")}
     # glibc returns freed blocks above this size to the OS, so RSS tracks live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     out = {}
@@ -271,6 +287,8 @@ def peak_memory(batch: int, device: str) -> dict[str, int]:
                 str(batch),
                 "--device",
                 device,
+                "--arch",
+                arch,
             ],
             env=env,
             capture_output=True,
@@ -317,13 +335,16 @@ def methods_side_by_side(vm, images, questions, choices, repeats: int, checkpoin
     return interleaved(calls, vm.device, repeats), how
 
 
-def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[str, Any]:
+def bench(
+    device: str, quick: bool, checkpoints: dict[str, str] | None, arch: str = "qwen2_vl"
+) -> dict[str, Any]:
     repeats = 2 if quick else 7
-    vm, images, questions, choices = build(device, n=16)
+    vm, images, questions, choices = build(device, n=16, arch=arch)
     one = (images[:1], questions[:1], choices[:1])
     batch = vm.prepare(*one)
     result: dict[str, Any] = {
         "device": str(device),
+        "arch": arch,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "sizes": {
@@ -345,7 +366,7 @@ def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[
         max(2, repeats // 2),
     )
     rec = recording_overhead(vm, *one, repeats)
-    mem = peak_memory(8, device)
+    mem = peak_memory(8, device, arch)
     b1, b16 = medians(batches["batch1"]), medians(batches["batch16"])
     result.update(
         {
@@ -422,6 +443,7 @@ def table(r: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    add_arch(parser, "the tiny random model's architecture (default: qwen2_vl)")
     parser.add_argument(
         "--checkpoints",
         default=None,
@@ -436,10 +458,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoints:
         with open(args.checkpoints) as f:
             checkpoints = json.load(f)["checkpoints"]
-    r = bench(cli_args.resolve_device(args.device), args.quick, checkpoints)
+    r = bench(cli_args.resolve_device(args.device), args.quick, checkpoints, args.arch)
     s = r["sizes"]
     print(
-        f"tiny Qwen2-VL h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "
+        f"tiny {r['arch']} h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "
         f"({s['visual_tokens']} visual), T_r={s['latents']}, K={s['replay_k']}, device={r['device']}, "
         f"{r['threads']} threads"
     )
@@ -456,8 +478,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe", choices=["recording", "eager"], required=True, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arch", default="qwen2_vl")
     a = ap.parse_args(argv)
-    print(memory_probe(a.probe, a.batch, a.device))
+    print(memory_probe(a.probe, a.batch, a.device, a.arch))
     return 0
 
 

@@ -4,9 +4,11 @@
     vedas demo --quick              # a smaller run, about 3 minutes
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
     vedas demo --method no_cot cot  # only some of the methods
+    vedas demo --arch qwen3_vl      # the same on a tiny Qwen3-VL (patch 16, DeepStack)
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
-2. builds one tiny random model of the real Qwen2-VL architecture with a small BPE trained
+2. builds one tiny random model of the real Qwen2-VL architecture (``--arch``: any registered
+   one) with a small BPE trained
    on the training text and trains ``no_cot`` and ``cot`` from it with the same recipe, data
    and epochs; ``latent`` (curriculum + visual replay) and ``vedas`` (+ SCF-VR, + routing
    depth scaling) continue from the trained ``cot`` checkpoint through the curriculum —
@@ -59,6 +61,9 @@ class DemoSize:
     stage 0 is explicit CoT, as in Coconut and the paper): stage 0, then one stage per epoch to T_r."""
     vision: str = "merger"
     """What of the vision tower trains (``model.vision``): the merger only, so the tower keeps its features."""
+    arch: str = "qwen2_vl"
+    """The tiny model's architecture; its images are resized to 4 × 4 merged tokens (112 px at patch 14,
+    128 px at patch 16), so every architecture sees 16 visual tokens per image."""
 
 
 # A tiny random model trained for minutes must first learn to see and read. Measured on this
@@ -128,7 +133,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latent-epochs", type=int, default=None, help="override the epochs of latent and vedas (after cot)"
     )
+    cli_args.add_arch(parser, "the tiny random model's architecture (default: qwen2_vl)")
     parser.set_defaults(func=run)
+
+
+def demo_pixels(arch: str) -> int:
+    """``max_pixels`` giving 4 × 4 merged visual tokens for a square image on ``arch``."""
+    from vedas.backbones import arch_module
+
+    side = 4 * 2 * getattr(arch_module(arch), "PATCH_SIZE", 14)
+    return side * side
 
 
 def machine() -> str:
@@ -156,8 +170,8 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
         method=method,  # type: ignore[arg-type]
         model=ModelConfig(
             base="tiny" if base is None else str(base),
-            arch="qwen2_vl",
-            tiny=dict(size.tiny),
+            arch=size.arch,
+            tiny={**size.tiny, "max_pixels": demo_pixels(size.arch)},
             bpe_vocab=size.bpe_vocab,
             vision=size.vision,
         ),
@@ -326,7 +340,7 @@ def write_report(
         "# vedas demo: the four methods on the synthetic benchmark",
         "",
         f"- machine: {meta['machine']}",
-        f"- model: tiny random Qwen2-VL {size.tiny}, BPE vocabulary {size.bpe_vocab}",
+        f"- model: tiny random {size.arch} {size.tiny}, BPE vocabulary {size.bpe_vocab}",
         f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
         f"knobs {size.synth}",
         f"- training: `no_cot` and `cot` {size.epochs} epochs from the random model; `latent` and `vedas` start "
@@ -360,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
         ("epochs", args.epochs),
         ("latent_epochs", args.latent_epochs),
     )
-    overrides = {k: v for k, v in given if v}
+    overrides = {k: v for k, v in given if v} | {"arch": args.arch}
     size = DemoSize(**{**size.__dict__, **overrides})
     out = Path(args.out)
     seeds = list(range(args.seeds))

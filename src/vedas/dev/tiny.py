@@ -1,7 +1,7 @@
-"""Tiny random models of the real Qwen2-VL / Qwen2.5-VL architectures, built offline.
+"""Tiny random models of the real Qwen2-VL / Qwen2.5-VL / Qwen3-VL architectures, built offline.
 
 ``tiny_model()`` returns ``(model, processor)``: a randomly initialised
-``Qwen2VLForConditionalGeneration`` (or the 2.5 class) built from a config, a processor
+``Qwen2VLForConditionalGeneration`` (or the 2.5 / 3 / 3-MoE class) built from a config, a processor
 without the video part, a byte-level tokenizer (or a small BPE trained on the spot from a
 corpus), a Qwen-style chat template, and the latent special tokens added the same way as
 for a real checkpoint (:func:`vedas.engine.tokens.add_latent_tokens`). Nothing is downloaded.
@@ -123,7 +123,8 @@ def tiny_model(
     """Build a random model of the real architecture and its processor, offline.
 
     Args:
-        arch: ``"qwen2_vl"`` or ``"qwen2_5_vl"``.
+        arch: ``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"qwen3_vl"`` or ``"qwen3_vl_moe"`` (patch 16,
+            DeepStack after the first decoder layer(s); the MoE one with 4 experts, top 2).
         hidden, layers, heads, kv_heads, intermediate: text decoder sizes (intermediate defaults to 2×hidden).
         vision_depth, vision_hidden, vision_heads: vision tower sizes (its merger outputs ``hidden``).
         min_pixels, max_pixels: the image processor's resize bounds (smart_resize).
@@ -141,8 +142,18 @@ def tiny_model(
     if head_dim % 8:
         raise ValueError(f"head_dim = hidden/heads = {head_dim} must be a multiple of 8 for M-RoPE sections")
     tok = build_tokenizer(bpe_corpus, bpe_vocab)
+    norm = (
+        {"image_mean": list(mod.IMAGE_MEAN), "image_std": list(mod.IMAGE_STD)}
+        if hasattr(mod, "IMAGE_MEAN")
+        else {}
+    )
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=min_pixels, max_pixels=max_pixels
+        patch_size=getattr(mod, "PATCH_SIZE", 14),
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        **norm,
     )
     processor = mod.PROCESSOR_CLASS(
         image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE

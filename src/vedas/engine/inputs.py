@@ -29,13 +29,16 @@ class PromptBatch:
 
 
 def embed_prompt(backbone: Backbone, batch: PromptBatch) -> tuple[torch.Tensor, VisualTokens, torch.Tensor]:
-    """Prompt input embeddings with visual features in the image slots, the visual-token layout, and
-    the prompt's 3-D rope positions (3, B, L)."""
+    """Prompt input embeddings with visual features in the image slots, the visual-token layout (with
+    any per-layer rows the backbone's decoder adds at the image positions), and the prompt's 3-D
+    rope positions (3, B, L)."""
     ids = batch.input_ids
     embeds = backbone.embed(ids)
     is_img = ids == backbone.image_token_id
+    side = None
     if batch.pixel_values is not None and batch.image_grid_thw is not None:
-        feats = torch.cat(backbone.visual_features(batch.pixel_values, batch.image_grid_thw), 0)
+        per_image, side = backbone.image_inputs(batch.pixel_values, batch.image_grid_thw)
+        feats = torch.cat(per_image, 0)
         if feats.shape[0] != int(is_img.sum()):
             raise ValueError(
                 f"{int(is_img.sum())} image tokens in the prompt but {feats.shape[0]} visual features"
@@ -53,6 +56,8 @@ def embed_prompt(backbone: Backbone, batch: PromptBatch) -> tuple[torch.Tensor, 
     features = embeds.gather(1, seq_index[..., None].expand(-1, -1, embeds.shape[-1]))
     vis_pos = positions.gather(2, seq_index[None].expand(3, -1, -1))
     visual = VisualTokens(seq_index=seq_index, valid=valid, features=features, positions=vis_pos)
+    if side is not None:
+        visual.side = _padded_rows(side.to(embeds.dtype), is_img, seq_index)
     if batch.image_grid_thw is not None:
         # image id, row and column of every visual token: raster order per image, images in batch order
         grids = backbone.merged_grids(batch.image_grid_thw)
@@ -64,3 +69,12 @@ def embed_prompt(backbone: Backbone, batch: PromptBatch) -> tuple[torch.Tensor, 
         at = flat.gather(1, seq_index)
         visual.image, visual.row, visual.col = img[at], row[at], col[at]
     return embeds, visual, positions
+
+
+def _padded_rows(rows: torch.Tensor, is_img: torch.Tensor, seq_index: torch.Tensor) -> torch.Tensor:
+    """(S, N_total, D) rows in prompt order (row-major over the batch) -> (S, B, N_max, D) per visual token."""
+    s, _, d = rows.shape
+    b, length = is_img.shape
+    full = rows.new_zeros(s, b, length, d)
+    full[:, is_img] = rows
+    return full.gather(2, seq_index[None, ..., None].expand(s, -1, -1, d))

@@ -41,6 +41,7 @@ from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch, embed_prompt
 from vedas.engine.runners import Runner
+from vedas.engine.sources import VisualSources
 from vedas.method import replay
 from vedas.method.replay import VisualTokens
 
@@ -159,7 +160,10 @@ class LatentLoop:
         self._next_pos = positions.max(dim=2).values[0] + 1  # (B,)
         self._visited = torch.zeros_like(visual.valid)
         record = self._k > 0 if record is None else record and has_image
-        hidden, self._attn = self._runner(embeds, positions, batch.attention_mask, record, implicit=True)
+        sources = VisualSources.prompt(visual, embeds.shape[1])
+        hidden, self._attn = self._runner(
+            embeds, positions, batch.attention_mask, record, implicit=True, sources=sources
+        )
         return hidden[:, -1]
 
     def latent_steps(
@@ -245,7 +249,8 @@ class LatentLoop:
         chunk = torch.cat([tokens, z[:, None]], 1)
         z_mask = tmask.new_ones(tmask.shape[0], 1) if on is None else on[:, None]
         mask = torch.cat([tmask, z_mask], 1)
-        hidden, self._attn = self._runner(chunk, pos, mask, record=record, implicit=True)
+        sources = None if rep is None else VisualSources.replay(rep, self.visual)
+        hidden, self._attn = self._runner(chunk, pos, mask, record=record, implicit=True, sources=sources)
         if on is None:
             self._next_pos = next_pos
             return hidden[:, -1]

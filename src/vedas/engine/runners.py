@@ -27,6 +27,7 @@ from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
 from vedas.engine.attention import ORACLE, LastQueryRecorder
+from vedas.engine.sources import VisualSources
 from vedas.method import routing
 
 
@@ -38,10 +39,13 @@ class Runner(Protocol):
         new_mask: torch.Tensor,
         record: bool,
         implicit: bool = False,
+        sources: VisualSources | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run one pass over new tokens; returns (final-norm hidden (B, n, D), last-query attention (B, L) or None).
 
         ``implicit`` marks the prefill and latent chunks, the only passes routed layers may route.
+        ``sources``: which of the new tokens are visual and made of which prompt visual tokens
+        (None: none are); the decoder gets :meth:`Backbone.decoder_inputs` of it.
         """
         ...
 
@@ -67,11 +71,17 @@ def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Te
 
 
 def decoder_pass(
-    decoder: Any, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    decoder: Any,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache: Any,
+    **extra: Any,
 ) -> torch.Tensor:
     """One decoder forward over new tokens with a KV cache: the final-norm hidden states (B, n, D).
 
-    The one call both cache-keeping engines make (the static engine compiles it).
+    The one call both cache-keeping engines make (the static engine compiles it); ``extra`` is
+    what :meth:`Backbone.decoder_inputs` adds for the pass (Qwen3-VL's DeepStack rows).
     """
     return decoder(
         inputs_embeds=embeds,
@@ -79,6 +89,7 @@ def decoder_pass(
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
+        **extra,
     ).last_hidden_state
 
 
@@ -86,16 +97,18 @@ class CachedRunner:
     """Each pass sees only its new tokens; the history lives in the KV cache."""
 
     def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
         self.decoder = backbone.decoder()
         self.cache = DynamicCache(config=backbone.model.config.get_text_config())
         self.mask: torch.Tensor | None = None
 
-    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+    def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
+        extra = {} if sources is None else self.backbone.decoder_inputs(sources)
         new = new_mask.long()
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         rec = LastQueryRecorder() if record else contextlib.nullcontext()
         with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
-            hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache)
+            hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache, **extra)
         return hidden, (rec.mean() if record else None)
 
     @property
@@ -150,24 +163,32 @@ class RecomputeRunner:
     the model's dtype, as the reference code has them: ``benchmarks/real_width.py`` compares both)."""
 
     def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
         self.model = backbone.model
         self.decoder = backbone.decoder()
         self.embeds: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
         self.segments: torch.Tensor | None = None
+        self.sources: VisualSources | None = None
         self.passes = 0
 
-    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+    def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
         seg = _segment_ids(new_mask, implicit, self.passes)
         self.passes += 1
+        if sources is None:
+            sources = VisualSources.none(embeds.shape[0], embeds.shape[1], embeds.device)
         if self.embeds is None:
             self.embeds, self.positions, self.mask, self.segments = embeds, positions, new_mask.long(), seg
+            self.sources = sources
         else:
+            assert self.sources is not None
             self.embeds = torch.cat([self.embeds, embeds], 1)
             self.positions = torch.cat([self.positions, positions], 2)
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
             self.segments = torch.cat([self.segments, seg], 1)
+            self.sources = self.sources.cat(sources)
+        extra = self.backbone.decoder_inputs(self.sources)  # the same rows, over the whole prefix
         routed = self.segments if bool((self.segments >= 0).any()) else None
         with text_attention(self.model, self.attention), routing.segments(routed):
             out = self.decoder(
@@ -176,6 +197,7 @@ class RecomputeRunner:
                 position_ids=self.positions,
                 use_cache=False,
                 output_attentions=record,
+                **extra,
             )
         attn = None
         if record:
@@ -194,11 +216,13 @@ class RecomputeRunner:
         """Truncate the stored prefix to the snapshot; the pass counter (segment ids) goes back too."""
         length, self.passes = state
         if length == 0:
-            self.embeds = self.positions = self.mask = self.segments = None
+            self.embeds = self.positions = self.mask = self.segments = self.sources = None
         elif self.embeds is not None:
             assert self.positions is not None and self.mask is not None and self.segments is not None
+            assert self.sources is not None
             self.embeds, self.mask = self.embeds[:, :length], self.mask[:, :length]
             self.positions, self.segments = self.positions[:, :, :length], self.segments[:, :length]
+            self.sources = self.sources.truncate(length)
 
 
 RUNNERS = {"cached": CachedRunner, "recompute": RecomputeRunner}

@@ -165,7 +165,7 @@ class StaticRunner:
         self.cache = _pooled_cache(self, key, max_len)
         self.mask = torch.zeros(embeds.shape[0], max_len, dtype=torch.long, device=embeds.device)
 
-    def __call__(self, embeds, positions, new_mask, record, implicit=False):
+    def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "engine='static' is inference only (its cache is written in place, no autograd): "
@@ -184,6 +184,7 @@ class StaticRunner:
             )
         self.mask[:, self._length : end] = new_mask.long()
         seg = _segment_ids(new_mask, implicit, 0) if implicit else None
+        extra = {} if sources is None else self.backbone.decoder_inputs(sources)
         run = decoder_pass
         if not first and self.settings is not None:
             run = compiled_pass(self.decoder, self.settings, embeds.device)
@@ -194,7 +195,7 @@ class StaticRunner:
             routing.segments(seg),
             torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
         ):
-            hidden = run(self.decoder, embeds, self.mask, positions, self.cache)
+            hidden = run(self.decoder, embeds, self.mask, positions, self.cache, **extra)
         self._length = end
         # clone: a CUDA-graph output is overwritten by the graph's next replay
         attn = rec.mean()[:, :end].clone() if record else None

@@ -28,6 +28,8 @@ class VisualTokens:
     image: torch.Tensor | None = None  # (B, N) index of the token's image in the batch's image list
     row: torch.Tensor | None = None  # (B, N) row on that image's merged grid
     col: torch.Tensor | None = None  # (B, N) column on that image's merged grid
+    side: torch.Tensor | None = None
+    """(S, B, N, D) per-layer rows the decoder adds at each token's position (Qwen3-VL's DeepStack), or None."""
 
     @property
     def count(self) -> torch.Tensor:

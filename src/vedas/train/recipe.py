@@ -239,7 +239,9 @@ def setup_model(cfg: TrainConfig, records: Any = None) -> Any:
             p.requires_grad = "lora_" in n
     if cfg.model.vision != "train":
         for n, p in vm.model.model.visual.named_parameters():
-            p.requires_grad = cfg.model.vision == "merger" and ".merger." in f".{n}" and p.requires_grad
+            # the projectors into the decoder: the merger, and Qwen3-VL's DeepStack mergers
+            merger = ".merger." in f".{n}" or n.startswith("deepstack_merger_list.")
+            p.requires_grad = cfg.model.vision == "merger" and merger and p.requires_grad
     if cfg.routing is not None:
         from vedas.method import routing
 
