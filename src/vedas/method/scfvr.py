@@ -4,8 +4,10 @@ For each latent step and sample, the replayed token indices I^t are placed on th
 grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
 be square). The W×W window holding most selected tokens is found by a vectorised 2-D box
 sum (ties → the first in row-major order; W clipped to the grid), mapped to pixels of the
-original image, cropped as a tensor, resized (bilinear) and re-encoded by the same vision
-tower, then mean-pooled into u_ref (stop-gradient unless ``recon_target_grad``). The
+original image, cropped as a tensor, resized (bilinear) to ``zoom`` × the window's size on the
+input grid (:func:`crop_cells`) and re-encoded by the same vision tower — every crop of the batch
+in one call, under ``no_grad`` when the target is stop-gradient (the default, unless
+``recon_target_grad``) — then mean-pooled into u_ref. The
 replayed block is pooled into b^t = mean(B^t) and the loss is
 L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
 
