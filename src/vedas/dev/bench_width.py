@@ -18,10 +18,12 @@ SCF-VR at the current default crop, no routing); ``full`` (both); ``full_ckpt`` 
 checkpointing); and, with the old crop default (``scfvr.zoom: 0``: every crop resized to the
 sample's own input size), ``scfvr_old`` and ``full_old`` — before and after in the same run.
 
-One warm-up step, then one step per variant per round,
-all variants interleaved round by round, the order rotating; times are medians and each ratio is the median of the ratios within a round (load drift
-cancels). Also per step: time inside the vision tower (crop re-encoding included) and inside the
-crop re-encoding alone, and the rise of peak memory over the step (CUDA: ``max_memory_allocated``;
+One warm-up step, then one step per variant per round, all variants interleaved round by round,
+the order rotating; times are medians and each ratio is the median of the ratios within a round.
+On CPU the ratios are of process CPU time (wall time is shown beside it): with one thread that
+counts the work, not the waiting for a core, which on a shared machine swings a step's wall time
+by 2× within minutes; on CUDA they are of wall time. Also per step: CPU time inside the vision
+tower (crop re-encoding included) and inside the crop re-encoding alone, and the rise of peak memory over the step (CUDA: ``max_memory_allocated``;
 CPU: peak RSS with glibc's mmap threshold lowered so that freed tensors leave the RSS).
 
 Generation (same widths, batch 1, one 448-px image, ``vedas`` mode, 8 new tokens): prefill /
@@ -176,23 +178,26 @@ def clocks(vm: Any) -> Iterator[dict[str, float]]:
     """Seconds spent inside the vision tower and inside SCF-VR's crop re-encoding, while open."""
     bb = vm.backbone
     visual = bb.model.model.visual
-    spent = {"tower": 0.0, "crops": 0.0}
-    start: list[float] = []
+    spent = {"tower": 0.0, "crops": 0.0, "tower_cpu": 0.0, "crops_cpu": 0.0}
+    start: list[tuple[float, float]] = []
 
     def pre(*_: Any) -> None:
-        start.append(time.perf_counter())
+        start.append((time.perf_counter(), time.process_time()))
 
     def post(*_: Any) -> None:
-        spent["tower"] += time.perf_counter() - start.pop()
+        t0, c0 = start.pop()
+        spent["tower"] += time.perf_counter() - t0
+        spent["tower_cpu"] += time.process_time() - c0
 
     real = bb.encode_crops
 
     def encode(crops: Any) -> torch.Tensor:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return real(crops)
         finally:
             spent["crops"] += time.perf_counter() - t0
+            spent["crops_cpu"] += time.process_time() - c0
 
     hooks = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)]
     bb.encode_crops = encode
@@ -215,17 +220,17 @@ def step(vm: Any, run: Run, device: str) -> dict[str, float]:
     try:
         with routing.allowed(run.routing), clocks(vm) as spent:
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = run.objective(run.batch)
             out["loss"].backward()
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
             sync(device)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         if run.ckpt:
             grad_checkpoint.disable(vm.backbone)
-    return {"step": wall, **spent}
+    return {"step": wall, "cpu": cpu, **spent}
 
 
 def lower_mmap_threshold() -> None:
@@ -254,10 +259,15 @@ def train_table(
             times[name].append(box[0])
             peak[name] = max(peak.get(name, 0), rise)
 
+    # on CPU the ratios use process CPU time: with one thread it counts the work, not the waiting
+    # for a core on a loaded machine (wall time is kept beside it); on CUDA, wall time
+    key = "step" if device.startswith("cuda") else "cpu"
+
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x["step"] / y["step"] for x, y in zip(times[a], times[b]))
+        return statistics.median(x[key] / y[key] for x, y in zip(times[a], times[b]))
 
     return {
+        "ratio_of": "cpu" if key == "cpu" else "wall",
         "step_s": {v: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for v, ts in times.items()},
         "step_s_all": times,
         "peak_rise_bytes": peak,
@@ -341,15 +351,15 @@ def table(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"{width}: training step",
-            f"{'variant':30s}{'step s':>9s}{'tower s':>9s}{'crops s':>9s}{'peak rise MiB':>15s}"
-            f"{'/ latent':>10s}{'/ cot':>8s}",
+            f"{'variant':30s}{'wall s':>9s}{'cpu s':>9s}{'tower':>9s}{'crops':>9s}{'peak rise MiB':>15s}"
+            f"{'/ latent':>10s}{'/ cot':>8s}   (tower, crops: cpu s; ratios of {t['ratio_of']} time)",
         ]
         for v, label in LABELS.items():
             if v not in t["step_s"]:
                 continue
             st = t["step_s"][v]
             lines.append(
-                f"{label:30s}{st['step']:9.2f}{st['tower']:9.2f}{st['crops']:9.2f}"
+                f"{label:30s}{st['step']:9.2f}{st['cpu']:9.2f}{st['tower_cpu']:9.2f}{st['crops_cpu']:9.2f}"
                 f"{t['peak_rise_bytes'][v] / 2**20:15.0f}{t['over_latent'][v]:9.2f}×{t['over_cot'][v]:7.2f}×"
             )
         if "full" in t["over_latent"]:
