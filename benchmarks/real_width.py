@@ -1,6 +1,6 @@
 """Real-width cost: random weights at the widths of Qwen2-VL-2B and Qwen2.5-VL-3B, a few layers.
 
-    .venv/bin/python benchmarks/real_width.py [--part train|bf16|all] [--rounds 2] [--json FILE]
+    .venv/bin/python benchmarks/real_width.py [--part train|bf16|table|all] [--rounds 2] [--json FILE]
 
 Real checkpoints cannot be downloaded here, so the models are random ones of the real classes at the
 real widths (decoder hidden / MLP / heads / kv heads, vision embed dim and heads) with only a few
@@ -17,6 +17,10 @@ use 4 and 3420 units).
   time, vision-tower block forwards per step (a forward pre-hook counts recomputation too), whether
   the tower's outputs require grad, and the peak-RSS rise of one step (each variant in a fresh
   subprocess).
+- ``table`` (not part of ``all``; the same as ``vedas bench --size real-width``): every training
+  variant (``cot``, ``latent``, routing only, SCF-VR only, full, full + gradient checkpointing, and
+  SCF-VR only / full with the old crop default) and generation, at both widths, batch 2, side by
+  side in one run: :mod:`vedas.dev.bench_width`.
 - ``bf16``: greedy ``vedas``-mode generation in bf16 on the cached engine and on the recompute
   oracle, at both widths, batch 2 (a 336×336 and a 224×336 image: 144 and 96 visual tokens;
   T_r = 4, K = 16; 2 answer tokens, since bf16 matmuls are slow on CPU): per latent step, the share of
@@ -41,19 +45,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step
-from vedas.dev import bench
+from vedas.dev import bench, bench_width
+from vedas.dev.bench_width import WIDTHS
 
-WIDTHS = {
-    # decoder: hidden, intermediate, heads, kv_heads; vision: embed dim, heads
-    "qwen2_vl_2b": (
-        "qwen2_vl",
-        dict(hidden=1536, intermediate=8960, heads=12, kv_heads=2, vision_hidden=1280, vision_heads=16),
-    ),
-    "qwen2_5_vl_3b": (
-        "qwen2_5_vl",
-        dict(hidden=2048, intermediate=11008, heads=16, kv_heads=2, vision_hidden=1280, vision_heads=16),
-    ),
-}
 IMAGE, LATENTS, REPLAY_K = 448, 4, 32
 CKPT = {"no_ckpt": "off", "ckpt": "vedas", "ckpt_hf_tower": "transformers' switch on the tower"}
 
@@ -201,9 +195,21 @@ def agreement(a: Any, b: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["train", "bf16", "all"], default="all", help="what to measure")
     ap.add_argument(
-        "--rounds", type=int, default=3, help="timed rounds of the training part (after a warm-up)"
+        "--part", choices=["train", "bf16", "table", "all"], default="all", help="what to measure"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="timed rounds of the training parts (after a warm-up; 3, table 2)",
+    )
+    ap.add_argument("--quick", action="store_true", help="table: tiny stand-in widths (a smoke run)")
+    ap.add_argument(
+        "--widths", nargs="+", choices=list(WIDTHS), default=None, help="table: only these widths"
+    )
+    ap.add_argument(
+        "--variants", nargs="+", choices=bench_width.OPTIONAL, default=None, help="table: only these"
     )
     ap.add_argument("--layers", type=int, default=4, help="decoder layers of the real-width models")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -218,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "layers": args.layers,
     }
+    if args.part == "table":
+        result["table"] = bench_width.run(args, args.device)
     if args.part in ("train", "all"):
-        r = result["train"] = train_part(args.layers, args.rounds, args.device)
+        r = result["train"] = train_part(args.layers, args.rounds or 3, args.device)
         print(f"LoRA latent step, Qwen2-VL-2B width, {args.layers} layers, batch 1, {IMAGE}-px image")
         print(
             f"{'variant':16s}{'step s':>9s}{'peak rise MiB':>15s}{'tower fwd/step':>16s}{'tower out grad':>16s}"

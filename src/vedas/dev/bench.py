@@ -1,6 +1,9 @@
 """``vedas bench``: speed and memory ratios measured side by side in one run.
 
     vedas bench [--quick] [--arch qwen3_vl] [--checkpoints runs/demo/report.json] --json bench.json
+    vedas bench --size real-width [--quick]     # training steps and generation at real widths
+
+``--size real-width`` runs :mod:`vedas.dev.bench_width` instead (its docstring says what it measures).
 
 On one model and one set of samples it measures:
 
@@ -442,6 +445,13 @@ def table(r: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument(
+        "--size",
+        choices=["tiny", "real-width"],
+        default="tiny",
+        help="tiny: the engine benchmark on a tiny model (default); real-width: training steps and "
+        "generation at the real widths of Qwen2-VL-2B and Qwen2.5-VL-3B, few layers (--quick: tiny stand-ins)",
+    )
     parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
     add_arch(parser, "the tiny random model's architecture (default: qwen2_vl)")
     parser.add_argument(
@@ -450,10 +460,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
     )
     cli_args.add_device(parser)
+    from vedas.dev import bench_width
+
+    bench_width.add_arguments(parser.add_argument)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.size == "real-width":
+        from vedas.dev import bench_width
+
+        write_json(args.json, bench_width.run(args, cli_args.resolve_device(args.device)))
+        return 0
     checkpoints = None
     if args.checkpoints:
         with open(args.checkpoints) as f:

@@ -4,8 +4,10 @@ For each latent step and sample, the replayed token indices I^t are placed on th
 grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
 be square). The W×W window holding most selected tokens is found by a vectorised 2-D box
 sum (ties → the first in row-major order; W clipped to the grid), mapped to pixels of the
-original image, cropped as a tensor, resized (bilinear) and re-encoded by the same vision
-tower, then mean-pooled into u_ref (stop-gradient unless ``recon_target_grad``). The
+original image, cropped as a tensor, resized (bilinear) to ``zoom`` × the window's size on the
+input grid (:func:`crop_cells`) and re-encoded by the same vision tower — every crop of the batch
+in one call, under ``no_grad`` when the target is stop-gradient (the default, unless
+``recon_target_grad``) — then mean-pooled into u_ref. The
 replayed block is pooled into b^t = mean(B^t) and the loss is
 L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
 
@@ -96,6 +98,11 @@ def window_to_pixels(
 # --- the reconstruction head ---------------------------------------------------------------
 
 
+ZOOM = 1.25
+"""Default crop zoom over the window (chosen by measurement: docs/design.md#scf-vr)."""
+MAX_ZOOM = 16.0
+
+
 @dataclass
 class SCFVRConfig:
     """Self-distillation settings."""
@@ -108,12 +115,27 @@ class SCFVRConfig:
     """F_SR: a D→D linear map (won in the paper's Table 4), a 2-layer MLP, or a small 1-D conv."""
     recon_target_grad: bool = False
     """Let gradients flow into the vision tower through the crop target (default: stop-gradient)."""
+    zoom: float = ZOOM
+    """The crop's target resolution: each side of the window (in merged cells of the model's input
+    grid) is scaled by ``zoom`` and snapped to whole cells (≥ 1), so a W×W window is re-encoded as
+    ⌊zoom·W + ½⌋² merged tokens (default 1.25: a 3×3 window -> 4×4 cells). 0 = resize every crop to the sample's own full input size (the
+    paper's "standard encoder input resolution"; T_r extra full images per sample, the old default)."""
     crop_size: int = 0
-    """Side (px) crops are resized to before re-encoding; 0 = the sample's own resized input size."""
+    """A fixed square side (px, snapped to patch × merge) for every crop; overrides ``zoom``. 0 = off."""
 
     def __post_init__(self) -> None:
         _check(self.window >= 1, "window", f"must be ≥ 1, got {self.window}")
         _check(self.weight >= 0, "weight", f"must be ≥ 0, got {self.weight}")
+        _check(
+            isinstance(self.zoom, (int, float)) and not isinstance(self.zoom, bool),
+            "zoom",
+            f"must be a number, got {self.zoom!r}",
+        )
+        _check(
+            math.isfinite(self.zoom) and (self.zoom == 0 or 0 < self.zoom <= MAX_ZOOM),
+            "zoom",
+            f"must be 0 (the sample's full input size) or in (0, {MAX_ZOOM}], got {self.zoom}",
+        )
         _check(self.crop_size >= 0, "crop_size", f"must be ≥ 0, got {self.crop_size}")
         _check_literal(self, "sr")
 
@@ -138,6 +160,17 @@ class TokenSR(nn.Module):
         if self.kind == "conv":
             return self.net(b.reshape(-1, 1, b.shape[-1])).reshape(b.shape)
         return self.net(b)
+
+
+def crop_cells(window: torch.Tensor, grid_hw: tuple[int, int], cfg: SCFVRConfig) -> tuple[int, int]:
+    """(rows, cols) of merged cells the crop of ``window`` (r, c, wh, ww) is re-encoded at.
+
+    ``zoom`` 0: the image's full grid ``grid_hw``; otherwise ⌊zoom · window side + ½⌋, at least 1.
+    """
+    if cfg.zoom == 0:
+        return grid_hw
+    wh, ww = int(window[2]), int(window[3])
+    return max(1, math.floor(cfg.zoom * wh + 0.5)), max(1, math.floor(cfg.zoom * ww + 0.5))
 
 
 def crop_and_resize(
@@ -201,13 +234,15 @@ def recon_loss(
     pick_grids = torch.tensor([grids[p[0]] for p in picks], device=rows.device)
     windows = best_windows(rows, cols, valid, pick_grids, cfg.window)
     crops = []
-    factor = backbone.patch_size * backbone.merge_size
+    factor = backbone.patch_size * backbone.merge_size  # px of one merged cell
+    fixed = max(1, round(cfg.crop_size / factor)) if cfg.crop_size else 0
     for (img, *_), win in zip(picks, windows):
         image = images[img]
-        gh, gw = grids[img]
-        box = window_to_pixels(win, (gh, gw), tuple(image.shape[-2:]))
-        size = (cfg.crop_size, cfg.crop_size) if cfg.crop_size else (gh * factor, gw * factor)
-        crops.append(crop_and_resize(image, box, size))
+        box = window_to_pixels(win, grids[img], tuple(image.shape[-2:]))
+        ch, cw = (fixed, fixed) if fixed else crop_cells(win, grids[img], cfg)
+        crops.append(crop_and_resize(image, box, (ch * factor, cw * factor)))
+    # every crop of every step and sample in one vision-tower call; a stop-gradient target (the
+    # default) builds no graph, so no tower activations are kept for backward
     with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):
         target = backbone.encode_crops(crops)
     pred = sr(torch.stack(pooled).float())
