@@ -51,7 +51,7 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     (tmp_path / "seed0" / "no_replay" / RESULT_FILE).unlink()
     res = ablation(tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("finished earlier") == len(VARIANTS) - 1
+    assert res.stdout.count("seed 0 finished earlier") == len(VARIANTS) - 1
     assert "ablation: no_replay seed 0: accuracy" in res.stdout
 
     res = ablation(tmp_path, "--test", "9")
