@@ -54,5 +54,13 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     assert res.stdout.count("seed 0 finished earlier") == len(VARIANTS) - 1
     assert "ablation: no_replay seed 0: accuracy" in res.stdout
 
+    # another process has seed 1: this one trains nothing new and reports what is finished (seed 0)
+    res = ablation(tmp_path, "--seeds", "2", "--only-seeds", "0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(m["seeds"] == [0] for m in json.loads((tmp_path / "ablation.json").read_text())["methods"])
+    assert not (tmp_path / "seed1").exists()
+    res = ablation(tmp_path, "--seeds", "2", "--only-seeds", "2")
+    assert res.returncode == 2 and "--only-seeds: [2] not among --seeds 2" in res.stderr
+
     res = ablation(tmp_path, "--test", "9")
     assert res.returncode == 2 and "size.test: 8 there, 9 now" in res.stderr

@@ -2,6 +2,9 @@
 
     vedas demo --ablation --out runs/ablation               # 3 seeds at the demo's full size
     vedas demo --ablation --quick --seeds 1 --out /tmp/abl  # a smoke run of a minute or two
+    # two processes on two cores: each trains its seeds, the report takes every finished unit
+    vedas demo --ablation --seeds 3 --only-seeds 0 1 --out runs/ablation &
+    vedas demo --ablation --seeds 3 --only-seeds 2 --out runs/ablation
 
 Per seed: the synthetic benchmark (the demo's preset), ``cot`` trained from the tiny random model
 exactly as the demo trains it, and from that one ``cot`` checkpoint, through the same curriculum
@@ -347,7 +350,7 @@ def latent_use_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]
     if used:
         verdict = f"latents' content used: replacing them by {', '.join(used)} lowers accuracy beyond the 95 % interval"
     elif accuracy["trained"] <= CHANCE + 0.05:
-        verdict = "cannot tell: with the latents as trained the accuracy is at chance, so nothing can drop"
+        verdict = "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
     else:
         verdict = "latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy beyond the 95 % interval"
     return {
@@ -406,10 +409,12 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     lines = [
         "# vedas ablation: one trained `cot`, the paper's variants and two replay controls",
         "",
-        f"- machine: {meta['machine']}; load average at start {meta['load_start']:.1f}, at end {meta['load_end']:.1f}",
+        f"- machine: {meta['machine']}; 1-min load average while the units ran "
+        f"{meta['units_load_average'][0]:.1f}–{meta['units_load_average'][1]:.1f}",
         f"- preset `{meta['preset']}`: {meta['synth']}",
         f"- sizes: {meta['size_line']}",
-        f"- seeds {meta['seeds']}; wall time of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
+        f"- seeds {meta['seeds']}; wall time of the units (train + evaluate + latent use), summed: "
+        f"{meta['units_seconds_total'] / 60:.1f} min; of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
         f"(units finished earlier are loaded, not rerun); scoring `vedas` (strict), chance 25 %",
         "",
         "| variant | accuracy % (mean ± std over seeds) | per seed | AR steps | latency ms/sample | train s |",
@@ -478,7 +483,15 @@ def run(args: argparse.Namespace) -> int:
     check_settings(out, settings(size))
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
     results: dict[str, dict[int, dict[str, Any]]] = {}
+    only = set(args.only_seeds or seeds)
+    if not only <= set(seeds):
+        raise UserError(
+            f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
+        )
     for seed in seeds:
+        if seed not in only:  # another process runs it: take what it has finished
+            finished(out, seed, ["cot", *wanted], results)
+            continue
         data = out / f"seed{seed}" / "data"
         if not (data / "test.jsonl").is_file():
             synth.write(
@@ -492,6 +505,14 @@ def run(args: argparse.Namespace) -> int:
         text = write_report(out, results, size, seeds[: seed + 1], t0, load_start)  # after every seed
     print(text)
     return 0
+
+
+def finished(out: Path, seed: int, names: list[str], results: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Add the units of ``seed`` already finished on disk to ``results`` (nothing is trained)."""
+    for name in names:
+        path = out / f"seed{seed}" / name / RESULT_FILE
+        if path.is_file():
+            results.setdefault(name, {})[seed] = json.loads(path.read_text())
 
 
 def write_report(
@@ -517,6 +538,11 @@ def write_report(
         ),
         "seeds": seeds,
         "elapsed_seconds": time.perf_counter() - t0,
+        "units_seconds_total": sum(r["unit_seconds"] for reps in results.values() for r in reps.values()),
+        "units_load_average": [
+            f(x for reps in results.values() for r in reps.values() for x in r["load_average"])
+            for f in (min, max)
+        ],
         "settings": settings(size),
     }
     atomic_write(out / "ablation.json", {**summary, **meta})

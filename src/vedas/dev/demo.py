@@ -152,6 +152,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with --ablation: only these variants (default: all; cot is always trained first)",
     )
+    parser.add_argument(
+        "--only-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="S",
+        help="with --ablation: train only these of the --seeds (another process takes the rest); the "
+        "report includes every unit finished on disk",
+    )
     parser.set_defaults(func=run)
 
 
