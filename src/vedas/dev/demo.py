@@ -1,10 +1,10 @@
 """``vedas demo``: the main job on the embedded default — no download at all.
 
-    vedas demo                      # about 20 minutes on 2 CPU cores
-    vedas demo --quick              # a smaller run, about 3 minutes
+    vedas demo                      # the fine preset: not yet timed end to end (docs/results.md#fine-preset)
+    vedas demo --quick              # a smoke run that learns nothing
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
     vedas demo --method no_cot cot  # only some of the methods
-    vedas demo --preset easy        # the earlier 112-px benchmark (16 visual tokens)
+    vedas demo --preset easy        # the earlier 112-px benchmark (16 visual tokens), ~18 min on 2 cores
     vedas demo --ablation --seeds 3 # the ablation (vedas.dev.ablation), resumable
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
