@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gap_tto.py --quick          # a smoke run, a few minutes
     .venv/bin/python benchmarks/gap_tto.py --no-smollm      # skip the SmolLM2 norm diagnostic
     .venv/bin/python benchmarks/gap_tto.py --reuse          # re-measure with the checkpoints already in --out
-    .venv/bin/python benchmarks/gap_tto.py --from-demo runs/demo   # take cot and plain vedas from a full demo
+    .venv/bin/python benchmarks/gap_tto.py --from-demo runs/demo   # cot and plain vedas from a full `vedas demo --preset easy`
 
 What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recipe,
 :mod:`vedas.dev.demo`) on the demo's synthetic benchmark:
@@ -132,7 +132,8 @@ def main() -> int:
     from vedas.method import gap
     from vedas.method.tto import TTOConfig
 
-    size = QUICK if args.quick else FULL
+    # measured on the earlier (easy) demo benchmark; --from-demo needs a `vedas demo --preset easy` dir
+    size = (QUICK if args.quick else FULL).with_preset("easy")
     out = Path(args.out)
     data = out / "data"
     demo_seconds: dict[str, float] = {}  # method -> the demo's training time for it
@@ -142,13 +143,15 @@ def main() -> int:
         for name in ("data", "cot", "vedas"):
             src, dst = demo / name, out / name
             if not src.is_dir():
-                raise SystemExit(f"--from-demo: {src} is missing; run `vedas demo --out {demo}` first")
+                raise SystemExit(
+                    f"--from-demo: {src} is missing; run `vedas demo --preset easy --out {demo}` first"
+                )
             if not dst.exists():
                 dst.symlink_to(src, target_is_directory=True)
             if name != "data":
                 demo_seconds[name] = json.loads((src / "report.json").read_text())["train_seconds"]
     if not (data / "test.jsonl").is_file():
-        synth.write(data, train=size.train, test=size.test, seed=SEED, cfg=synth.SynthConfig(**size.synth))
+        synth.write(data, train=size.train, test=size.test, seed=SEED, cfg=size.synth_config())
     train_recs = list(load("synthetic", path=str(data), split="train"))
     test = list(load("synthetic", path=str(data), split="test"))
     t_start = time.perf_counter()
@@ -246,7 +249,7 @@ def main() -> int:
 
     elapsed = time.perf_counter() - t_start
     lines = [
-        f"Synthetic benchmark (demo knobs {size.synth}): {size.train} train / {size.test} test; tiny Qwen2-VL "
+        f"Synthetic benchmark (demo preset {size.preset}): {size.train} train / {size.test} test; tiny Qwen2-VL "
         f"{size.tiny}, BPE {size.bpe_vocab}; cot {size.epochs} epochs, every vedas variant {size.latent_epochs} more "
         f"from cot's checkpoint; batch {size.batch_size}, lr {size.lr}; "
         f"T_r = {size.latents}, K = {size.replay_k}; seed {SEED}. Eval: batch {TEST_BATCH}, strict `vedas` scoring "

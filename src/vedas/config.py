@@ -46,6 +46,12 @@ class LatentConfig:
     """``topk``: the K weighted tokens; ``soft_mix``: their weighted sum as one token."""
     replay_scale: Literal["paper", "unit"] = "paper"
     """``paper``: weights softmax(a_I) (they sum to 1); ``unit``: weights × K so they average 1."""
+    replay_select: Literal["attention", "random"] = "attention"
+    """Which unvisited tokens a step replays: the K most attended (the method), or K drawn uniformly
+    at random among the unvisited ones (a control: same block weights softmax(a_I), only the choice
+    differs; :func:`vedas.method.replay.random_keys`)."""
+    replay_seed: int = 0
+    """Seed of ``replay_select: random``: one generator per generate call (and one per training run)."""
     replay_positions: Literal["sequential", "original"] = "sequential"
     """Rope positions of replayed tokens: continue the text positions, or reuse their (t,h,w) source."""
     latent_grad: Literal["full", "none"] = "full"
@@ -107,6 +113,7 @@ class LatentConfig:
         )
         literals = (
             "replay_mode",
+            "replay_select",
             "replay_scale",
             "replay_positions",
             "latent_grad",

@@ -66,3 +66,11 @@ def test_every_flag_has_help() -> None:
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             assert action.help, f"vedas data {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_synth_preset_with_a_flag_on_top(tmp_path: Path) -> None:
+    out = tmp_path / "fine"
+    assert run("synth", "--out", str(out), "--train", "0", "--test", "2", "--preset", "fine",
+               "--max-count", "3", "--no-progress") == 0  # fmt: skip
+    config = __import__("json").loads((out / "synth_config.json").read_text())["config"]
+    assert config["image_size"] == 224 and config["templates"] == "diff,net" and config["max_count"] == 3

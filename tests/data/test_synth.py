@@ -238,3 +238,38 @@ def test_verbose_rationales_enumerate_what_the_image_shows_and_name_the_letter()
             assert (m[2] or "") == ", ".join(str(k) for k in range(1, n + 1))
     with pytest.raises(ValueError, match="--rationale: must be one of"):
         SynthConfig(rationale="long")
+
+
+def test_fine_preset_makes_replay_choose_and_detail_matter() -> None:
+    """The demo's ``fine`` preset by construction: 64 merged visual tokens per image through the tiny
+    Qwen2-VL processor, T_r·K at most a quarter of them, every shape under a third of a merged cell
+    (a 3-cell crop re-encoded at full size shows it ~3x larger), 3-4-step questions, balanced letters."""
+    import vedas
+    from vedas.data.synth import MERGED_CELL_PX, PRESETS, merged_tokens, preset
+    from vedas.dev.demo import FULL
+
+    cfg = preset("fine")
+    size = FULL.with_preset("fine")
+    _, processor = vedas.tiny_model("qwen2_vl", hidden=32, layers=1, max_pixels=size.tiny["max_pixels"])
+    samples = [make_sample(i, "test", seed=0, cfg=cfg) for i in range(400)]
+    grid = processor.image_processor(images=[s.image for s in samples[:4]], return_tensors="pt")[
+        "image_grid_thw"
+    ]
+    assert [int(t * h * w) // 4 for t, h, w in grid.tolist()] == [64] * 4 == [merged_tokens(cfg)] * 4
+    assert size.latents * size.replay_k <= merged_tokens(cfg) / 4
+    sides = []
+    for s in samples[:20]:
+        pixels = np.asarray(s.image)
+        for value in COLORS.values():
+            for blob in components(np.all(pixels == value, axis=-1)):  # (pixels, 2) coordinates
+                sides.append(int((blob.max(0) - blob.min(0)).max()) + 1)
+    assert len(sides) > 100 and max(sides) <= MERGED_CELL_PX / 3
+    assert {s.row["category"] for s in samples} == {"diff", "net"}
+    assert {TEMPLATES[s.row["category"]][0] for s in samples} == {3, 4}
+    share = np.bincount(["ABCD".index(s.row["answer"]) for s in samples], minlength=4) / len(samples)
+    assert np.abs(share - 0.25).max() <= 0.05, share
+    # the earlier demo benchmark stays available by name, with its old knobs
+    assert preset("easy") == SynthConfig(**PRESETS["easy"]) and preset("easy").image_size == 112
+    assert merged_tokens(preset("easy")) == 16
+    with pytest.raises(ValueError, match="--preset: unknown 'hard'"):
+        preset("hard")

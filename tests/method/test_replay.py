@@ -79,3 +79,53 @@ def test_nothing_left_gives_an_empty_chunk():
     visited = vis.valid.clone()
     rep = replay.build(torch.rand(2, 3), vis, visited, 4)
     assert rep.tokens.shape == (2, 0, 4) and rep.mask.shape == (2, 0)
+
+
+def test_random_keys_pick_only_unvisited_tokens_and_are_seeded():
+    """``replay_select: random`` at the selection level: each step's picks are free (valid, not yet
+    replayed) tokens, as many as are left up to k; the same seed gives the same picks."""
+    b, n, k = 3, 12, 4
+    vis = _visual(b, n, 6, [12, 7, 0], seed=0)
+    scores = torch.rand(b, n)
+
+    def picks(seed: int) -> list[list[list[int]]]:
+        gen = torch.Generator().manual_seed(seed)
+        visited = torch.zeros(b, n, dtype=torch.bool)
+        steps = []
+        for _ in range(4):
+            rep = replay.build(scores, vis, visited, k, keys=replay.random_keys((b, n), gen))
+            rows = [rep.index[i][rep.mask[i]].tolist() for i in range(b)]
+            for i, row in enumerate(rows):
+                free = (vis.valid[i] & ~visited[i]).sum().item()
+                assert len(row) == min(k, free) and len(set(row)) == len(row)
+                assert all(vis.valid[i, j] and not visited[i, j] for j in row), (i, row)
+            visited = replay.mark_visited(visited, rep)
+            steps.append(rows)
+        return steps
+
+    first = picks(5)
+    assert first == picks(5) and first != picks(6)
+    assert sorted(i for s in first for i in s[0]) == list(range(12))  # 12 tokens, 3 steps of 4: all used
+    assert sorted(i for s in first for i in s[1]) == list(range(7))  # 7 tokens: 4 then 3, then nothing
+
+
+def test_random_replay_in_the_engine_never_revisits_and_is_seeded(make_image):
+    import vedas
+    from vedas.config import LatentConfig
+
+    model, processor = vedas.tiny_model("qwen2_vl", hidden=32, layers=1, seed=0)
+    images = [make_image(112, 112, s) for s in range(3)]
+    questions = ["How many red squares are there?"] * 3
+
+    def replays(select: str, seed: int) -> list[list[list[int]]]:
+        cfg = LatentConfig(latents=4, replay_k=3, replay_select=select, replay_seed=seed, max_new_tokens=2)  # type: ignore[arg-type]
+        vm = vedas.VedasModel(model, processor, cfg)
+        return vm.generate(images, questions, mode="latent", return_details=True).replay_indices
+
+    runs = replays("random", 0)
+    for sample in runs:  # 16 visual tokens, 4 steps x 3: every step replays 3 tokens never replayed before
+        flat = [i for step in sample for i in step]
+        assert [len(step) for step in sample] == [3, 3, 3, 3] and len(set(flat)) == 12
+        assert all(0 <= i < 16 for i in flat)
+    assert runs == replays("random", 0) and runs != replays("random", 1)
+    assert runs != replays("attention", 0)

@@ -2,6 +2,7 @@
 
     vedas data synth --out data/synth --train 2000 --test 500 --seed 0
     vedas data synth --out data/hard --image-size 224 --max-objects 20 --min-steps 4
+    vedas data synth --out data/fine --preset fine --train 1600 --test 400   # the demo's benchmark
     vedas data show synthetic:data/synth --split test --limit 3
     vedas data show m3cot:/data/M3CoT --limit 2
     vedas data show easy_vqa --limit 3
@@ -28,7 +29,7 @@ HELP = "data tools: write the synthetic benchmark, show any dataset as records, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``synth``, ``show`` and ``difficulty`` subcommands to the ``vedas data`` parser."""
-    from vedas.data.synth import SynthConfig
+    from vedas.data.synth import PRESETS, SynthConfig
 
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
@@ -45,7 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument(
         "--seed", type=int, default=0, help="random seed; same seed gives identical files (default: 0)"
     )
-    # One flag per difficulty knob, named, typed and documented by the SynthConfig field.
+    synth.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="start from a named set of knobs (easy: the earlier demo's 112-px benchmark; fine: 224 px, "
+        "8-px shapes, 3-4 steps); the flags below override it (default: the defaults below)",
+    )
+    # One flag per difficulty knob, named, typed and documented by the SynthConfig field; a flag
+    # not given is absent (SUPPRESS), so a preset's value is not overridden by a default.
     for f in fields(SynthConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = (
@@ -54,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             else {"type": type(f.default)}
         )
         synth.add_argument(
-            flag, default=f.default, help=f"{f.metadata['help']} (default: {f.default})", **kind
+            flag, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})", **kind
         )
     synth.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     synth.set_defaults(func=_synth)
@@ -96,11 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from vedas.data.synth import SynthConfig, write
+    from vedas.data.synth import PRESETS, SynthConfig, write
 
-    knobs = {f.name: getattr(args, f.name) for f in fields(SynthConfig)}
+    knobs = {f.name: getattr(args, f.name) for f in fields(SynthConfig) if hasattr(args, f.name)}
     try:
-        cfg = SynthConfig(**knobs)
+        cfg = SynthConfig(**{**PRESETS.get(args.preset or "", {}), **knobs})
     except ValueError as exc:
         print(f"vedas data synth: {exc}", file=sys.stderr)
         return 2

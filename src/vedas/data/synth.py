@@ -195,6 +195,63 @@ class SynthConfig:
         return [(c, s) for c in list(COLORS)[: self.colors] for s in SHAPES[: self.shapes]]
 
 
+# Named presets of the knobs (``vedas data synth --preset NAME``; explicit flags override them).
+# ``easy`` is the demo's earlier benchmark: 112-px images (16 merged visual tokens) of clean 12-px
+# squares, one 3-step question. ``fine`` (docs/design.md#fine-preset) is built so that replay has to
+# choose and detail matters: 224-px images (64 merged tokens of 28 px, so T_r·K = 4·4 replays a
+# quarter of them), 8-px squares (under a third of a merged cell: a zoomed crop resolves what one
+# merged token blurs), up to 14 shapes, counts up to 4, and 3- or 4-step questions (difference of two
+# counts, or two counts added and a third subtracted).
+PRESETS: dict[str, dict[str, Any]] = {
+    "easy": dict(
+        image_size=112,
+        shape_size=12,
+        max_objects=8,
+        max_count=3,
+        colors=4,
+        shapes=1,
+        noise=0.0,
+        clutter=0,
+        min_steps=3,
+        max_steps=3,
+        templates="diff",
+        fixed_kinds=True,
+        sorted_options=True,
+        rationale="verbose",
+    ),
+    "fine": dict(
+        image_size=224,
+        shape_size=8,
+        max_objects=14,
+        max_count=4,
+        colors=4,
+        shapes=1,
+        noise=0.04,
+        clutter=0,
+        min_steps=3,
+        max_steps=4,
+        templates="diff,net",
+        fixed_kinds=True,
+        sorted_options=True,
+        rationale="verbose",
+    ),
+}
+MERGED_CELL_PX = 28
+"""Side of one merged visual token in pixels for Qwen2-VL-style towers (14-px patches, 2×2 merge)."""
+
+
+def preset(name: str, **overrides: Any) -> SynthConfig:
+    """The :class:`SynthConfig` of preset ``name`` with ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown {name!r}; choose from {list(PRESETS)}")
+    return SynthConfig(**{**PRESETS[name], **overrides})
+
+
+def merged_tokens(cfg: SynthConfig) -> int:
+    """Merged visual tokens of one image of ``cfg`` (side a multiple of 28 px: no resize)."""
+    return (cfg.image_size // MERGED_CELL_PX) ** 2
+
+
 @dataclass(frozen=True)
 class Shape:
     color: str

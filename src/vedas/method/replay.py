@@ -6,6 +6,10 @@ sample). The replayed block is B^(t) = Diag(softmax(a^(t)_I)) · V_I, with V the
 embeddings (after the merger). Everything is batched over a padded (B, N_max) layout; no
 Python loop over samples; one host sync per step for the chunk width.
 
+A control (``replay_select: random``, :func:`random_keys`) picks K unvisited tokens uniformly at
+random instead of by attention; the block's weights are still softmax(a_I) over the picked ones,
+so only the choice differs from the method.
+
 Selected tokens are emitted in their original (raster) order, invalid slots first, so a
 chunk is ``[pads…, replayed tokens…, z]`` and left padding stays on the left.
 """
@@ -71,6 +75,16 @@ def select(
     return index, mask.gather(1, order)
 
 
+SELECTIONS = ("attention", "random")
+"""How a step chooses its tokens (``LatentConfig.replay_select``)."""
+
+
+def random_keys(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Uniform keys (B, N) on the generator's device: their top-K among the free tokens is a
+    uniformly random K-subset of them (``replay_select: random``)."""
+    return torch.rand(shape, generator=generator, device=generator.device)
+
+
 def build(
     scores: torch.Tensor,
     visual: VisualTokens,
@@ -78,9 +92,14 @@ def build(
     k: int,
     mode: str = "topk",
     scale: str = "paper",
+    keys: torch.Tensor | None = None,
 ) -> Replay:
-    """Select I^(t) and build B^(t) for a batch; ``visited`` is updated in place by the caller."""
-    index, mask = select(scores, visual.valid, visited, k)
+    """Select I^(t) and build B^(t) for a batch; ``visited`` is updated in place by the caller.
+
+    ``keys`` (B, N), when given, choose the tokens instead of ``scores`` (:func:`random_keys`);
+    the weights are still softmax over ``scores`` of the chosen tokens.
+    """
+    index, mask = select(scores if keys is None else keys, visual.valid, visited, k)
     a = scores.float().gather(1, index).masked_fill(~mask, float("-inf"))
     w = torch.nan_to_num(a.softmax(1), nan=0.0) * mask  # a sample with nothing selected gets all zeros
     if scale == "unit":

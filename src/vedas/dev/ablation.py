@@ -1,0 +1,551 @@
+"""``vedas demo --ablation``: the paper's ablation and two replay controls, from one trained ``cot``.
+
+    vedas demo --ablation --out runs/ablation               # 3 seeds at the demo's full size
+    vedas demo --ablation --quick --seeds 1 --out /tmp/abl  # a smoke run of a minute or two
+    # two processes on two cores: each trains its seeds, the report takes every finished unit
+    vedas demo --ablation --seeds 3 --only-seeds 0 1 --out runs/ablation &
+    vedas demo --ablation --seeds 3 --only-seeds 2 --out runs/ablation
+
+Per seed: the synthetic benchmark (the demo's preset), ``cot`` trained from the tiny random model
+exactly as the demo trains it, and from that one ``cot`` checkpoint, through the same curriculum
+(:data:`VARIANTS`):
+
+==================  =====================================================================
+``latent``          curriculum + attention-guided visual replay (IVT-LR-style; the base)
+``latent+rds``      + routing depth scaling (no SCF-VR loss)
+``latent+scfvr``    + the SCF-VR self-distillation loss (no routing)
+``vedas``           both (the paper's method)
+``random_replay``   ``latent`` replaying K random *unvisited* tokens (``replay_select: random``)
+``no_replay``       ``latent`` with K = 0: latent passes over nothing but the latent
+==================  =====================================================================
+
+Each (variant, seed) is one unit: trained, evaluated (as the demo does: strict ``vedas`` scoring,
+batch 16) and, for the latent variants, probed for latent use (:mod:`vedas.analysis.latent_use`'s
+conditions, replay turned off at inference, and the latent-count sweep). Its result is written
+atomically to ``<out>/seed<S>/<variant>/ablation_result.json`` as soon as it finishes; a rerun
+skips the finished units. A finished ``vedas demo --out <out>/seed0`` run of the same size is taken
+over (its ``cot``, ``latent``, ``vedas``: same recipe, checked against the saved config).
+``<out>/ablation_settings.json`` holds the size; a rerun with other settings is refused, naming
+the fields. The report (``ablation.md``/``ablation.json``) gives mean ± std over seeds, AR steps,
+latency, the paired bootstrap difference for each comparison the paper makes
+(:data:`COMPARISONS`), the latent-use table with its one-line verdict, and the paper's Table 3
+rows as the paper reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vedas.dev import demo
+from vedas.errors import UserError
+from vedas.evaluation import bootstrap
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: what is trained from ``cot``, and how it is evaluated."""
+
+    method: str  # the recipe's method (and the evaluation mode)
+    routing: bool = False
+    scfvr: bool = False
+    replay_select: str = "attention"
+    replay_k: int | None = None  # None: the size's K
+    help: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "cot": Variant("cot", help="explicit CoT, from the tiny random model: the source of every other row"),
+    "latent": Variant("latent", help="curriculum + attention-guided replay (the base)"),
+    "latent+rds": Variant("vedas", routing=True, help="+ routing depth scaling"),
+    "latent+scfvr": Variant("vedas", scfvr=True, help="+ SCF-VR loss"),
+    "vedas": Variant("vedas", routing=True, scfvr=True, help="+ both (the paper's method)"),
+    "random_replay": Variant("latent", replay_select="random", help="K random unvisited tokens replayed"),
+    "no_replay": Variant("latent", replay_k=0, help="no replay (K = 0)"),
+}
+LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.method != "cot")
+
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("latent", "latent+rds", "the paper's Table 3: Base → +RDS"),
+    ("latent", "vedas", "the paper's Table 3: Base → +RDS & SCF-VR"),
+    ("latent+rds", "vedas", "SCF-VR on top of RDS"),
+    ("latent", "latent+scfvr", "SCF-VR alone"),
+    ("random_replay", "latent", "attention-guided vs random replay"),
+    ("no_replay", "latent", "replay vs none"),
+    ("cot", "vedas", "latent steps vs the written CoT"),
+)
+"""(a, b, what): the paired difference b − a over test questions is reported with its 95 % interval."""
+
+# As the paper reports them (its Table 3; accuracy %, models trained 16 epochs on a balanced subset).
+PAPER_TABLE3: tuple[dict[str, Any], ...] = (
+    {
+        "model": "Qwen2-VL 2B",
+        "base": (44.2, 62.4, 38.7),
+        "rds": (47.6, 64.9, 40.4),
+        "both": (51.2, 66.3, 40.9),
+    },
+    {
+        "model": "Qwen2-VL 7B",
+        "base": (63.7, 78.2, 52.3),
+        "rds": (65.2, 80.5, 53.7),
+        "both": (66.4, 81.3, 54.1),
+    },
+    {
+        "model": "Qwen2.5-VL 3B",
+        "base": (62.9, 76.5, 51.9),
+        "rds": (64.5, 77.8, 52.9),
+        "both": (65.3, 78.5, 53.6),
+    },
+    {
+        "model": "Qwen2.5-VL 7B",
+        "base": (71.1, 85.7, 56.3),
+        "rds": (72.9, 87.2, 57.6),
+        "both": (73.9, 88.2, 58.3),
+    },
+)
+PAPER_BENCHMARKS = ("M3CoT", "ScienceQA", "GQA")
+PERTURBATIONS = ("zeros", "noise", "shuffled")
+"""Latent-use conditions whose drop says the latents' content is used."""
+CHANCE = 0.25
+"""Four options per question."""
+RESULT_FILE = "ablation_result.json"
+SETTINGS_FILE = "ablation_settings.json"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def atomic_write(path: Path, obj: Any) -> None:
+    """Write JSON so a reader never sees half a file (write beside it, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def variant_config(name: str, size: demo.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
+    """The training config of variant ``name``: the demo's recipe with the variant's switches."""
+    v = VARIANTS[name]
+    cfg = demo.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
+    latent = dataclasses.replace(
+        cfg.latent,
+        replay_select=v.replay_select,  # type: ignore[arg-type]
+        replay_k=size.replay_k if v.replay_k is None else v.replay_k,
+    )
+    return dataclasses.replace(
+        cfg,
+        latent=latent,
+        routing=cfg.routing if v.routing else None,
+        scfvr=cfg.scfvr if v.scfvr or v.method != "vedas" else dataclasses.replace(cfg.scfvr, weight=0.0),
+        run=dataclasses.replace(cfg.run, output_dir=str(seed_dir / name)),
+    )
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    """A training config as a dict without what may differ between equal runs (where, how often)."""
+    return {k: v for k, v in d.items() if k != "run"}
+
+
+def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
+    """The report of a finished ``vedas demo`` run in ``unit_dir`` trained with exactly ``cfg``, else None."""
+    import yaml
+
+    from vedas.config import to_dict
+
+    report, saved = unit_dir / "report.json", unit_dir / "config.yaml"
+    if not (report.is_file() and saved.is_file() and (unit_dir / "final").is_dir()):
+        return None
+    from vedas.config import from_dict
+    from vedas.train.config import TrainConfig
+
+    on_disk = to_dict(from_dict(TrainConfig, yaml.safe_load(saved.read_text())))
+    if _comparable(on_disk) != _comparable(to_dict(cfg)):
+        return None
+    return json.loads(report.read_text())
+
+
+def latent_use(vm: Any, test: list[Any], method: str, seed: int) -> dict[str, Any]:
+    """:func:`vedas.analysis.latent_use.measure` (conditions + sweep) and replay turned off at inference."""
+    from vedas.analysis import latent_use as lu
+    from vedas.evaluation.evaluate import evaluate
+
+    args = argparse.Namespace(
+        method=method,
+        batch_size=16,
+        scoring="vedas",
+        max_new_tokens=None,
+        sweep_max=None,
+        seed=seed,
+        no_progress=True,
+        checkpoint="",
+        data="",
+        split="test",
+    )
+    rep = lu.measure(vm, test, args)
+    config = vm.config
+    try:  # replay off: the same checkpoint, K = 0 at inference only
+        vm.config = dataclasses.replace(config, replay_k=0)
+        off = evaluate(vm, test, method, batch_size=16, scoring="vedas", warmup=False, progress=False)
+    finally:
+        vm.config = config
+    reference = [s["prediction"] for s in rep["conditions"]["trained"]["per_sample"]]
+    rep["conditions"]["replay_off"] = lu._summary(off, reference)
+    return {k: rep[k] for k in ("conditions", "sweep", "trained_latents", "shuffle_unchanged_samples")}
+
+
+def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
+    """Train, evaluate and probe one (variant, seed), or load its saved result."""
+    seed_dir = out / f"seed{seed}"
+    unit_dir = seed_dir / name
+    result_path = unit_dir / RESULT_FILE
+    if result_path.is_file():
+        print(f"ablation: {name} seed {seed} finished earlier ({result_path})")
+        return json.loads(result_path.read_text())
+    import vedas
+    from vedas.data import load
+    from vedas.evaluation.evaluate import evaluate
+    from vedas.train.recipe import main as train_main
+
+    data = seed_dir / "data"
+    test = list(load("synthetic", path=str(data), split="test"))
+    cfg = variant_config(name, size, data, seed_dir, seed, cot)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    report = adoptable(cfg, unit_dir)
+    adopted = report is not None
+    if report is None:
+        final = train_main(cfg)
+        train_s = time.perf_counter() - t0
+        vm = vedas.load(final)
+        report = evaluate(
+            vm, test, VARIANTS[name].method, batch_size=16, scoring="vedas", dataset="synthetic/test"
+        )
+        report.update(train_seconds=train_s, checkpoint=str(final))
+    else:
+        print(f"ablation: {name} seed {seed} taken over from the demo run in {unit_dir}")
+        vm = vedas.load(report["checkpoint"])
+    if name != "cot":
+        report["latent_use"] = latent_use(vm, test, VARIANTS[name].method, seed)
+    report.update(
+        variant=name,
+        seed=seed,
+        adopted_from_demo=adopted,
+        unit_seconds=time.perf_counter() - t0,
+        load_average=[load_before, os.getloadavg()[0]],
+    )
+    atomic_write(result_path, report)
+    print(
+        f"ablation: {name} seed {seed}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
+        f"latency {report['latency_ms']['total']:.1f} ms, {report['unit_seconds']:.0f} s"
+    )
+    return report
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings(size: demo.DemoSize) -> dict[str, Any]:
+    return {
+        "size": json.loads(json.dumps(dataclasses.asdict(size))),
+        "synth": dataclasses.asdict(size.synth_config()),
+    }
+
+
+def check_settings(out: Path, wanted: dict[str, Any]) -> None:
+    """Record the settings on the first run; refuse a rerun with other ones, naming each field."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        atomic_write(path, wanted)
+        return
+    saved = json.loads(path.read_text())
+    diffs = [
+        f"{section}.{k}: {saved.get(section, {}).get(k)!r} there, {v!r} now"
+        for section, fields in wanted.items()
+        for k, v in fields.items()
+        if saved.get(section, {}).get(k) != v
+    ]
+    if diffs:
+        raise UserError(
+            f"--out: {path} holds an ablation of other settings ({'; '.join(diffs)}); "
+            "use another --out or the same settings"
+        )
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _correct(report: dict[str, Any]) -> dict[str, float]:
+    return {s["id"]: float(bool(s["correct"])) for s in report["per_sample"]}
+
+
+def paired(
+    results: dict[str, dict[int, dict[str, Any]]], a: str, b: str, key: Any = None
+) -> dict[str, Any] | None:
+    """The pooled paired difference b − a over every (seed, question) both have; ``key`` picks the outcomes."""
+    key = key or _correct
+    xs, ys = [], []
+    for seed in sorted(set(results.get(a, {})) & set(results.get(b, {}))):
+        ca, cb = key(results[a][seed]), key(results[b][seed])
+        for q in sorted(set(ca) & set(cb)):
+            xs.append(ca[q])
+            ys.append(cb[q])
+    return bootstrap.paired_difference(xs, ys) if xs else None
+
+
+def summary_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    seeds = sorted(reps)
+    acc = [reps[s]["accuracy"] for s in seeds]
+    return {
+        "method": name,
+        "accuracy": statistics.mean(acc),
+        "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "seeds": seeds,
+        "accuracies": acc,
+        "ar_steps_mean": statistics.mean(reps[s]["ar_steps_mean"] for s in seeds),
+        "latency_ms": {
+            k: statistics.mean(reps[s]["latency_ms"][k] for s in seeds)
+            for k in ("prefill", "latent", "decode", "total")
+        },
+        "train_seconds": statistics.mean(reps[s].get("train_seconds", 0.0) for s in seeds),
+        "unit_seconds": [reps[s]["unit_seconds"] for s in seeds],
+        "n": reps[seeds[0]]["n"],
+    }
+
+
+def _condition(name: str) -> Any:
+    def outcomes(report: dict[str, Any]) -> dict[str, float]:
+        return {
+            s["id"]: float(bool(s["correct"])) for s in report["latent_use"]["conditions"][name]["per_sample"]
+        }
+
+    return outcomes
+
+
+def latent_use_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean accuracy per condition and sweep point, each drop's pooled interval, and the verdict."""
+    seeds = sorted(reps)
+    conds = reps[seeds[0]]["latent_use"]["conditions"]
+    accuracy = {
+        c: statistics.mean(reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds) for c in conds
+    }
+    drops = {c: _drop(reps, c) for c in conds if c != "trained"}
+    sweep = [
+        {
+            "latents": p["latents"],
+            "accuracy": statistics.mean(reps[s]["latent_use"]["sweep"][i]["accuracy"] for s in seeds),
+        }
+        for i, p in enumerate(reps[seeds[0]]["latent_use"]["sweep"])
+    ]
+    used = [c for c in PERTURBATIONS if c in drops and drops[c]["low"] > 0]
+    if used:
+        verdict = f"latents' content used: replacing them by {', '.join(used)} lowers accuracy beyond the 95 % interval"
+    elif accuracy["trained"] <= CHANCE + 0.05:
+        verdict = "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
+    else:
+        verdict = "latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy beyond the 95 % interval"
+    return {
+        "method": name,
+        "seeds": seeds,
+        "accuracy": accuracy,
+        "drop": drops,
+        "sweep": sweep,
+        "verdict": verdict,
+    }
+
+
+def _drop(reps: dict[int, dict[str, Any]], condition: str) -> dict[str, Any]:
+    """trained − condition (a positive difference is a drop), pooled over seeds and questions."""
+    xs, ys = [], []
+    for seed in sorted(reps):
+        rep = reps[seed]
+        trained, other = _condition("trained")(rep), _condition(condition)(rep)
+        for q in sorted(set(trained) & set(other)):
+            xs.append(other[q])
+            ys.append(trained[q])
+    return bootstrap.paired_difference(xs, ys)
+
+
+def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    names = [n for n in VARIANTS if results.get(n)]
+    comparisons = []
+    for a, b, what in COMPARISONS:
+        d = paired(results, a, b)
+        if d is not None:
+            comparisons.append({"a": a, "b": b, "what": what, **d, "beyond_interval": bootstrap.beyond(d)})
+    return {
+        "methods": [summary_row(n, results[n]) for n in names],
+        "comparisons": comparisons,
+        "latent_use": [latent_use_row(n, results[n]) for n in names if n in LATENT_VARIANTS],
+        "paper_table3": [
+            {"model": r["model"], **{k: dict(zip(PAPER_BENCHMARKS, r[k])) for k in ("base", "rds", "both")}}
+            for r in PAPER_TABLE3
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _interval(d: dict[str, Any]) -> str:
+    return f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    rows = {r["method"]: r for r in summary["methods"]}
+    lines = [
+        "# vedas ablation: one trained `cot`, the paper's variants and two replay controls",
+        "",
+        f"- machine: {meta['machine']}; 1-min load average while the units ran "
+        f"{meta['units_load_average'][0]:.1f}–{meta['units_load_average'][1]:.1f}",
+        f"- preset `{meta['preset']}`: {meta['synth']}",
+        f"- sizes: {meta['size_line']}",
+        f"- seeds {meta['seeds']}; wall time of the units (train + evaluate + latent use), summed: "
+        f"{meta['units_seconds_total'] / 60:.1f} min; of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
+        f"(units finished earlier are loaded, not rerun); scoring `vedas` (strict), chance 25 %",
+        "",
+        "| variant | accuracy % (mean ± std over seeds) | per seed | AR steps | latency ms/sample | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["methods"]:
+        lines.append(
+            f"| {r['method']} | **{_pct(r['accuracy'])}** ± {_pct(r['std'])} | "
+            f"{' / '.join(_pct(a) for a in r['accuracies'])} | {r['ar_steps_mean']:.1f} | "
+            f"{r['latency_ms']['total']:.1f} | {r['train_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Paired differences (b − a, accuracy points, pooled over seeds and test questions; 95 % bootstrap "
+        "interval over questions, 10,000 resamples):",
+        "",
+        "| a | b | what | b − a [95 % interval] | beyond the interval |",
+        "|---|---|---|---|---|",
+    ]
+    for c in summary["comparisons"]:
+        lines.append(
+            f"| {c['a']} | {c['b']} | {c['what']} | {_interval(c)} | {'yes' if c['beyond_interval'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "Latent use (accuracy % with the fed-back latents as trained / zeroed / matched-norm noise / shuffled "
+        "across samples, and with replay turned off at inference; drop = trained − condition):",
+        "",
+        "| variant | trained | zeros | noise | shuffled | replay off | sweep (latents→acc %) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for u in summary["latent_use"]:
+        cells = [
+            f"{_pct(u['accuracy'][c])}" + ("" if c == "trained" else f" (drop {_interval(u['drop'][c])})")
+            for c in ("trained", *PERTURBATIONS, "replay_off")
+        ]
+        sweep = ", ".join(f"{p['latents']}→{_pct(p['accuracy'])}" for p in u["sweep"])
+        lines.append(f"| {u['method']} | {' | '.join(cells)} | {sweep} | {u['verdict']} |")
+    lines += [
+        "",
+        "The paper's Table 3 as the paper reports it (accuracy %, real benchmarks; ours is the synthetic "
+        "benchmark above, so compare the signs and sizes of the steps, not the levels):",
+        "",
+        "| model | Base (M3CoT / ScienceQA / GQA) | +RDS | +RDS & SCF-VR |",
+        "|---|---|---|---|",
+    ]
+    for p in summary["paper_table3"]:
+        cells = [" / ".join(f"{v:.1f}" for v in p[k].values()) for k in ("base", "rds", "both")]
+        lines.append(f"| {p['model']} | {' | '.join(cells)} |")
+    if "latent" in rows:
+        ours = [rows[n] for n in ("latent", "latent+rds", "vedas") if n in rows]
+        lines.append(f"| ours (tiny Qwen2-VL, synthetic) | {' | '.join(_pct(r['accuracy']) for r in ours)} |")
+    return [*lines, ""]
+
+
+def run(args: argparse.Namespace) -> int:
+    from vedas.data import synth
+
+    size = demo.sized(args)
+    out = Path(args.out)
+    seeds = list(range(args.seeds))
+    wanted = list(args.variants or VARIANTS)
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    check_settings(out, settings(size))
+    t0, load_start = time.perf_counter(), os.getloadavg()[0]
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    only = set(args.only_seeds or seeds)
+    if not only <= set(seeds):
+        raise UserError(
+            f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
+        )
+    for seed in seeds:
+        if seed not in only:  # another process runs it: take what it has finished
+            finished(out, seed, ["cot", *wanted], results)
+            continue
+        data = out / f"seed{seed}" / "data"
+        if not (data / "test.jsonl").is_file():
+            synth.write(
+                data, train=size.train, test=size.test, seed=seed, cfg=size.synth_config(), progress=True
+            )
+        cot = run_unit("cot", seed, size, out, None)
+        results.setdefault("cot", {})[seed] = cot
+        for name in wanted:
+            if name != "cot":
+                results.setdefault(name, {})[seed] = run_unit(name, seed, size, out, Path(cot["checkpoint"]))
+        text = write_report(out, results, size, seeds[: seed + 1], t0, load_start)  # after every seed
+    print(text)
+    return 0
+
+
+def finished(out: Path, seed: int, names: list[str], results: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Add the units of ``seed`` already finished on disk to ``results`` (nothing is trained)."""
+    for name in names:
+        path = out / f"seed{seed}" / name / RESULT_FILE
+        if path.is_file():
+            results.setdefault(name, {})[seed] = json.loads(path.read_text())
+
+
+def write_report(
+    out: Path,
+    results: dict[str, dict[int, dict[str, Any]]],
+    size: demo.DemoSize,
+    seeds: list[int],
+    t0: float,
+    load_start: float,
+) -> str:
+    """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
+    summary = summarise(results)
+    meta = {
+        "machine": demo.machine(),
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "preset": size.preset,
+        "synth": dataclasses.asdict(size.synth_config()),
+        "size_line": (
+            f"{size.train} train / {size.test} test; tiny Qwen2-VL {size.tiny}; cot {size.epochs} epochs, "
+            f"each variant {size.latent_epochs} more from cot; T_r = {size.latents}, K = {size.replay_k}; "
+            f"batch {size.batch_size}, lr {size.lr}"
+        ),
+        "seeds": seeds,
+        "elapsed_seconds": time.perf_counter() - t0,
+        "units_seconds_total": sum(r["unit_seconds"] for reps in results.values() for r in reps.values()),
+        "units_load_average": [
+            f(x for reps in results.values() for r in reps.values() for x in r["load_average"])
+            for f in (min, max)
+        ],
+        "settings": settings(size),
+    }
+    atomic_write(out / "ablation.json", {**summary, **meta})
+    text = "\n".join(report_lines(summary, meta))
+    (out / "ablation.md").write_text(text)
+    return text

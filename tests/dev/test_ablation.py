@@ -1,0 +1,66 @@
+"""``vedas demo --ablation`` end to end at smoke size: every unit, the report, resume, refused settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vedas.dev.ablation import COMPARISONS, LATENT_VARIANTS, RESULT_FILE, VARIANTS
+
+SMOKE = ["--quick", "--preset", "easy", "--train", "16", "--test", "8", "--epochs", "1",
+         "--latent-epochs", "1", "--max-new-tokens", "12"]  # fmt: skip
+
+
+def ablation(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "vedas.cli", "demo", "--ablation", *SMOKE, "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    res = ablation(tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((tmp_path / "ablation.json").read_text())
+    assert [m["method"] for m in rep["methods"]] == list(VARIANTS)
+    for m in rep["methods"]:
+        assert {"method", "accuracy", "std", "seeds", "ar_steps_mean", "latency_ms"} <= m.keys()
+        assert m["seeds"] == [0] and 0.0 <= m["accuracy"] <= 1.0
+    assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [(a, b) for a, b, _ in COMPARISONS]
+    for c in rep["comparisons"]:
+        assert c["low"] <= c["difference"] <= c["high"] and c["n"] == 8
+    assert [u["method"] for u in rep["latent_use"]] == list(LATENT_VARIANTS)
+    for u in rep["latent_use"]:
+        assert set(u["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"} and u["verdict"]
+        assert [p["latents"] for p in u["sweep"]] == [0, 1, 2, 3, 4]  # 0 … 2·T_r
+    assert len(rep["paper_table3"]) == 4
+    md = (tmp_path / "ablation.md").read_text()
+    assert "Paired differences" in md and "Latent use" in md and "Table 3" in md and "load average" in md
+    # every unit came from the one cot checkpoint
+    cot = json.loads((tmp_path / "seed0" / "cot" / RESULT_FILE).read_text())["checkpoint"]
+    for name in LATENT_VARIANTS:
+        unit = json.loads((tmp_path / "seed0" / name / RESULT_FILE).read_text())
+        assert unit["initialised_from"] == cot if "initialised_from" in unit else True
+        config = (tmp_path / "seed0" / name / "config.yaml").read_text()
+        assert f"base: {cot}" in config
+
+    # an interrupted run: one unit's result is missing; the rerun trains only that one
+    (tmp_path / "seed0" / "no_replay" / RESULT_FILE).unlink()
+    res = ablation(tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("seed 0 finished earlier") == len(VARIANTS) - 1
+    assert "ablation: no_replay seed 0: accuracy" in res.stdout
+
+    # another process has seed 1: this one trains nothing new and reports what is finished (seed 0)
+    res = ablation(tmp_path, "--seeds", "2", "--only-seeds", "0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(m["seeds"] == [0] for m in json.loads((tmp_path / "ablation.json").read_text())["methods"])
+    assert not (tmp_path / "seed1").exists()
+    res = ablation(tmp_path, "--seeds", "2", "--only-seeds", "2")
+    assert res.returncode == 2 and "--only-seeds: [2] not among --seeds 2" in res.stderr
+
+    res = ablation(tmp_path, "--test", "9")
+    assert res.returncode == 2 and "size.test: 8 there, 9 now" in res.stderr

@@ -1,0 +1,70 @@
+"""The paired bootstrap interval against the exact bootstrap distribution, enumerated by brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from vedas.evaluation import bootstrap
+
+
+def _exact_quantile(a: list[float], b: list[float], q: float) -> float:
+    """The q-quantile of the exact bootstrap distribution: every one of the n^n resamples, equally likely.
+
+    Returned as the smallest resample mean whose cumulative probability reaches q (the distribution is
+    discrete; the case below keeps q well away from any step, where a sampled quantile could straddle two).
+    """
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    means = sorted(sum(d[i] for i in idx) / n for idx in itertools.product(range(n), repeat=n))
+    cdf = np.arange(1, len(means) + 1) / len(means)
+    return means[int(np.searchsorted(cdf, q))]
+
+
+def test_interval_equals_the_enumerated_bootstrap_distribution() -> None:
+    a = [1, 0, 1, 1, 0, 1]
+    b = [1, 1, 1, 0, 1, 1]  # per-question differences 0, +1, 0, -1, +1, 0
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    means = sorted(sum(d[i] for i in idx) / n for idx in itertools.product(range(n), repeat=n))
+    m = np.array(means)
+    for q in (0.025, 0.975):  # both quantiles sit on an atom well away from its CDF step's edges
+        atom = _exact_quantile(a, b, q)
+        assert (m < atom).mean() < q - 0.005 and (m <= atom).mean() > q + 0.005
+    got = bootstrap.paired_difference(a, b, resamples=40_000, seed=3)
+    assert got["difference"] == pytest.approx(1 / 6)
+    assert got["low"] == pytest.approx(_exact_quantile(a, b, 0.025), abs=1e-9)
+    assert got["high"] == pytest.approx(_exact_quantile(a, b, 0.975), abs=1e-9)
+    assert bootstrap.beyond(got) is False  # the interval holds 0 here
+
+
+def test_fixed_seed_matches_an_independent_loop_implementation() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.integers(0, 2, 37).tolist(), rng.integers(0, 2, 37).tolist()
+    got = bootstrap.paired_difference(a, b, resamples=2500, seed=11)
+    # reference: the same seeded index draws (blocks of CHUNK rows), means and quantiles by hand
+    draw = np.random.default_rng(11)
+    idx = np.concatenate([draw.integers(0, 37, size=(m, 37)) for m in (1000, 1000, 500)])
+    means = sorted(sum(b[i] - a[i] for i in row) / 37 for row in idx.tolist())
+
+    def linear(q: float) -> float:  # numpy's default "linear" quantile, written out
+        pos = q * (len(means) - 1)
+        lo = int(pos)
+        return means[lo] + (pos - lo) * (means[min(lo + 1, len(means) - 1)] - means[lo])
+
+    assert got["low"] == pytest.approx(linear(0.025), abs=1e-12)
+    assert got["high"] == pytest.approx(linear(0.975), abs=1e-12)
+    assert got == bootstrap.paired_difference(
+        a, b, resamples=2500, seed=11
+    )  # seeded: same inputs, same interval
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap.paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap.paired_difference([], [])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap.paired_difference([1], [0], level=1.0)
