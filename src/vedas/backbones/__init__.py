@@ -5,13 +5,18 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from vedas.backbones import qwen2_5_vl, qwen2_vl
+from vedas.backbones import chameleon, qwen2_5_vl, qwen2_vl
 from vedas.backbones.base import Backbone
 
-ARCHS: dict[str, ModuleType] = {qwen2_vl.MODEL_TYPE: qwen2_vl, qwen2_5_vl.MODEL_TYPE: qwen2_5_vl}
+ARCHS: dict[str, ModuleType] = {
+    qwen2_vl.MODEL_TYPE: qwen2_vl,
+    qwen2_5_vl.MODEL_TYPE: qwen2_5_vl,
+    chameleon.MODEL_TYPE: chameleon,
+}
 _ADAPTERS = {
     qwen2_vl.MODEL_TYPE: qwen2_vl.Qwen2VLBackbone,
     qwen2_5_vl.MODEL_TYPE: qwen2_5_vl.Qwen2_5_VLBackbone,
+    chameleon.MODEL_TYPE: chameleon.ChameleonBackbone,
 }
 
 

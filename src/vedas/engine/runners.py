@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
-from vedas.engine.attention import ORACLE, LastQueryRecorder
+from vedas.engine.attention import ORACLE, LastQueryRecorder, oracle_maps, text_config_key
 from vedas.method import routing
 
 
@@ -116,11 +116,12 @@ def text_attention(model: Any, implementation: str) -> Iterator[None]:
     """Temporarily run the text decoder (only) with another attention implementation."""
     text_cfg = model.config.get_text_config()
     prev = text_cfg._attn_implementation
-    model.set_attn_implementation({"text_config": implementation})
+    key = text_config_key(model)
+    model.set_attn_implementation({key: implementation})
     try:
         yield
     finally:
-        model.set_attn_implementation({"text_config": prev})
+        model.set_attn_implementation({key: prev})
 
 
 def eager_attention(model: Any) -> contextlib.AbstractContextManager[None]:
@@ -159,7 +160,8 @@ class RecomputeRunner:
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
             self.segments = torch.cat([self.segments, seg], 1)
         routed = self.segments if bool((self.segments >= 0).any()) else None
-        with text_attention(self.model, self.attention), routing.segments(routed):
+        maps = oracle_maps() if record else contextlib.nullcontext()
+        with text_attention(self.model, self.attention), routing.segments(routed), maps:
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,
