@@ -23,6 +23,7 @@ part of the original image the grid covers, so SCF-VR crops the right pixels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor
+
+from vedas.engine.attention import oracle_maps
 
 MODEL_TYPE = "chameleon"
 MODEL_CLASS = ChameleonForConditionalGeneration
@@ -42,6 +45,20 @@ class ChameleonProcessorForVedas(ChameleonProcessor):
 
     return_for_text_completion = True
     return_mm_token_type_ids = True
+
+    def __init__(
+        self,
+        image_processor: Any,
+        tokenizer: Any,
+        image_seq_length: int = 1024,
+        image_token: str = "<image>",
+        chat_template: str | None = None,
+    ) -> None:
+        super().__init__(
+            image_processor, tokenizer, image_seq_length=image_seq_length, image_token=image_token
+        )
+        if chat_template is not None:  # the parent's __init__ takes none, so a saved one was lost on load
+            self.chat_template = chat_template
 
     def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
         out = super().__call__(images=images, text=text, **kwargs)
@@ -62,6 +79,9 @@ class OneDimDecoder(nn.Module):
 
     Not a copy of the model: it holds the HF ``ChameleonModel`` and forwards every call to it.
     ``rotary_emb`` is wrapped the same way (routing computes rope embeddings from (3, B, n) ranks).
+    ``ChameleonAttention`` takes ``output_attentions`` as an argument and does not pass it to the
+    attention kernel, so a call asking for attentions tells the recompute oracle's kernel directly
+    (:class:`vedas.engine.attention.oracle_maps`).
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -70,7 +90,9 @@ class OneDimDecoder(nn.Module):
         self.rotary_emb = OneDimRotary(inner.rotary_emb)
 
     def forward(self, *, position_ids: torch.Tensor, **kwargs: Any) -> Any:
-        return self.inner(position_ids=one_dim(position_ids), **kwargs)
+        maps = oracle_maps() if kwargs.get("output_attentions") else contextlib.nullcontext()
+        with maps:
+            return self.inner(position_ids=one_dim(position_ids), **kwargs)
 
 
 class OneDimRotary(nn.Module):
@@ -224,6 +246,9 @@ class ChameleonBackbone:
 
     def dtype(self) -> torch.dtype:
         return self.inner().vqmodel.dtype
+
+    def vision_tower(self) -> nn.Module:
+        return self.inner().vqmodel
 
     def suppressed_token_ids(self) -> list[int]:
         """The image placeholder, image start/end and every image-code id (HF's forward masks the codes too)."""

@@ -138,7 +138,7 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
     latent = mode in ("vedas", "latent")
     batch = vm.prepare(images, questions, choices, mode=mode)
     cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
-    eos = vm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = vm.eos_id
     _, details = generate.run(
         vm.backbone,
         batch,

@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
-from vedas.engine.attention import ORACLE, LastQueryRecorder, oracle_maps, text_config_key
+from vedas.engine.attention import ORACLE, LastQueryRecorder, text_config_key
 from vedas.method import routing
 
 
@@ -160,8 +160,7 @@ class RecomputeRunner:
             self.mask = torch.cat([self.mask, new_mask.long()], 1)
             self.segments = torch.cat([self.segments, seg], 1)
         routed = self.segments if bool((self.segments >= 0).any()) else None
-        maps = oracle_maps() if record else contextlib.nullcontext()
-        with text_attention(self.model, self.attention), routing.segments(routed), maps:
+        with text_attention(self.model, self.attention), routing.segments(routed):
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,

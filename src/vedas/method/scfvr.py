@@ -4,8 +4,8 @@ For each latent step and sample, the replayed token indices I^t are placed on th
 grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
 be square). The W×W window holding most selected tokens is found by a vectorised 2-D box
 sum (ties → the first in row-major order; W clipped to the grid), mapped to pixels of the
-original image, cropped as a tensor, resized (bilinear) and re-encoded by the same vision
-tower, then mean-pooled into u_ref (stop-gradient unless ``recon_target_grad``). The
+original image (the part of it the processor's grid covers: :meth:`Backbone.visible_box`),
+cropped as a tensor, resized (bilinear) and re-encoded by the same vision tower, then mean-pooled into u_ref (stop-gradient unless ``recon_target_grad``). The
 replayed block is pooled into b^t = mean(B^t) and the loss is
 L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
 
@@ -205,7 +205,10 @@ def recon_loss(
     for (img, *_), win in zip(picks, windows):
         image = images[img]
         gh, gw = grids[img]
-        box = window_to_pixels(win, (gh, gw), tuple(image.shape[-2:]))
+        # the grid covers the processor's view of the image: all of it, or its center crop (Chameleon)
+        top, left, bottom, right = backbone.visible_box(tuple(image.shape[-2:]))
+        t, lf, b, r = window_to_pixels(win, (gh, gw), (bottom - top, right - left))
+        box = (top + t, left + lf, top + b, left + r)
         size = (cfg.crop_size, cfg.crop_size) if cfg.crop_size else (gh * factor, gw * factor)
         crops.append(crop_and_resize(image, box, size))
     with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):

@@ -1,0 +1,228 @@
+"""Chameleon behind the Backbone Protocol: VQ codes as visual tokens, 1-D rope, the VQ-VAE crop path.
+
+Every check runs a tiny random ``ChameleonForConditionalGeneration`` (64 px images, an 8×8 VQ
+grid of 64 codes) on a batch of three prompts of different lengths with non-square images, and
+compares against an independent reference: the recompute oracle, each sample alone, HF's own
+``generate``, the model's ``get_image_tokens`` and the processor run on a PIL crop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vedas
+from vedas.backbones.chameleon import ChameleonBackbone, visible_box
+from vedas.config import LatentConfig
+from vedas.engine.inputs import embed_prompt
+from vedas.engine.loop import LatentLoop
+from vedas.engine.runners import make_runner
+from vedas.method.scfvr import SCFVRConfig
+from vedas.model import VedasModel
+
+CFG = LatentConfig(latents=3, replay_k=6, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def cham():
+    torch.manual_seed(0)
+    return vedas.tiny_model("chameleon", hidden=64, layers=2, heads=4, kv_heads=2, seed=0)
+
+
+@pytest.fixture
+def cvm(cham) -> VedasModel:
+    return VedasModel(*cham, CFG)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    from vedas.data import load as load_data
+    from vedas.data import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth.write(out, train=4, test=1, seed=0)
+    return list(load_data("synthetic", path=str(out), split="train", limit=3))
+
+
+def _run(vm, batch, engine="cached", **kw):
+    images, questions, choices = batch
+    return vm.generate(images, questions, choices, engine=engine, return_details=True, **kw)
+
+
+def test_the_processor_center_crops_to_one_square_vq_grid(cvm, batch3):
+    """Non-square images come out square (the processor's center crop): 8×8 codes between start/end tokens."""
+    batch = cvm.prepare(*batch3)
+    bb = cvm.backbone
+    assert isinstance(bb, ChameleonBackbone) and (bb.patch_size, bb.merge_size) == (8, 1)
+    assert tuple(batch.pixel_values.shape) == (3, 3, 64, 64)
+    assert (
+        batch.image_grid_thw.tolist() == [[1, 8, 8]] * 3
+        and bb.merged_grids(batch.image_grid_thw) == [(8, 8)] * 3
+    )
+    lengths = batch.attention_mask.sum(1)
+    assert len(set(lengths.tolist())) == 3 and bool((batch.attention_mask[:, -1] == 1).all())  # left padding
+    for row, mask in zip(batch.input_ids, batch.attention_mask):
+        ids = row[mask.bool()].tolist()
+        start = ids.index(bb.image_start_token_id)
+        assert (
+            ids[start + 1 : start + 65] == [bb.image_token_id] * 64
+            and ids[start + 65] == bb.image_end_token_id
+        )
+    assert batch.mm_token_type_ids.sum(1).tolist() == [66] * 3  # placeholders + start + end
+    # the grid covers the central square of the original image (140×84: resized to 106×64, rows 21..85 kept)
+    assert bb.visible_box((112, 168)) == (0, 28, 112, 140) and bb.visible_box((140, 84)) == (27, 0, 112, 84)
+    assert visible_box((64, 64), 64, (64, 64)) == (0, 0, 64, 64)
+
+
+def test_visual_embeddings_are_embed_tokens_of_the_vq_ids(cvm, batch3):
+    batch = cvm.prepare(*batch3)
+    bb = cvm.backbone
+    with torch.no_grad():
+        codes = cvm.model.model.get_image_tokens(batch.pixel_values)  # (3, 64) vocabulary ids
+        embeds, visual, positions = embed_prompt(bb, batch)
+        emb = cvm.model.model.embed_tokens
+        assert torch.equal(visual.features, emb(codes))  # raster order, one image per sample
+        ids = torch.where(batch.input_ids == bb.image_token_id, 0, batch.input_ids)
+        ids[batch.input_ids == bb.image_token_id] = codes.flatten().long()
+        assert torch.equal(embeds, emb(ids))  # the prompt with its placeholders filled
+    image_ids = set(cvm.model.model.vocabulary_mapping.image_tokens)
+    assert set(codes.flatten().tolist()) <= image_ids and len(image_ids) == 64
+    # 1-D positions, counted over real tokens, equal on all three rows
+    assert torch.equal(positions[0], positions[1]) and torch.equal(positions[0], positions[2])
+    for p, m in zip(positions[0], batch.attention_mask):
+        assert p[m.bool()].tolist() == list(range(int(m.sum())))
+    # and the replay feeds those rows: the replayed block is features[I] × the replay weights
+    loop = LatentLoop(bb, cvm.config, make_runner("cached", bb))
+    with torch.no_grad():
+        run = loop.latent_steps(loop.prefill(batch), steps=2)
+    for rep in run.replays:
+        feats = emb(codes).gather(1, rep.index[..., None].expand(-1, -1, emb.weight.shape[1]))
+        expected = feats * rep.weights[..., None]
+        assert torch.allclose(rep.tokens[rep.token_mask], expected[rep.mask], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, LatentConfig(latents=3, replay_k=5, replay_positions="original", max_new_tokens=4)],
+    ids=["topk", "original-positions"],
+)
+def test_cached_equals_recompute(cham, batch3, cfg):
+    vm = VedasModel(*cham, cfg)
+    fast, slow = _run(vm, batch3), _run(vm, batch3, engine="recompute")
+    assert (fast.latents - slow.latents).abs().max() <= 1e-4
+    assert fast.replay_indices == slow.replay_indices and all(
+        len(s) == 5 or len(s) == 6 for s in fast.replay_indices[0]
+    )
+    assert fast.token_ids == slow.token_ids and fast.texts == slow.texts
+
+
+def test_every_mode_batched_equals_each_sample_alone(cvm, batch3):
+    images, questions, choices = batch3
+    for mode in ("vedas", "latent", "cot", "no_cot"):
+        together = _run(cvm, batch3, mode=mode)
+        for i in range(3):
+            alone = cvm.generate([images[i]], [questions[i]], [choices[i]], mode=mode, return_details=True)
+            assert alone.replay_indices[0] == together.replay_indices[i], mode
+            assert alone.token_ids[0] == together.token_ids[i], mode
+            if mode in ("vedas", "latent"):
+                assert (alone.latents[0] - together.latents[i]).abs().max() <= 1e-4
+
+
+def test_no_visual_token_is_replayed_twice_and_k_clips_to_what_is_left(cham, batch3):
+    vm = VedasModel(*cham, LatentConfig(latents=3, replay_k=30, max_new_tokens=2))
+    d = _run(vm, batch3)
+    for steps in d.replay_indices:
+        flat = [i for s in steps for i in s]
+        assert len(flat) == len(set(flat)) == 64 and all(0 <= i < 64 for i in flat)
+        assert [len(s) for s in steps] == [30, 30, 4]
+
+
+def test_zero_latents_equals_hf_greedy_generate(cvm, batch3):
+    """T_r = 0: <|latent_end|> then greedy decoding, token for token HF's own generate (left-padded batch)."""
+    d = _run(cvm, batch3, latents=0, max_new_tokens=8)
+    batch = cvm.prepare(*batch3)
+    end = torch.full((3, 1), cvm.token_ids.end)
+    ids = torch.cat([batch.input_ids, end], 1)
+    bb = cvm.backbone
+    with torch.no_grad():
+        ref = cvm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.cat([batch.attention_mask, torch.ones_like(end)], 1),
+            pixel_values=batch.pixel_values,
+            max_new_tokens=8,
+            do_sample=False,
+            # HF's forward already masks every image code; the placeholder and markers too here
+            suppress_tokens=[
+                bb.image_token_id,
+                bb.image_start_token_id,
+                bb.image_end_token_id,
+                *vars(cvm.token_ids).values(),
+            ],
+            eos_token_id=cvm.eos_id,
+            pad_token_id=cvm.tokenizer.pad_token_id,
+        )
+    for row, ours in zip(ref[:, ids.shape[1] :].tolist(), d.token_ids):
+        assert ours == (row[: row.index(cvm.eos_id) + 1] if cvm.eos_id in row else row)
+    assert set(bb.suppressed_token_ids()) >= set(cvm.model.model.vocabulary_mapping.image_tokens)
+
+
+def test_scfvr_crop_path_equals_the_processor_and_vq_vae_on_the_pil_crop(cvm, make_image):
+    img = make_image(112, 168, 7)
+    bb = cvm.backbone
+    box = (20, 50, 84, 114)  # (top, left, bottom, right): a 64×64 crop, the encoder's input size
+    assert bb.crop_size() == (64, 64)
+    pil = img.crop((box[1], box[0], box[3], box[2]))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    crop = x[:, box[0] : box[2], box[1] : box[3]]
+    with torch.no_grad():
+        ours = bb.encode_crops([crop])
+        pv = cvm.processor.image_processor(images=[pil], return_tensors="pt")["pixel_values"]
+        codes = cvm.model.model.get_image_tokens(pv)
+        ref = cvm.model.model.embed_tokens(codes).mean(1)
+        assert torch.equal(bb.image_token_ids(bb.normalize(crop[None])), codes)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    # a batch tensor is resized to the crop size first; crops of one size share one VQ-VAE call
+    many = bb.encode_crops(torch.rand(3, 3, 30, 45))
+    assert many.shape == (3, 64) and not torch.allclose(many[0], many[1])
+
+
+def test_training_loss_and_gradients_equal_the_recompute_oracle(cham, records):
+    """Cached training passes (curriculum layout, SCF-VR through the VQ-VAE) equal the uncached oracle's."""
+    import copy
+
+    from vedas.method.curriculum import CurriculumConfig, layout, record_steps
+    from vedas.train.objective import LatentObjective, collate
+
+    model, processor = copy.deepcopy(cham[0]), cham[1]
+    vm = VedasModel(model, processor, LatentConfig(latents=3, replay_k=6))
+    lays = [
+        layout("vedas", record_steps(r.steps, r.rationale, 3), r.answer, 2, 3, CurriculumConfig())
+        for r in records[:3]
+    ]
+    batch = collate(vm, records[:3], lays, "vedas")
+    results = []
+    for engine in ("cached", "recompute"):
+        obj = LatentObjective(vm, "vedas", vm.config, SCFVRConfig(), engine=engine)
+        torch.manual_seed(0)
+        obj.sr = LatentObjective(vm, "vedas", vm.config, SCFVRConfig()).sr
+        vm.model.zero_grad()
+        out = obj(batch)
+        out["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in vm.model.named_parameters() if p.grad is not None}
+        results.append((out["ce"], out["recon"], grads))
+    (ce_a, rec_a, g_a), (ce_b, rec_b, g_b) = results
+    assert abs(ce_a.item() - ce_b.item()) < 1e-5 and abs(rec_a.item() - rec_b.item()) < 1e-5
+    assert rec_a.item() > 0 and g_a.keys() == g_b.keys() and len(g_a) > 10
+    assert not any(n.startswith("model.vqmodel.") for n in g_a)  # no gradient reaches the VQ-VAE
+    for n in g_a:
+        assert torch.allclose(g_a[n], g_b[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_save_then_load_round_trip(cvm, batch3, tmp_path):
+    before = _run(cvm, batch3)
+    again = vedas.load(cvm.save(tmp_path / "ck"))
+    assert isinstance(again.backbone, ChameleonBackbone)
+    after = _run(again, batch3)
+    assert after.token_ids == before.token_ids and after.replay_indices == before.replay_indices
+    assert (after.latents - before.latents).abs().max() <= 1e-6
