@@ -1,8 +1,8 @@
 """``vedas bench``: speed and memory ratios measured side by side in one run.
 
-    vedas bench [--quick] [--checkpoints runs/demo/report.json] --json bench.json
+    vedas bench [--quick] [--arch qwen2_vl|qwen2_5_vl|chameleon] [--checkpoints runs/demo/report.json] --json bench.json
 
-On one model and one set of samples it measures:
+On one model (a tiny random model of ``--arch``; the same text decoder sizes for every arch) and one set of samples it measures:
 
 (a) latent-phase and end-to-end latency, cached engine vs recompute engine (the reference
     code's way: every step re-runs the prefix with full attention maps);
@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from vedas import cli_args
+from vedas.backbones import ARCHS
 
 HELP = "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording"
 
@@ -52,6 +53,16 @@ QUESTION = (
     "Think about each region of the image in turn before you answer."
 )
 CHOICES = ["0", "1", "2", "3"]
+TEXT_SIZES = ("hidden", "layers", "heads", "kv_heads")
+
+
+def arch_options(arch: str) -> dict[str, Any]:
+    """``tiny_model`` arguments of the benchmark model of ``arch``: :data:`SIZES`, and images of
+    ≥ 128 visual tokens (Qwen-VL: :data:`IMAGE_HW`, 128 merged tokens; Chameleon: 96 px, a 12×12
+    VQ grid = 144 tokens, its vision part being the VQ-VAE)."""
+    if arch == "chameleon":
+        return {**{k: SIZES[k] for k in TEXT_SIZES}, "image_size": 96}
+    return {**SIZES, "max_pixels": IMAGE_HW[0] * IMAGE_HW[1]}
 
 
 def sync(device: torch.device | str) -> None:
@@ -60,9 +71,9 @@ def sync(device: torch.device | str) -> None:
 
 
 def build(
-    device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32
+    device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32, arch: str = "qwen2_vl"
 ) -> tuple[Any, list, list, list]:
-    """The benchmark model (tiny Qwen2-VL of :data:`SIZES`) and ``n`` samples."""
+    """The benchmark model (tiny ``arch`` of :func:`arch_options`, Qwen2-VL by default) and ``n`` samples."""
     import numpy as np
     from PIL import Image
 
@@ -70,7 +81,7 @@ def build(
     from vedas.config import LatentConfig
 
     torch.manual_seed(0)
-    model, processor = vedas.tiny_model("qwen2_vl", max_pixels=IMAGE_HW[0] * IMAGE_HW[1], seed=0, **SIZES)
+    model, processor = vedas.tiny_model(arch, seed=0, **arch_options(arch))
     model.to(device)
     vm = vedas.VedasModel(
         model, processor, LatentConfig(latents=latents, replay_k=replay_k, max_new_tokens=8)
@@ -194,12 +205,12 @@ def recording_overhead(vm, images, questions, choices, repeats: int) -> dict[str
     }
 
 
-def memory_probe(variant: str, batch: int, device: str) -> int:
+def memory_probe(variant: str, batch: int, device: str, arch: str = "qwen2_vl") -> int:
     """Bytes one prefill forward adds to the peak, recording the attention row by ``variant``."""
     from vedas.engine.attention import LastQueryRecorder
     from vedas.engine.runners import eager_attention
 
-    vm, images, questions, choices = build(device, n=batch)
+    vm, images, questions, choices = build(device, n=batch, arch=arch)
     b, embeds, positions = prefill_inputs(vm, images, questions, choices)
     dec = vm.backbone.decoder()
 
@@ -252,9 +263,9 @@ def peak_rise(work: Any, device: str) -> int:
     return status("VmHWM:") - base
 
 
-def peak_memory(batch: int, device: str) -> dict[str, int]:
+def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, int]:
     if device.startswith("cuda"):
-        return {v: memory_probe(v, batch, device) for v in ("recording", "eager")}
+        return {v: memory_probe(v, batch, device, arch) for v in ("recording", "eager")}
     # glibc returns freed blocks above this size to the OS, so RSS tracks live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     out = {}
@@ -270,6 +281,8 @@ def peak_memory(batch: int, device: str) -> dict[str, int]:
                 str(batch),
                 "--device",
                 device,
+                "--arch",
+                arch,
             ],
             env=env,
             capture_output=True,
@@ -316,17 +329,20 @@ def methods_side_by_side(vm, images, questions, choices, repeats: int, checkpoin
     return interleaved(calls, vm.device, repeats), how
 
 
-def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[str, Any]:
+def bench(
+    device: str, quick: bool, checkpoints: dict[str, str] | None, arch: str = "qwen2_vl"
+) -> dict[str, Any]:
     repeats = 2 if quick else 7
-    vm, images, questions, choices = build(device, n=16)
+    vm, images, questions, choices = build(device, n=16, arch=arch)
     one = (images[:1], questions[:1], choices[:1])
     batch = vm.prepare(*one)
     result: dict[str, Any] = {
         "device": str(device),
         "threads": torch.get_num_threads(),
         "repeats": repeats,
+        "arch": arch,
         "sizes": {
-            **SIZES,
+            **arch_options(arch),
             "prompt_tokens": int(batch.attention_mask.sum()),
             "visual_tokens": int(batch.input_ids.eq(vm.backbone.image_token_id).sum()),
             "latents": vm.config.latents,
@@ -344,7 +360,7 @@ def bench(device: str, quick: bool, checkpoints: dict[str, str] | None) -> dict[
         max(2, repeats // 2),
     )
     rec = recording_overhead(vm, *one, repeats)
-    mem = peak_memory(8, device)
+    mem = peak_memory(8, device, arch)
     b1, b16 = medians(batches["batch1"]), medians(batches["batch16"])
     result.update(
         {
@@ -422,6 +438,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
     parser.add_argument(
+        "--arch",
+        default="qwen2_vl",
+        choices=sorted(ARCHS),
+        help="the tiny model's architecture (default qwen2_vl)",
+    )
+    parser.add_argument(
         "--checkpoints",
         default=None,
         help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
@@ -435,10 +457,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoints:
         with open(args.checkpoints) as f:
             checkpoints = json.load(f)["checkpoints"]
-    r = bench(cli_args.resolve_device(args.device), args.quick, checkpoints)
+    r = bench(cli_args.resolve_device(args.device), args.quick, checkpoints, args.arch)
     s = r["sizes"]
     print(
-        f"tiny Qwen2-VL h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "
+        f"tiny {args.arch} h{s['hidden']}×{s['layers']}L, prompt {s['prompt_tokens']} tokens "
         f"({s['visual_tokens']} visual), T_r={s['latents']}, K={s['replay_k']}, device={r['device']}, "
         f"{r['threads']} threads"
     )
@@ -455,8 +477,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe", choices=["recording", "eager"], required=True, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arch", default="qwen2_vl")
     a = ap.parse_args(argv)
-    print(memory_probe(a.probe, a.batch, a.device))
+    print(memory_probe(a.probe, a.batch, a.device, a.arch))
     return 0
 
 

@@ -4,9 +4,10 @@
     vedas demo --quick              # a smaller run, about 3 minutes
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
     vedas demo --method no_cot cot  # only some of the methods
+    vedas demo --arch chameleon     # the same job on a tiny Chameleon (VQ-VAE image codes)
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
-2. builds one tiny random model of the real Qwen2-VL architecture with a small BPE trained
+2. builds one tiny random model of the real Qwen2-VL architecture (``--arch``: another one) with a small BPE trained
    on the training text and trains ``no_cot`` and ``cot`` from it with the same recipe, data
    and epochs; ``latent`` (curriculum + visual replay) and ``vedas`` (+ SCF-VR, + routing
    depth scaling) continue from the trained ``cot`` checkpoint through the curriculum —
@@ -31,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from vedas import cli_args
+from vedas.backbones import ARCHS
 from vedas.methods import METHODS
 
-HELP = "run the main job on the embedded default: synthetic data, tiny Qwen2-VL, 4 methods, report"
+HELP = (
+    "run the main job on the embedded default: synthetic data, tiny Qwen2-VL (or --arch), 4 methods, report"
+)
 
 
 @dataclass
@@ -59,6 +63,18 @@ class DemoSize:
     stage 0 is explicit CoT, as in Coconut and the paper): stage 0, then one stage per epoch to T_r."""
     vision: str = "merger"
     """What of the vision tower trains (``model.vision``): the merger only, so the tower keeps its features."""
+    arch: str = "qwen2_vl"
+
+    def tiny_model_args(self) -> dict[str, Any]:
+        """``tiny_model`` arguments: :attr:`tiny` for Qwen-VL; for Chameleon its text sizes and 64-px images
+        (an 8×8 VQ grid: 64 visual tokens; its VQ-VAE never trains, there is no merger)."""
+        if self.arch != "chameleon":
+            return dict(self.tiny)
+        text = ("hidden", "layers", "heads", "kv_heads")
+        return {**{k: self.tiny[k] for k in text if k in self.tiny}, "image_size": CHAMELEON_IMAGE}
+
+
+CHAMELEON_IMAGE = 64
 
 
 # A tiny random model trained for minutes must first learn to see and read. Measured on this
@@ -119,6 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     parser.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes on 2 cores)")
     parser.add_argument(
+        "--arch",
+        default="qwen2_vl",
+        choices=sorted(ARCHS),
+        help="the tiny model's architecture (default qwen2_vl)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=1, help="repeat over this many seeds and report the spread"
     )
     cli_args.add_method(parser, default=list(METHODS), several=True, help="methods to train and compare")
@@ -156,8 +178,8 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
         method=method,  # type: ignore[arg-type]
         model=ModelConfig(
             base="tiny" if base is None else str(base),
-            arch="qwen2_vl",
-            tiny=dict(size.tiny),
+            arch=size.arch,
+            tiny=size.tiny_model_args(),
             bpe_vocab=size.bpe_vocab,
             vision=size.vision,
         ),
@@ -326,7 +348,7 @@ def write_report(
         "# vedas demo: the four methods on the synthetic benchmark",
         "",
         f"- machine: {meta['machine']}",
-        f"- model: tiny random Qwen2-VL {size.tiny}, BPE vocabulary {size.bpe_vocab}",
+        f"- model: tiny random {size.arch} {size.tiny_model_args()}, BPE vocabulary {size.bpe_vocab}",
         f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
         f"knobs {size.synth}",
         f"- training: `no_cot` and `cot` {size.epochs} epochs from the random model; `latent` and `vedas` start "
@@ -360,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
         ("epochs", args.epochs),
         ("latent_epochs", args.latent_epochs),
     )
-    overrides = {k: v for k, v in given if v}
+    overrides: dict[str, Any] = {k: v for k, v in given if v}
+    overrides["arch"] = args.arch
     size = DemoSize(**{**size.__dict__, **overrides})
     out = Path(args.out)
     seeds = list(range(args.seeds))
