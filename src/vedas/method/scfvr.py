@@ -93,6 +93,16 @@ def window_to_pixels(
     return max(top, 0), max(left, 0), min(bottom, h), min(right, w)
 
 
+def image_box(
+    backbone: Backbone, window: torch.Tensor, grid_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The pixel box of ``window`` in the original (H, W) image: :func:`window_to_pixels` inside the
+    part of the image the grid covers (:meth:`Backbone.visible_box`: all of it, or a center crop)."""
+    top, left, bottom, right = backbone.visible_box(image_hw)
+    t, lf, b, r = window_to_pixels(window, grid_hw, (bottom - top, right - left))
+    return top + t, left + lf, top + b, left + r
+
+
 # --- the reconstruction head ---------------------------------------------------------------
 
 
@@ -205,10 +215,7 @@ def recon_loss(
     for (img, *_), win in zip(picks, windows):
         image = images[img]
         gh, gw = grids[img]
-        # the grid covers the processor's view of the image: all of it, or its center crop (Chameleon)
-        top, left, bottom, right = backbone.visible_box(tuple(image.shape[-2:]))
-        t, lf, b, r = window_to_pixels(win, (gh, gw), (bottom - top, right - left))
-        box = (top + t, left + lf, top + b, left + r)
+        box = image_box(backbone, win, (gh, gw), tuple(image.shape[-2:]))
         size = (cfg.crop_size, cfg.crop_size) if cfg.crop_size else (gh * factor, gw * factor)
         crops.append(crop_and_resize(image, box, size))
     with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):
