@@ -344,6 +344,11 @@ def write_report(
         json.dumps({"methods": rows, "checkpoints": checkpoints, **meta}, indent=2)
     )
     spread = len(seeds) > 1
+    vision = (
+        "VQ-VAE frozen (its codes are an argmin: no gradient reaches it)"
+        if size.arch == "chameleon"
+        else f"vision tower: {size.vision} trains"
+    )
     lines = [
         "# vedas demo: the four methods on the synthetic benchmark",
         "",
@@ -354,7 +359,7 @@ def write_report(
         f"- training: `no_cot` and `cot` {size.epochs} epochs from the random model; `latent` and `vedas` start "
         f"from the trained `cot` checkpoint (curriculum stage 0 = explicit CoT) and train {size.latent_epochs} "
         f"more epochs, one curriculum stage per epoch, T_r = {size.latents}, K = {size.replay_k}; batch "
-        f"{size.batch_size}, lr {size.lr}, vision tower: {size.vision} trains; `vedas` adds SCF-VR (λ = 1, "
+        f"{size.batch_size}, lr {size.lr}, {vision}; `vedas` adds SCF-VR (λ = 1, "
         f"W = 3) and routing depth scaling {size.routing}",
         '- scoring rule: `vedas` (strict: the last "the answer is X", one letter); chance is 25 %',
         f"- wall time: {elapsed / 60:.1f} min",
