@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vedas
 from vedas.backbones.chameleon import ChameleonBackbone, visible_box
@@ -21,6 +22,7 @@ from vedas.config import LatentConfig
 from vedas.engine.inputs import embed_prompt
 from vedas.engine.loop import LatentLoop
 from vedas.engine.runners import make_runner
+from vedas.method import scfvr
 from vedas.method.scfvr import SCFVRConfig
 from vedas.model import VedasModel
 
@@ -76,6 +78,26 @@ def test_the_processor_center_crops_to_one_square_vq_grid(cvm, batch3):
     # the grid covers the central square of the original image (140×84: resized to 106×64, rows 21..85 kept)
     assert bb.visible_box((112, 168)) == (0, 28, 112, 140) and bb.visible_box((140, 84)) == (27, 0, 112, 84)
     assert visible_box((64, 64), 64, (64, 64)) == (0, 0, 64, 64)
+
+
+def test_visible_box_is_what_the_processor_keeps(cvm, make_image):
+    """The processor's pixels of a non-square image are its pixels of the visible box alone; any other
+    box of that size gives other pixels. SCF-VR windows land inside the box."""
+    bb, ip = cvm.backbone, cvm.processor.image_processor
+    for h, w in [(112, 168), (140, 84)]:
+        img = make_image(6, 6, 11).resize((w, h), Image.BICUBIC)  # smooth: resampling shifts change little
+        top, left, bottom, right = bb.visible_box((h, w))
+        # the central square, widened to whole pixels
+        assert min(bottom - top, right - left) == min(h, w) and abs((bottom - top) - (right - left)) <= 1
+        full = ip(images=[img], return_tensors="pt")["pixel_values"]
+        inside = ip(images=[img.crop((left, top, right, bottom))], return_tensors="pt")["pixel_values"]
+        shifted = (0, 0, right - left, bottom - top)  # the top-left square instead
+        other = ip(images=[img.crop(shifted)], return_tensors="pt")["pixel_values"]
+        # LANCZOS reads a few pixels across the box edge in the full image: equal up to that
+        assert (full - inside).abs().mean() < 0.1 * (full - other).abs().mean()
+        whole = scfvr.image_box(bb, torch.tensor([0, 0, 8, 8]), (8, 8), (h, w))
+        corner = scfvr.image_box(bb, torch.tensor([7, 7, 1, 1]), (8, 8), (h, w))
+        assert whole == (top, left, bottom, right) and corner[2:] == (bottom, right)
 
 
 def test_visual_embeddings_are_embed_tokens_of_the_vq_ids(cvm, batch3):
