@@ -187,7 +187,7 @@ AttentionInterface.register(ORACLE, _oracle_attention)
 AttentionMaskInterface.register(ORACLE, sdpa_mask)
 
 
-def text_config_key(model: Any) -> str:
+def decoder_config_key(model: Any) -> str:
     """The ``set_attn_implementation`` key of the text decoder's config: ``"text_config"`` for a
     model with one (the Qwen-VL family), ``""`` (the top config) where the decoder reads the top
     config itself (Chameleon; its VQ-VAE sub-config is left alone)."""
@@ -199,10 +199,10 @@ def install_recorder(model: Any, text_config_key: str | None = None) -> str:
 
     Eager models get the sdpa-based recorder (the engine never runs eager attention: the
     recompute oracle has its own implementation, :data:`ORACLE`). ``text_config_key`` defaults
-    to :func:`text_config_key` of the model.
+    to :func:`decoder_config_key` of the model.
     """
     if text_config_key is None:
-        text_config_key = globals()["text_config_key"](model)
+        text_config_key = decoder_config_key(model)
     current = model.config.get_text_config()._attn_implementation or "sdpa"
     if current.startswith("vedas_"):
         return current

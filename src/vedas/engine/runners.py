@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
-from vedas.engine.attention import ORACLE, LastQueryRecorder, text_config_key
+from vedas.engine.attention import ORACLE, LastQueryRecorder, decoder_config_key
 from vedas.method import routing
 
 
@@ -116,7 +116,7 @@ def text_attention(model: Any, implementation: str) -> Iterator[None]:
     """Temporarily run the text decoder (only) with another attention implementation."""
     text_cfg = model.config.get_text_config()
     prev = text_cfg._attn_implementation
-    key = text_config_key(model)
+    key = decoder_config_key(model)
     model.set_attn_implementation({key: implementation})
     try:
         yield
