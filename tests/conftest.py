@@ -24,7 +24,7 @@ import vedas
 from vedas.config import LatentConfig
 from vedas.model import VedasModel
 
-ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "chameleon"]
 SEED = 0
 
 

@@ -34,7 +34,7 @@ def add_arch(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--arch",
         default="qwen2_vl",
-        metavar="qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe",
+        metavar="qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe|chameleon",
         help=help,
     )
 

@@ -96,6 +96,15 @@ class VedasModel:
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
 
     @property
+    def eos_id(self) -> int:
+        """Where an answer ends: the chat turn's end ``<|im_end|>`` where the vocabulary has it (Qwen-VL
+        and the tiny models), else the tokenizer's EOS (Chameleon's ``</s>``)."""
+        tok = self.tokenizer
+        return (
+            tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        )
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -192,6 +201,11 @@ class VedasModel:
         if lo is None and hi is None:
             return {}
         own = self.processor.image_processor.size
+        if "longest_edge" not in own:
+            raise InputError(
+                f"min_pixels/max_pixels ({lo}, {hi}): only Qwen-VL's pixel-budget resize takes them; this "
+                f"{self.model.config.model_type} processor resizes to a fixed size ({dict(own)}): leave them unset"
+            )
         return {
             "size": {"shortest_edge": lo or own["shortest_edge"], "longest_edge": hi or own["longest_edge"]}
         }
@@ -307,9 +321,7 @@ class VedasModel:
             cfg,
             steps=steps,
             latent_end_id=self.token_ids.end if latent else None,
-            eos_id=tok.convert_tokens_to_ids("<|im_end|>")
-            if "<|im_end|>" in tok.get_vocab()
-            else tok.eos_token_id,
+            eos_id=self.eos_id,
             pad_id=tok.pad_token_id,
             engine=engine,
             suppress=[self.token_ids.start, self.token_ids.latent, self.token_ids.end],

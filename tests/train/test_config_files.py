@@ -22,6 +22,9 @@ def test_there_are_paper_and_demo_configs():
         "onethinker_qwen25vl_7b",
         "m3cot_qwen3vl_8b",
         "synthetic_tiny",
+        "m3cot_chameleon_7b",
+        "scienceqa_chameleon_7b",
+        "gqa_chameleon_7b",
     } <= names
 
 
@@ -40,3 +43,8 @@ def test_config_loads_and_validates(path):
         # the schedule reaches the last stage (all latents) before training ends
         last = num_stages(cfg.latent.latents, cfg.curriculum)
         assert stage_for_epoch(cfg.optim.epochs - 1, cfg.latent.latents, cfg.curriculum) == last
+        # the backbone named in the file name is the one loaded
+        base = {"qwen2vl": "Qwen/Qwen2-VL-7B-Instruct", "chameleon": "facebook/chameleon-7b"}
+        for key, hub_id in base.items():
+            if f"_{key}_" in path.stem:
+                assert cfg.model.base == hub_id and cfg.run.output_dir == f"runs/{path.stem}"

@@ -153,7 +153,7 @@ def test_training_passes_equal_the_recompute_oracle(records, arch):
         assert torch.allclose(g_a[n], g_b[n], atol=1e-5, rtol=1e-4), n
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "chameleon"])
 def test_decoder_gradient_checkpointing_keeps_loss_and_gradients(records, arch):
     """Checkpointed decoder layers (KV cache in the loop, recorder row, routing's extra passes)
     give the loss and gradients of the plain run, and really do recompute in backward."""

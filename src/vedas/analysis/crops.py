@@ -65,6 +65,9 @@ class ReplayView:
     correct: bool | None = None
     id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    regions: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """Per image, the (top, left, bottom, right) pixels its grid covers (the whole image unless the
+    processor center-crops: Chameleon); empty means whole images."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,7 +138,7 @@ def replay_views(
                 window,
             )[0]
             image = sample_images[shown - own[0]]
-            box = scfvr.window_to_pixels(win, (gh, gw), (image.height, image.width))
+            box = scfvr.image_box(vm.backbone, win, (gh, gw), (image.height, image.width))
             r, c, wh, ww = (int(v) for v in win.tolist())
             inside = sum(r <= y < r + wh and c <= x < c + ww for y, x in zip(rows, cols))
             steps.append(
@@ -155,6 +158,7 @@ def replay_views(
                 prediction=details.texts[b],
                 images=sample_images,
                 grids=[grids[i] for i in own],
+                regions=[vm.backbone.visible_box((im.height, im.width)) for im in sample_images],
                 steps=steps,
                 latent_steps=len(details.replay_indices[b]),
             )
@@ -178,12 +182,15 @@ def _step_panels(ax: Any, crop_ax: Any, view: ReplayView, step: StepCrop) -> Non
 
     image = view.images[step.image]
     gh, gw = view.grids[step.image]
-    ch, cw = image.height / gh, image.width / gw
+    top0, left0, bottom0, right0 = (
+        view.regions[step.image] if view.regions else (0, 0, image.height, image.width)
+    )
+    ch, cw = (bottom0 - top0) / gh, (right0 - left0) / gw
     ax.imshow(image)
     for row, col in step.cells:
         ax.add_patch(
             Rectangle(
-                (col * cw, row * ch),
+                (left0 + col * cw, top0 + row * ch),
                 cw,
                 ch,
                 facecolor=base.COLORS["replay"],

@@ -186,7 +186,7 @@ def lora_params(model: Any) -> dict[tuple[int, str, str], torch.nn.Parameter]:
     out = {}
     for name, p in model.named_parameters():
         m = LORA_PARAM.search(name)
-        if m and "language_model" in name:
+        if m:  # decoder layers only: vision blocks are named blocks.N.attn (Qwen-VL), a VQ-VAE has none
             out[(int(m.group(1)), m.group(2), m.group(3))] = p
     return out
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from vedas.backbones import qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe
+from vedas.backbones import chameleon, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe
 from vedas.backbones.base import Backbone
 
-ARCHS: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe)}
+ARCHS: dict[str, ModuleType] = {
+    m.MODEL_TYPE: m for m in (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, chameleon)
+}
 _ADAPTERS = {
     qwen2_vl.MODEL_TYPE: qwen2_vl.Qwen2VLBackbone,
     qwen2_5_vl.MODEL_TYPE: qwen2_5_vl.Qwen2_5_VLBackbone,
     qwen3_vl.MODEL_TYPE: qwen3_vl.Qwen3VLBackbone,
     qwen3_vl_moe.MODEL_TYPE: qwen3_vl_moe.Qwen3VLMoeBackbone,
+    chameleon.MODEL_TYPE: chameleon.ChameleonBackbone,
 }
 
 

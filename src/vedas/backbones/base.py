@@ -33,7 +33,8 @@ class Backbone(Protocol):
     """Patches merged per side into one visual token: a token covers (patch_size × merge_size)² pixels."""
 
     def decoder(self) -> nn.Module:
-        """The text decoder stack: called with inputs_embeds, positions, mask and cache; returns final-norm states."""
+        """The text decoder stack: called with inputs_embeds, (3, B, L) ``position_ids``, mask and cache;
+        returns final-norm states. It has ``rotary_emb(x, positions)`` taking (3, B, n) positions too."""
         ...
 
     def decoder_layers(self) -> nn.ModuleList: ...
@@ -74,7 +75,18 @@ class Backbone(Protocol):
         image_grid_thw: torch.Tensor | None,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """The model's own 3-D rope positions of a (left-padded) prompt: (3, B, L)."""
+        """The model's own rope positions of a (left-padded) prompt as (3, B, L).
+
+        M-RoPE models (Qwen-VL) give their (t, h, w) rows; a 1-D rope model (Chameleon) repeats its
+        position on all three rows, and its :meth:`decoder` takes the first row. The engine only ever
+        builds positions of this shape (text positions: all three rows equal).
+        """
+        ...
+
+    def visible_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The (top, left, bottom, right) pixel box of an original (H, W) image that the processor's
+        grid covers: the whole image where it resizes (Qwen-VL), the central square where it
+        center-crops (Chameleon). SCF-VR maps windows into this box."""
         ...
 
     def encode_crops(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -87,6 +99,11 @@ class Backbone(Protocol):
 
     def dtype(self) -> torch.dtype:
         """The vision tower's dtype: what pixel values are cast to."""
+        ...
+
+    def vision_tower(self) -> nn.Module:
+        """The image encoder's module (what ``model.vision`` freezes or trains): Qwen's ViT and merger,
+        Chameleon's VQ-VAE (no gradient ever reaches it: its codes are an argmin)."""
         ...
 
     def suppressed_token_ids(self) -> list[int]:

@@ -153,6 +153,13 @@ class QwenVLBackbone:
     def dtype(self) -> torch.dtype:
         return self.inner().visual.dtype
 
+    def vision_tower(self) -> nn.Module:
+        return self.inner().visual
+
+    def visible_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The whole image: ``smart_resize`` resizes it to the grid, nothing is cut."""
+        return 0, 0, image_hw[0], image_hw[1]
+
     def suppressed_token_ids(self) -> list[int]:
         return [
             self.image_token_id,

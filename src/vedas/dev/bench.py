@@ -1,11 +1,11 @@
 """``vedas bench``: speed and memory ratios measured side by side in one run.
 
-    vedas bench [--quick] [--arch qwen3_vl] [--checkpoints runs/demo/report.json] --json bench.json
+    vedas bench [--quick] [--arch qwen3_vl|chameleon|…] [--checkpoints runs/demo/report.json] --json bench.json
     vedas bench --size real-width [--quick]     # training steps and generation at real widths
 
 ``--size real-width`` runs :mod:`vedas.dev.bench_width` instead (its docstring says what it measures).
 
-On one model and one set of samples it measures:
+On one model (a tiny random model of ``--arch``; the same text decoder sizes for every arch) and one set of samples it measures:
 
 (a) latent-phase and end-to-end latency, cached engine vs recompute engine (the reference
     code's way: every step re-runs the prefix with full attention maps);
@@ -66,6 +66,17 @@ QUESTION = (
     "Think about each region of the image in turn before you answer."
 )
 CHOICES = ["0", "1", "2", "3"]
+TEXT_SIZES = ("hidden", "layers", "heads", "kv_heads")
+
+
+def arch_options(arch: str) -> dict[str, Any]:
+    """``tiny_model`` arguments of the benchmark model of ``arch``: :data:`SIZES`, and images of
+    ≥ 128 visual tokens (Qwen-VL: :func:`image_hw`, 128 merged tokens; Chameleon: 96 px, a 12×12
+    VQ grid = 144 tokens, its vision part being the VQ-VAE)."""
+    if arch == "chameleon":
+        return {**{k: SIZES[k] for k in TEXT_SIZES}, "image_size": 96}
+    hw = image_hw(arch)
+    return {**SIZES, "max_pixels": hw[0] * hw[1]}
 
 
 def sync(device: torch.device | str) -> None:
@@ -76,7 +87,7 @@ def sync(device: torch.device | str) -> None:
 def build(
     device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32, arch: str = "qwen2_vl"
 ) -> tuple[Any, list, list, list]:
-    """The benchmark model (a tiny ``arch`` of :data:`SIZES`) and ``n`` samples."""
+    """The benchmark model (tiny ``arch`` of :func:`arch_options`, Qwen2-VL by default) and ``n`` samples."""
     import numpy as np
     from PIL import Image
 
@@ -84,8 +95,8 @@ def build(
     from vedas.config import LatentConfig
 
     torch.manual_seed(0)
-    hw = image_hw(arch)
-    model, processor = vedas.tiny_model(arch, max_pixels=hw[0] * hw[1], seed=0, **SIZES)
+    hw = image_hw(arch)  # Chameleon's processor resizes and center-crops it to its own square
+    model, processor = vedas.tiny_model(arch, seed=0, **arch_options(arch))
     model.to(device)
     vm = vedas.VedasModel(
         model, processor, LatentConfig(latents=latents, replay_k=replay_k, max_new_tokens=8)
@@ -153,7 +164,7 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
     latent = mode in ("vedas", "latent")
     batch = vm.prepare(images, questions, choices, mode=mode)
     cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
-    eos = vm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = vm.eos_id
     _, details = generate.run(
         vm.backbone,
         batch,
@@ -350,8 +361,9 @@ def bench(
         "arch": arch,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
+        "arch": arch,
         "sizes": {
-            **SIZES,
+            **arch_options(arch),
             "prompt_tokens": int(batch.attention_mask.sum()),
             "visual_tokens": int(batch.input_ids.eq(vm.backbone.image_token_id).sum()),
             "latents": vm.config.latents,

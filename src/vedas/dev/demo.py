@@ -5,6 +5,7 @@
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
     vedas demo --method no_cot cot  # only some of the methods
     vedas demo --arch qwen3_vl      # the same on a tiny Qwen3-VL (patch 16, DeepStack)
+    vedas demo --arch chameleon     # the same job on a tiny Chameleon (VQ-VAE image codes)
     vedas demo --preset fine        # the fine-detail 224-px benchmark (64 visual tokens): not calibrated yet
     vedas demo --ablation --seeds 3 # the ablation (vedas.dev.ablation), resumable
 
@@ -39,7 +40,9 @@ from vedas import cli_args
 from vedas.data.synth import PRESETS
 from vedas.methods import METHODS
 
-HELP = "run the main job on the embedded default: synthetic data, tiny Qwen2-VL, 4 methods, report"
+HELP = (
+    "run the main job on the embedded default: synthetic data, tiny Qwen2-VL (or --arch), 4 methods, report"
+)
 
 
 @dataclass
@@ -85,8 +88,21 @@ class DemoSize:
     vision: str = "merger"
     """What of the vision tower trains (``model.vision``): the merger only, so the tower keeps its features."""
     arch: str = "qwen2_vl"
-    """The tiny model's architecture; its images are resized to 4 × 4 merged tokens (112 px at patch 14,
-    128 px at patch 16), so every architecture sees 16 visual tokens per image."""
+    """The tiny model's architecture; Qwen-VL images are resized to the merged grid they have at patch 14
+    (:func:`demo_pixels`: 4 × 4 tokens on the easy preset), so every Qwen architecture sees the same
+    number of visual tokens per image."""
+
+    def tiny_model_args(self) -> dict[str, Any]:
+        """``tiny_model`` arguments: :attr:`tiny` for Qwen-VL (pixel bound from :func:`demo_pixels`); for
+        Chameleon its text sizes and 64-px images (an 8×8 VQ grid: 64 visual tokens; its VQ-VAE never
+        trains, there is no merger)."""
+        if self.arch != "chameleon":
+            return {**self.tiny, "max_pixels": demo_pixels(self.arch, self.synth_config().image_size)}
+        text = ("hidden", "layers", "heads", "kv_heads")
+        return {**{k: self.tiny[k] for k in text if k in self.tiny}, "image_size": CHAMELEON_IMAGE}
+
+
+CHAMELEON_IMAGE = 64
 
 
 # A tiny random model trained for minutes must first learn to see and read. Measured on this
@@ -229,7 +245,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
         model=ModelConfig(
             base="tiny" if base is None else str(base),
             arch=size.arch,
-            tiny={**size.tiny, "max_pixels": demo_pixels(size.arch, size.synth_config().image_size)},
+            tiny=size.tiny_model_args(),
             bpe_vocab=size.bpe_vocab,
             vision=size.vision,
         ),
@@ -394,17 +410,22 @@ def write_report(
         json.dumps({"methods": rows, "checkpoints": checkpoints, **meta}, indent=2)
     )
     spread = len(seeds) > 1
+    vision = (
+        "VQ-VAE frozen (its codes are an argmin: no gradient reaches it)"
+        if size.arch == "chameleon"
+        else f"vision tower: {size.vision} trains"
+    )
     lines = [
         "# vedas demo: the four methods on the synthetic benchmark",
         "",
         f"- machine: {meta['machine']}",
-        f"- model: tiny random {size.arch} {size.tiny}, BPE vocabulary {size.bpe_vocab}",
+        f"- model: tiny random {size.arch} {size.tiny_model_args()}, BPE vocabulary {size.bpe_vocab}",
         f"- data: synthetic benchmark, {size.train} train / {size.test} test samples, seeds {seeds}, "
         f"preset `{size.preset}` {size.synth_config()}",
         f"- training: `no_cot` and `cot` {size.epochs} epochs from the random model; `latent` and `vedas` start "
         f"from the trained `cot` checkpoint (curriculum stage 0 = explicit CoT) and train {size.latent_epochs} "
         f"more epochs, one curriculum stage per epoch, T_r = {size.latents}, K = {size.replay_k}; batch "
-        f"{size.batch_size}, lr {size.lr}, vision tower: {size.vision} trains; `vedas` adds SCF-VR (λ = 1, "
+        f"{size.batch_size}, lr {size.lr}, {vision}; `vedas` adds SCF-VR (λ = 1, "
         f"W = 3) and routing depth scaling {size.routing}",
         '- scoring rule: `vedas` (strict: the last "the answer is X", one letter); chance is 25 %',
         f"- wall time: {elapsed / 60:.1f} min",

@@ -1,12 +1,14 @@
-"""Tiny random models of the real Qwen2-VL / Qwen2.5-VL / Qwen3-VL architectures, built offline.
+"""Tiny random models of the real Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Chameleon architectures, built offline.
 
 ``tiny_model()`` returns ``(model, processor)``: a randomly initialised
-``Qwen2VLForConditionalGeneration`` (or the 2.5 / 3 / 3-MoE class) built from a config, a processor
-without the video part, a byte-level tokenizer (or a small BPE trained on the spot from a
+``Qwen2VLForConditionalGeneration`` (or the 2.5 / 3 / 3-MoE class, or ``ChameleonForConditionalGeneration``
+with a small VQ-VAE and a vocabulary map of its image codes) built from a config, a processor
+(the Qwen ones without the video part), a byte-level tokenizer (or a small BPE trained on the spot from a
 corpus), a Qwen-style chat template, and the latent special tokens added the same way as
 for a real checkpoint (:func:`vedas.engine.tokens.add_latent_tokens`). Nothing is downloaded.
 
     >>> model, processor = tiny_model("qwen2_vl", hidden=64, layers=2, seed=0)
+    >>> model, processor = tiny_model("chameleon", image_size=64)   # 8×8 VQ grid, 64 codes
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 from transformers import Qwen2Tokenizer
+from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vedas.backbones import arch_module
@@ -27,6 +30,9 @@ CHAT_TEMPLATE = (
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+CHAMELEON_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
+CHAMELEON_SPECIAL = ["<image>", "<racm3:break>", "<eoss>"]
+"""The placeholder and the image start/end tokens the Chameleon processor uses by default."""
 QWEN_SPECIAL = [
     "<|im_start|>",
     "<|im_end|>",
@@ -119,12 +125,15 @@ def tiny_model(
     bpe_vocab: int = 512,
     attn_implementation: str = "sdpa",
     vocab_size: int | None = None,
+    image_size: int = 64,
+    vq_codes: int = 64,
+    vq_levels: int = 4,
 ) -> tuple[Any, Any]:
     """Build a random model of the real architecture and its processor, offline.
 
     Args:
         arch: ``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"qwen3_vl"`` or ``"qwen3_vl_moe"`` (patch 16,
-            DeepStack after the first decoder layer(s); the MoE one with 4 experts, top 2).
+            DeepStack after the first decoder layer(s); the MoE one with 4 experts, top 2), or ``"chameleon"``.
         hidden, layers, heads, kv_heads, intermediate: text decoder sizes (intermediate defaults to 2×hidden).
         vision_depth, vision_hidden, vision_heads: vision tower sizes (its merger outputs ``hidden``).
         min_pixels, max_pixels: the image processor's resize bounds (smart_resize).
@@ -132,6 +141,9 @@ def tiny_model(
         bpe_corpus: if given, train a byte-level BPE of ``bpe_vocab`` tokens on it (shorter sequences).
         vocab_size: the embedding and lm_head rows, when more than the tokenizer's (a real model's
             vocabulary size, e.g. 152064 for Qwen2-VL, so that the weights weigh what the real ones do).
+        image_size, vq_codes, vq_levels: Chameleon only: the square input side, the VQ codebook size and
+            the VQ-VAE's resolutions (grid side = image_size / 2^(vq_levels−1); 64 px, 4 levels: 8×8).
+            ``vision_*`` and ``min/max_pixels`` are Qwen-only.
     """
     mod = arch_module(arch)
     if hidden % heads or heads % kv_heads:
@@ -142,22 +154,10 @@ def tiny_model(
     if head_dim % 8:
         raise ValueError(f"head_dim = hidden/heads = {head_dim} must be a multiple of 8 for M-RoPE sections")
     tok = build_tokenizer(bpe_corpus, bpe_vocab)
-    norm = (
-        {"image_mean": list(mod.IMAGE_MEAN), "image_std": list(mod.IMAGE_STD)}
-        if hasattr(mod, "IMAGE_MEAN")
-        else {}
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=getattr(mod, "PATCH_SIZE", 14),
-        merge_size=2,
-        temporal_patch_size=2,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        **norm,
-    )
-    processor = mod.PROCESSOR_CLASS(
-        image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE
-    )
+    if arch == "chameleon":
+        processor = _chameleon_processor(mod, tok, image_size, vq_codes, vq_levels)
+    else:
+        processor = _qwen_processor(mod, tok, min_pixels, max_pixels)
     c = tok.convert_tokens_to_ids
     text = dict(
         vocab_size=max(len(tok), vocab_size or 0),
@@ -171,19 +171,17 @@ def tiny_model(
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
         bos_token_id=None,
-        rope_parameters={
+    )
+    if arch == "chameleon":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4}
+        cfg = mod.tiny_config(text, dict(tok.get_vocab()), image_size, vq_codes, vq_levels)
+    else:
+        text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 1e4,
             "mrope_section": _mrope_section(head_dim),
-        },
-    )
-    cfg = mod.tiny_config(
-        text,
-        vision_depth,
-        vision_hidden,
-        vision_heads,
-        **vision_token_ids(tok),
-    )
+        }
+        cfg = mod.tiny_config(text, vision_depth, vision_hidden, vision_heads, **vision_token_ids(tok))
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = mod.MODEL_CLASS(cfg)
@@ -192,3 +190,40 @@ def tiny_model(
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = c("<|im_end|>")
     return model, processor
+
+
+def _qwen_processor(mod: Any, tok: Qwen2Tokenizer, min_pixels: int, max_pixels: int) -> Any:
+    """The Qwen-VL processor over ``tok``: the arch module's patch size and normalisation (Qwen3-VL: 16, 0.5)."""
+    norm = (
+        {"image_mean": list(mod.IMAGE_MEAN), "image_std": list(mod.IMAGE_STD)}
+        if hasattr(mod, "IMAGE_MEAN")
+        else {}
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=getattr(mod, "PATCH_SIZE", 14),
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        **norm,
+    )
+    return mod.PROCESSOR_CLASS(image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE)
+
+
+def _chameleon_processor(mod: Any, tok: Qwen2Tokenizer, image_size: int, codes: int, levels: int) -> Any:
+    """The Chameleon processor over ``tok`` with its special tokens and one ``IMGIMG…`` token per VQ code."""
+    side = image_size // 2 ** (levels - 1)
+    if side * 2 ** (levels - 1) != image_size:
+        raise ValueError(f"image_size={image_size} must divide by 2^(vq_levels-1) = {2 ** (levels - 1)}")
+    tok.add_special_tokens(
+        {"additional_special_tokens": CHAMELEON_SPECIAL + [mod.image_code_token(i) for i in range(codes)]},
+        replace_extra_special_tokens=False,
+    )
+    image_processor = ChameleonImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = mod.PROCESSOR_CLASS(
+        image_processor=image_processor, tokenizer=tok, image_seq_length=side * side
+    )
+    processor.chat_template = CHAMELEON_CHAT_TEMPLATE  # its __init__ takes no chat_template
+    return processor

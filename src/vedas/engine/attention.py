@@ -220,9 +220,23 @@ ORACLE = "vedas_oracle"
 """The recompute oracle's attention implementation (see the module docstring)."""
 
 
+_ORACLE_MAPS: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_oracle_maps", default=False)
+
+
+class oracle_maps:
+    """Context manager: the oracle returns its maps even where the attention module does not pass
+    ``output_attentions`` down to the kernel (Chameleon's takes it as an argument and drops it)."""
+
+    def __enter__(self) -> None:
+        self._token = _ORACLE_MAPS.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _ORACLE_MAPS.reset(self._token)
+
+
 def _oracle_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     # popped: the SDPA wrapper warns that it cannot return attentions; we return our own
-    want_maps = kwargs.pop("output_attentions", False)
+    want_maps = kwargs.pop("output_attentions", False) or _ORACLE_MAPS.get()
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     return out, (attention_probs(query, key, attention_mask, scaling) if want_maps else None)
 
@@ -231,12 +245,22 @@ AttentionInterface.register(ORACLE, _oracle_attention)
 AttentionMaskInterface.register(ORACLE, sdpa_mask)
 
 
-def install_recorder(model: Any, text_config_key: str = "text_config") -> str:
+def decoder_config_key(model: Any) -> str:
+    """The ``set_attn_implementation`` key of the text decoder's config: ``"text_config"`` for a
+    model with one (the Qwen-VL family), ``""`` (the top config) where the decoder reads the top
+    config itself (Chameleon; its VQ-VAE sub-config is left alone)."""
+    return "text_config" if "text_config" in getattr(model.config, "sub_configs", {}) else ""
+
+
+def install_recorder(model: Any, text_config_key: str | None = None) -> str:
     """Switch the decoder (only) to the recording variant of its current kernel; returns its name.
 
     Eager models get the sdpa-based recorder (the engine never runs eager attention: the
-    recompute oracle has its own implementation, :data:`ORACLE`).
+    recompute oracle has its own implementation, :data:`ORACLE`). ``text_config_key`` defaults
+    to :func:`decoder_config_key` of the model.
     """
+    if text_config_key is None:
+        text_config_key = decoder_config_key(model)
     current = model.config.get_text_config()._attn_implementation or "sdpa"
     if current.startswith("vedas_"):
         return current

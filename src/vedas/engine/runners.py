@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
-from vedas.engine.attention import ORACLE, LastQueryRecorder
+from vedas.engine.attention import ORACLE, LastQueryRecorder, decoder_config_key
 from vedas.engine.sources import VisualSources
 from vedas.method import routing
 
@@ -139,11 +139,12 @@ def text_attention(model: Any, implementation: str) -> Iterator[None]:
     """Temporarily run the text decoder (only) with another attention implementation."""
     text_cfg = model.config.get_text_config()
     prev = text_cfg._attn_implementation
-    model.set_attn_implementation({"text_config": implementation})
+    key = decoder_config_key(model)
+    model.set_attn_implementation({key: implementation})
     try:
         yield
     finally:
-        model.set_attn_implementation({"text_config": prev})
+        model.set_attn_implementation({key: prev})
 
 
 def eager_attention(model: Any) -> contextlib.AbstractContextManager[None]:

@@ -4,9 +4,10 @@ For each latent step and sample, the replayed token indices I^t are placed on th
 grid of their image (G_h × G_w, from ``image_grid_thw`` and the merge size; images need not
 be square). The W×W window holding most selected tokens is found by a vectorised 2-D box
 sum (ties → the first in row-major order; W clipped to the grid), mapped to pixels of the
-original image, cropped as a tensor, resized (bilinear) to ``zoom`` × the window's size on the
-input grid (:func:`crop_cells`) and re-encoded by the same vision tower — every crop of the batch
-in one call, under ``no_grad`` when the target is stop-gradient (the default, unless
+original image (the part of it the processor's grid covers: :meth:`Backbone.visible_box`),
+cropped as a tensor, resized (bilinear) to ``zoom`` × the window's size on the input grid
+(:func:`crop_cells`) and re-encoded by the same vision tower — every crop of the batch in one
+call, under ``no_grad`` when the target is stop-gradient (the default, unless
 ``recon_target_grad``) — then mean-pooled into u_ref. The
 replayed block is pooled into b^t = mean(B^t) and the loss is
 L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
@@ -93,6 +94,16 @@ def window_to_pixels(
     top, bottom = math.floor(r * h / gh), math.ceil((r + wh) * h / gh)
     left, right = math.floor(c * w / gw), math.ceil((c + ww) * w / gw)
     return max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+
+
+def image_box(
+    backbone: Backbone, window: torch.Tensor, grid_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The pixel box of ``window`` in the original (H, W) image: :func:`window_to_pixels` inside the
+    part of the image the grid covers (:meth:`Backbone.visible_box`: all of it, or a center crop)."""
+    top, left, bottom, right = backbone.visible_box(image_hw)
+    t, lf, b, r = window_to_pixels(window, grid_hw, (bottom - top, right - left))
+    return top + t, left + lf, top + b, left + r
 
 
 # --- the reconstruction head ---------------------------------------------------------------
@@ -238,7 +249,7 @@ def recon_loss(
     fixed = max(1, round(cfg.crop_size / factor)) if cfg.crop_size else 0
     for (img, *_), win in zip(picks, windows):
         image = images[img]
-        box = window_to_pixels(win, grids[img], tuple(image.shape[-2:]))
+        box = image_box(backbone, win, grids[img], tuple(image.shape[-2:]))
         ch, cw = (fixed, fixed) if fixed else crop_cells(win, grids[img], cfg)
         crops.append(crop_and_resize(image, box, (ch * factor, cw * factor)))
     # every crop of every step and sample in one vision-tower call; a stop-gradient target (the

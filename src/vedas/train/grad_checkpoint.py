@@ -100,7 +100,10 @@ def vision_blocks_to_checkpoint(visual: torch.nn.Module) -> list[torch.nn.Module
     """The vision blocks whose backward runs: every block from the first that holds a trainable
     parameter on (all of them when the patch embedding trains). None when the tower is frozen or
     only its merger trains: those blocks build no graph, so there is nothing to recompute (the
-    merger, a small MLP, keeps its activations)."""
+    merger, a small MLP, keeps its activations). None for a tower without transformer blocks
+    (Chameleon's VQ-VAE builds no graph: its codes are an argmin)."""
+    if not hasattr(visual, "blocks"):
+        return []
     upstream = any(p.requires_grad for p in visual.patch_embed.parameters())
     chosen = []
     for block in visual.blocks:
@@ -120,7 +123,7 @@ def enable(backbone: Any, vision: bool = True) -> int:
     output require grad, and a frozen tower (LoRA) would be recomputed and back-propagated every step
     for nothing."""
     if vision:
-        for block in vision_blocks_to_checkpoint(backbone.model.model.visual):
+        for block in vision_blocks_to_checkpoint(backbone.vision_tower()):
             block.gradient_checkpointing = True
             block._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
     layers = list(backbone.decoder_layers())
@@ -135,7 +138,7 @@ def enable(backbone: Any, vision: bool = True) -> int:
 
 
 def disable(backbone: Any) -> None:
-    for block in backbone.model.model.visual.blocks:
+    for block in getattr(backbone.vision_tower(), "blocks", []):
         block.gradient_checkpointing = False
     for layer in backbone.decoder_layers():
         layer.gradient_checkpointing = False

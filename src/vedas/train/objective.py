@@ -53,7 +53,7 @@ def collate(vm: Any, records: list[Any], layouts: list[Layout], method: str) -> 
     mode = "vedas" if method in LATENT_METHODS else "no_cot"
     prompt = vm.prepare_records(records, mode=mode)
     tok = vm.tokenizer
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    eos = vm.eos_id
     targets = [[*tok.encode(lay.target, add_special_tokens=False), eos] for lay in layouts]
     n = max(len(t) for t in targets)
     ids = torch.full((len(targets), n), tok.pad_token_id, dtype=torch.long)

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -232,13 +233,13 @@ def setup_model(cfg: TrainConfig, records: Any = None) -> Any:
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
             # the decoder only: the vision tower keeps its weights (as in the paper)
-            target_modules=rf".*language_model.*\.({'|'.join(cfg.lora.target_modules)})",
+            target_modules=lora_target(vm, cfg.lora.target_modules),
         )
         inject_adapter_in_model(lc, vm.model)
         for n, p in vm.model.named_parameters():
             p.requires_grad = "lora_" in n
     if cfg.model.vision != "train":
-        for n, p in vm.model.model.visual.named_parameters():
+        for n, p in vm.backbone.vision_tower().named_parameters():
             # the projectors into the decoder: the merger, and Qwen3-VL's DeepStack mergers
             merger = ".merger." in f".{n}" or n.startswith("deepstack_merger_list.")
             p.requires_grad = cfg.model.vision == "merger" and merger and p.requires_grad
@@ -251,6 +252,15 @@ def setup_model(cfg: TrainConfig, records: Any = None) -> Any:
 
         checkpointing.enable(vm.backbone)
     return vm
+
+
+def lora_target(vm: Any, names: list[str]) -> str:
+    """peft's ``target_modules`` regex: the named projections inside the decoder layers only, found by
+    where the backbone's decoder layers sit in the model (``model.language_model.layers`` in Qwen-VL,
+    ``model.layers`` in Chameleon, whose VQ-VAE has no such names anyway)."""
+    layers = vm.backbone.decoder_layers()
+    prefix = next(n for n, m in vm.model.named_modules() if m is layers)
+    return rf"{re.escape(prefix)}\.\d+\.(.*\.)?({'|'.join(names)})"
 
 
 def setup_objective(
