@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from torch import nn
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor
 
 from vedas.engine.attention import oracle_maps
+
+if TYPE_CHECKING:
+    from vedas.engine.sources import VisualSources
 
 MODEL_TYPE = "chameleon"
 MODEL_CLASS = ChameleonForConditionalGeneration
@@ -179,6 +182,15 @@ class ChameleonBackbone:
     def visual_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """``embed_tokens`` rows of each image's VQ ids: one (G_h·G_w, D) tensor per image."""
         return list(self.embed(self.image_token_ids(pixel_values)))
+
+    def image_inputs(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """:meth:`visual_features`; Chameleon's decoder takes nothing more at the image positions."""
+        return self.visual_features(pixel_values, image_grid_thw), None
+
+    def decoder_inputs(self, sources: VisualSources) -> dict[str, Any]:
+        return {}
 
     def merged_grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
         return [(int(h), int(w)) for _, h, w in image_grid_thw.tolist()]

@@ -361,7 +361,6 @@ def bench(
         "arch": arch,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
-        "arch": arch,
         "sizes": {
             **arch_options(arch),
             "prompt_tokens": int(batch.attention_mask.sum()),
