@@ -250,7 +250,7 @@ def main() -> int:
     elapsed = time.perf_counter() - t_start
     lines = [
         f"Synthetic benchmark (demo preset {size.preset}): {size.train} train / {size.test} test; tiny Qwen2-VL "
-        f"{size.tiny}, BPE {size.bpe_vocab}; cot {size.epochs} epochs, every vedas variant {size.latent_epochs} more "
+        f"{size.tiny_model_args()}, BPE {size.bpe_vocab}; cot {size.epochs} epochs, every vedas variant {size.latent_epochs} more "
         f"from cot's checkpoint; batch {size.batch_size}, lr {size.lr}; "
         f"T_r = {size.latents}, K = {size.replay_k}; seed {SEED}. Eval: batch {TEST_BATCH}, strict `vedas` scoring "
         f"(chance 25 %), ± one binomial standard error. Machine: {machine()} ({device_name(vm.device)}). "

@@ -250,7 +250,9 @@ def test_fine_preset_makes_replay_choose_and_detail_matter() -> None:
 
     cfg = preset("fine")
     size = FULL.with_preset("fine")
-    _, processor = vedas.tiny_model("qwen2_vl", hidden=32, layers=1, max_pixels=size.tiny["max_pixels"])
+    _, processor = vedas.tiny_model(
+        "qwen2_vl", hidden=32, layers=1, max_pixels=size.tiny_model_args()["max_pixels"]
+    )
     samples = [make_sample(i, "test", seed=0, cfg=cfg) for i in range(400)]
     grid = processor.image_processor(images=[s.image for s in samples[:4]], return_tensors="pt")[
         "image_grid_thw"

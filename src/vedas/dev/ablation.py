@@ -532,7 +532,7 @@ def write_report(
         "preset": size.preset,
         "synth": dataclasses.asdict(size.synth_config()),
         "size_line": (
-            f"{size.train} train / {size.test} test; tiny Qwen2-VL {size.tiny}; cot {size.epochs} epochs, "
+            f"{size.train} train / {size.test} test; tiny {size.arch} {size.tiny_model_args()}; cot {size.epochs} epochs, "
             f"each variant {size.latent_epochs} more from cot; T_r = {size.latents}, K = {size.replay_k}; "
             f"batch {size.batch_size}, lr {size.lr}"
         ),

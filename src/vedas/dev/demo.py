@@ -75,10 +75,10 @@ class DemoSize:
         return preset(self.preset, **self.synth)
 
     def with_preset(self, name: str) -> DemoSize:
-        """This size on preset ``name``: the tiny processor's pixel bound follows the image side."""
-        side = PRESETS[name].get("image_size", 112)
-        tiny = {**self.tiny, "max_pixels": side * side}
-        return dataclasses.replace(self, preset=name, tiny=tiny)
+        """This size on preset ``name`` (the pixel bound follows its image side in :meth:`tiny_model_args`)."""
+        if name not in PRESETS:
+            raise ValueError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(self, preset=name)
 
     max_new_tokens: int = 160
     """Generation cap: `cot`'s answer comes after ~80-120 tokens (a smoke test may cut it short)."""
@@ -129,8 +129,8 @@ FULL = DemoSize(
     epochs=20,
     latents=4,
     tiny=dict(
-        hidden=128, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64, max_pixels=224 * 224
-    ),
+        hidden=128, layers=4, heads=4, kv_heads=2, vision_depth=2, vision_hidden=64
+    ),  # max_pixels: from the preset's image side (DemoSize.tiny_model_args)
 )
 QUICK = DemoSize(
     train=256,
@@ -138,9 +138,7 @@ QUICK = DemoSize(
     epochs=4,
     latents=2,
     latent_epochs=3,
-    tiny=dict(
-        hidden=64, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_hidden=32, max_pixels=224 * 224
-    ),
+    tiny=dict(hidden=64, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_hidden=32),
 )
 
 
