@@ -31,13 +31,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
 import torch
 
-from vedas.dev import bench
+from vedas.dev import bench, bench_width
 
 VARIANTS = {
     # name: (method, engine, routing, gradient checkpointing)
@@ -53,12 +52,7 @@ BATCH, LATENTS, REPLAY_K, IMAGE = 8, 4, 32, 336
 
 def records(n: int = BATCH, image: int = IMAGE) -> list[Any]:
     """``n`` synthetic-benchmark training records with ``image``-px images and 3-step rationales."""
-    from vedas.data import load, synth
-
-    out = tempfile.mkdtemp(prefix="vedas-train-step-")
-    cfg = synth.SynthConfig(image_size=image, shape_size=14, min_steps=3, max_steps=3)
-    synth.write(out, train=n, test=4, seed=0, cfg=cfg, progress=False)
-    return list(load("synthetic", path=out, split="train"))
+    return bench_width.records(n, image)
 
 
 def setup(variant: str, recs: list[Any], device: str) -> tuple[Any, Any, torch.optim.Optimizer]:
@@ -85,21 +79,12 @@ def final_stage_step(
 ) -> tuple[Any, Any, torch.optim.Optimizer]:
     """What `vedas train` builds from ``cfg`` (model, objective, AdamW), with ``recs`` collated at the
     final curriculum stage (every step latent, T_r latents)."""
-    from vedas.method.curriculum import layout, num_stages, record_steps
-    from vedas.train.objective import LatentObjective, collate
+    from vedas.train.objective import LatentObjective
     from vedas.train.recipe import setup_model, trainable_parameters
 
     vm = setup_model(cfg)  # the model `vedas train` builds from this config
     vm.model.to(device)
-    latents = cfg.latent.latents
-    stage = num_stages(latents, cfg.curriculum)
-    lays = [
-        layout(
-            cfg.method, record_steps(r.steps, r.rationale, latents), r.answer, stage, latents, cfg.curriculum
-        )
-        for r in recs
-    ]
-    batch = collate(vm, recs, lays, cfg.method)
+    batch = bench_width.final_stage_batch(vm, recs, cfg.method, cfg)
     torch.manual_seed(0)
     objective = LatentObjective(vm, cfg.method, vm.config, cfg.scfvr, engine=engine)
     objective.to(device).train()

@@ -107,6 +107,20 @@ def records(n: int, image: int) -> list[Any]:
     return list(load("synthetic", path=out, split="train"))
 
 
+def final_stage_batch(vm: Any, recs: list[Any], method: str, cfg: Any) -> Any:
+    """``recs`` collated for ``method`` at the final curriculum stage of ``cfg`` (every step latent)."""
+    from vedas.method.curriculum import layout, num_stages, record_steps
+    from vedas.train.objective import collate
+
+    latents = cfg.latent.latents
+    stage = num_stages(latents, cfg.curriculum)
+    lays = [
+        layout(method, record_steps(r.steps, r.rationale, latents), r.answer, stage, latents, cfg.curriculum)
+        for r in recs
+    ]
+    return collate(vm, recs, lays, method)
+
+
 def model_config(width: str, s: Setting, quick: bool) -> Any:
     """The TrainConfig ``vedas train`` would get for this width (LoRA, routing on every layer)."""
     from vedas.config import LatentConfig
@@ -137,32 +151,18 @@ class Run:
 
 
 def build_runs(cfg: Any, recs: list[Any], device: str, names: list[str]) -> tuple[Any, dict[str, Run]]:
-    from vedas.method.curriculum import layout, num_stages, record_steps
     from vedas.method.scfvr import SCFVRConfig
-    from vedas.train.objective import LatentObjective, collate
+    from vedas.train.objective import LatentObjective
     from vedas.train.recipe import setup_model, trainable_parameters
 
     vm = setup_model(cfg)
     vm.model.to(device)
-    latents = cfg.latent.latents
-    stage = num_stages(latents, cfg.curriculum)
     batches: dict[str, Any] = {}
     runs = {}
     for name in names:
         method, routed, zoom, ckpt = VARIANTS[name]
         if method not in batches:
-            lays = [
-                layout(
-                    method,
-                    record_steps(r.steps, r.rationale, latents),
-                    r.answer,
-                    stage,
-                    latents,
-                    cfg.curriculum,
-                )
-                for r in recs
-            ]
-            batches[method] = collate(vm, recs, lays, method)
+            batches[method] = final_stage_batch(vm, recs, method, cfg)
         recon = (
             SCFVRConfig(weight=0.0) if zoom is None else SCFVRConfig() if zoom < 0 else SCFVRConfig(zoom=zoom)
         )
