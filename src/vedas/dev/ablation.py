@@ -47,6 +47,7 @@ from typing import Any
 from vedas.dev import demo
 from vedas.errors import UserError
 from vedas.evaluation import bootstrap
+from vedas.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,8 @@ SETTINGS_FILE = "ablation_settings.json"
 
 
 def atomic_write(path: Path, obj: Any) -> None:
-    """Write JSON so a reader never sees half a file (write beside it, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON so a reader never sees half a file."""
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def variant_config(name: str, size: demo.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):

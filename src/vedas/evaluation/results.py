@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vedas.errors import UserError
+from vedas.files import atomic_write_text
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -78,10 +79,7 @@ class ResultLog:
     @classmethod
     def _start(cls, path: Path, header: dict[str, Any], batches: list[dict[str, Any]]) -> ResultLog:
         """Rewrite ``path`` as the header and ``batches`` (dropping any cut-off line), then append from there."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(x) + "\n" for x in [{"header": header}, *batches]))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in [{"header": header}, *batches]))
         log = cls(path, header, batches)
         log._file = open(path, "a")  # noqa: SIM115 - appended to batch by batch, closed by finish()
         return log

@@ -17,9 +17,10 @@ redone steps twice.)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from vedas.files import atomic_write_text
 
 FILE = "metrics.jsonl"
 
@@ -44,9 +45,7 @@ def truncate(path: Path, step: int) -> int:
             kept.append(line)
         else:
             dropped += 1
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
     return dropped
 
 
