@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
@@ -78,7 +79,7 @@ class DemoSize:
         """This size on preset ``name`` (the pixel bound follows its image side in :meth:`tiny_model_args`)."""
         if name not in PRESETS:
             raise ValueError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
-        return dataclasses.replace(self, preset=name)
+        return dataclasses.replace(self, preset=name, replay_k=PRESET_REPLAY_K[name])
 
     max_new_tokens: int = 160
     """Generation cap: `cot`'s answer comes after ~80-120 tokens (a smoke test may cut it short)."""
@@ -103,6 +104,10 @@ class DemoSize:
 
 
 CHAMELEON_IMAGE = 64
+PRESET_REPLAY_K = {"easy": 4, "fine": 2}
+"""K per preset: ``fine``'s 36 visual tokens take T_r·K = 4·2 = 8 replays, under a quarter; ``easy`` keeps the
+K = 4 it was measured with (its 16 tokens are all replayed)."""
+DEFAULT_JOBS = 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 # A tiny random model trained for minutes must first learn to see and read. Measured on this
@@ -160,6 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="override the generation cap (default: 160)"
     )
+    add_jobs(parser)
     parser.add_argument(
         "--ablation",
         action="store_true",
@@ -174,6 +180,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --ablation: only these variants (default: all; cot is always trained first)",
     )
     parser.add_argument(
+        "--remedies",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="with --ablation: remedies for unused latents applied at inference to each seed's latent "
+        "checkpoint and probed for latent use (gap_norm, pca_head, tto; default: all three; "
+        "--no-remedies: none)",
+    )
+    parser.add_argument(
+        "--no-remedies",
+        dest="remedies",
+        action="store_const",
+        const=None,
+        help="with --ablation: skip the remedies",
+    )
+    parser.add_argument(
         "--only-seeds",
         nargs="+",
         type=int,
@@ -183,6 +205,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "report includes every unit finished on disk",
     )
     parser.set_defaults(func=run)
+
+
+def add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help="train this many methods at once, one process each with an equal share of the threads "
+        "(no_cot beside cot, then latent beside vedas, then each evaluated on the idle machine; with "
+        "--ablation, whole units side by side, so their latencies are measured under load); 1: everything "
+        "in this process "
+        f"(default: 2 on a machine of 2 or more cores, else 1; here {DEFAULT_JOBS})",
+    )
 
 
 def add_preset(parser: argparse.ArgumentParser) -> None:
@@ -264,12 +299,27 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
     )
 
 
-def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[str, Any]:
+def train_method(cfg: Any) -> tuple[str, float]:
+    """Train one method (a :func:`vedas.dev.jobs.run_graph` job): its final checkpoint and the seconds."""
+    from vedas.train.recipe import main as train_main
+
+    t0 = time.perf_counter()
+    final = train_main(cfg)
+    return str(final), time.perf_counter() - t0
+
+
+def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
+    """Train every method of one seed (``jobs`` at a time), then evaluate them one after the other.
+
+    ``cot`` is trained before the latent methods, which continue from its checkpoint; with
+    ``jobs`` > 1 ``no_cot`` trains beside ``cot`` and ``latent`` beside ``vedas``. Evaluation waits
+    until every training has finished, so the latencies are measured on an otherwise idle machine.
+    """
     import vedas
     from vedas.data import load, synth
+    from vedas.dev.jobs import run_graph
     from vedas.evaluation.evaluate import evaluate
     from vedas.method.curriculum import LATENT_METHODS
-    from vedas.train.recipe import main as train_main
 
     data = out / "data"
     if not (data / "test.jsonl").is_file():
@@ -282,21 +332,28 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path) -> dict[s
             progress=True,
         )
     test = list(load("synthetic", path=str(data), split="test"))
+    ordered = sorted(methods, key=lambda m: METHODS.index(m))
+    # latent and vedas continue from cot when it is trained (curriculum stage 0 is explicit CoT)
+    latent = [m for m in ordered if m in LATENT_METHODS and "cot" in ordered]
+    first = [m for m in ordered if m not in latent]
+
+    def job(method: str, base: Path | None) -> Any:
+        return method, train_method, (train_config(method, size, data, out, seed, base=base),)
+
+    def after(method: Any, result: tuple[str, float]) -> list[Any]:
+        return [job(m, Path(result[0])) for m in latent] if method == "cot" else []
+
+    trained = dict(run_graph([job(m, None) for m in first], after, jobs))
+    cot_final = trained["cot"][0] if "cot" in trained else None
     results = {}
-    cot_final: Path | None = None
-    # cot first when asked for: latent and vedas continue from it (curriculum stage 0 is explicit CoT)
-    for method in sorted(methods, key=lambda m: METHODS.index(m)):
+    for method in [m for m in ordered if m in trained]:
+        final, train_s = trained[method]
         base = cot_final if method in LATENT_METHODS else None
-        t0 = time.perf_counter()
-        final = train_main(train_config(method, size, data, out, seed, base=base))
-        train_s = time.perf_counter() - t0
-        if method == "cot":
-            cot_final = final
         vm = vedas.load(final)
         report = evaluate(vm, test, method, batch_size=16, scoring="vedas", dataset="synthetic/test")
         report["train_seconds"] = train_s
-        report["checkpoint"] = str(final)
-        report["initialised_from"] = str(base) if base is not None else "tiny random model"
+        report["checkpoint"] = final
+        report["initialised_from"] = base if base is not None else "tiny random model"
         (out / method / "report.json").write_text(json.dumps(report, indent=2))
         print(
             f"{method}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
@@ -456,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         d = out if len(seeds) == 1 else out / f"seed{seed}"
         seed_dirs.append(d)
-        per_seed.append(run_seed(seed, size, args.method, d))
+        per_seed.append(run_seed(seed, size, args.method, d, jobs=args.jobs))
     rows = summarise(per_seed, args.method)
     write_report(out, rows, size, seeds, seed_dirs, time.perf_counter() - t0)
     print((out / "report.md").read_text())

@@ -1,0 +1,67 @@
+"""``--jobs``: trainings side by side in worker processes give what the same trainings give in order."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vedas.dev import demo
+from vedas.dev.jobs import run_graph
+
+ROOTS = [("a", operator.add, (1, 2)), ("b", operator.mul, (3, 4))]
+
+
+def children(key, result):
+    # a's result releases one job; that job releases none
+    return [("a2", operator.mul, (result, 10))] if key == "a" else []
+
+
+def test_run_graph_runs_released_jobs_in_order_alone_and_all_of_them_in_workers() -> None:
+    assert list(run_graph(ROOTS, children, jobs=1)) == [("a", 3), ("a2", 30), ("b", 12)]  # depth first
+    assert dict(run_graph(ROOTS, children, jobs=2)) == {"a": 3, "a2": 30, "b": 12}
+
+
+def test_a_failing_worker_job_is_raised_and_nothing_waits_on_it() -> None:
+    jobs = [("ok", operator.add, (1, 1)), ("bad", math.sqrt, (-1.0,))]
+    with pytest.raises(ValueError, match="math domain error"):
+        dict(run_graph(jobs, lambda k, r: [], jobs=2))
+    with pytest.raises(ValueError, match="--jobs: must be at least 1, got 0"):
+        list(run_graph(jobs, lambda k, r: [], jobs=0))
+
+
+def _weights(out: Path, method: str) -> dict[str, torch.Tensor]:
+    files = sorted((out / method / "final").rglob("*.safetensors"))
+    assert files, f"no safetensors under {out / method / 'final'}"
+    return {f"{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+@pytest.mark.slow
+def test_demo_jobs_2_trains_the_same_models_as_one_after_the_other(tmp_path: Path) -> None:
+    """cot and no_cot side by side, then latent from cot, in 2 workers of 1 thread each: the checkpoints
+    and predictions are bit for bit those of the in-process run at 1 thread."""
+    size = dataclasses.replace(demo.QUICK, train=32, test=8, epochs=1, latent_epochs=3, max_new_tokens=8)
+    methods = ["no_cot", "cot", "latent"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = demo.run_seed(0, size, methods, tmp_path / "alone", jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # each of the 2 workers gets 2 // 2 = 1 thread, as the run above had
+    try:
+        side = demo.run_seed(0, size, methods, tmp_path / "side", jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(side) == methods
+    for m in methods:
+        a, b = _weights(tmp_path / "alone", m), _weights(tmp_path / "side", m)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), m
+        assert [s["prediction"] for s in alone[m]["per_sample"]] == [s["prediction"] for s in side[m]["per_sample"]]
+    assert side["latent"]["initialised_from"] == str(tmp_path / "side" / "cot" / "final")
