@@ -101,6 +101,7 @@ def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, 
         "max_new_tokens": args.max_new_tokens,
         "warmup": False,
         "progress": not args.no_progress,
+        "tto": getattr(args, "tto", None),
     }
     total = len(CONDITIONS) + sweep_max  # the sweep's trained point reuses the trained run
     bar = base.progress(total, "latent-use runs", not args.no_progress)
@@ -117,7 +118,8 @@ def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, 
         if count == trained_count:
             point = conditions["trained"]
         else:
-            point = _summary(evaluate(vm, records, latents=count, **common), reference)
+            at = {**common, "tto": common["tto"] if count else None}  # nothing to optimise without latents
+            point = _summary(evaluate(vm, records, latents=count, **at), reference)
             bar.update(1)
         sweep.append(
             {k: point[k] for k in ("latents", "accuracy", "ar_steps_mean", "same_prediction_as_trained")}

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from vedas.dev import demo
+from vedas.dev.jobs import run_graph
 from vedas.errors import UserError
 from vedas.evaluation import bootstrap
 from vedas.files import atomic_write_text
@@ -112,6 +113,19 @@ PAPER_TABLE3: tuple[dict[str, Any], ...] = (
     },
 )
 PAPER_BENCHMARKS = ("M3CoT", "ScienceQA", "GQA")
+REMEDIES: dict[str, str] = {
+    "gap_norm": "GAP norm calibration at inference: each fed-back latent rescaled to the mean visual "
+    "input-embedding norm, measured on 256 training records",
+    "pca_head": "GAP PCA latent head at inference, untrained: each latent projected onto the affine "
+    "subspace holding 95 % of the visual input embeddings' variance (256 training records)",
+    "tto": "test-time optimisation of the latents, weights frozen: stage1 (latent-visual alignment) "
+    "then stage2 (confidence progression), 5 Adam steps each",
+}
+"""Remedies for unused latents, applied at inference to each seed's ``latent`` checkpoint (:data:`REMEDY_BASE`);
+each is probed for latent use exactly as the variants are. Under ``tto`` a replaced latent is the starting
+point TTO optimises from, so a drop says TTO's result depends on where it starts."""
+REMEDY_BASE = "latent"
+REMEDY_RECORDS = 256
 PERTURBATIONS = ("zeros", "noise", "shuffled")
 """Latent-use conditions whose drop says the latents' content is used."""
 CHANCE = 0.25
@@ -169,8 +183,11 @@ def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
     return json.loads(report.read_text())
 
 
-def latent_use(vm: Any, test: list[Any], method: str, seed: int) -> dict[str, Any]:
-    """:func:`vedas.analysis.latent_use.measure` (conditions + sweep) and replay turned off at inference."""
+def latent_use(
+    vm: Any, test: list[Any], method: str, seed: int, sweep_max: int | None = None, tto: Any = None
+) -> dict[str, Any]:
+    """:func:`vedas.analysis.latent_use.measure` (conditions + sweep to ``sweep_max``, default 2·T_r) and
+    replay turned off at inference; ``tto`` optimises the latents in every run."""
     from vedas.analysis import latent_use as lu
     from vedas.evaluation.evaluate import evaluate
 
@@ -179,18 +196,21 @@ def latent_use(vm: Any, test: list[Any], method: str, seed: int) -> dict[str, An
         batch_size=16,
         scoring="vedas",
         max_new_tokens=None,
-        sweep_max=None,
+        sweep_max=sweep_max,
         seed=seed,
         no_progress=True,
         checkpoint="",
         data="",
         split="test",
+        tto=tto,
     )
     rep = lu.measure(vm, test, args)
     config = vm.config
     try:  # replay off: the same checkpoint, K = 0 at inference only
         vm.config = dataclasses.replace(config, replay_k=0)
-        off = evaluate(vm, test, method, batch_size=16, scoring="vedas", warmup=False, progress=False)
+        off = evaluate(
+            vm, test, method, batch_size=16, scoring="vedas", warmup=False, progress=False, tto=tto
+        )
     finally:
         vm.config = config
     reference = [s["prediction"] for s in rep["conditions"]["trained"]["per_sample"]]
@@ -242,6 +262,59 @@ def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | N
     print(
         f"ablation: {name} seed {seed}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
         f"latency {report['latency_ms']['total']:.1f} ms, {report['unit_seconds']:.0f} s"
+    )
+    return report
+
+
+def apply_remedy(name: str, vm: Any, train: list[Any]) -> Any:
+    """Switch remedy ``name`` on in ``vm`` (in memory only); returns the ``tto`` setting to evaluate with."""
+    from vedas.method import gap
+
+    if name == "gap_norm":
+        gap.calibrate_norms(vm, train)
+        vm.config = dataclasses.replace(vm.config, latent_norm="ema")
+    elif name == "pca_head":
+        gap.enable_pca_head(vm, gap.visual_embeddings(vm, train), share=0.95)
+        vm.config = dataclasses.replace(vm.config, latent_head="pca")
+    elif name == "tto":
+        from vedas.method.tto import TTOConfig
+
+        return TTOConfig(stages=["stage1", "stage2"], steps=5)
+    else:
+        raise UserError(f"remedy {name!r}: choose one of {list(REMEDIES)}")
+    return None
+
+
+def run_remedy(name: str, seed: int, out: Path, checkpoint: Path) -> dict[str, Any]:
+    """Remedy ``name`` on one seed's ``latent`` checkpoint, probed for latent use; saved like a unit."""
+    unit_dir = out / f"seed{seed}" / f"remedy-{name}"
+    result_path = unit_dir / RESULT_FILE
+    if result_path.is_file():
+        print(f"ablation: remedy {name} seed {seed} finished earlier ({result_path})")
+        return json.loads(result_path.read_text())
+    import vedas
+    from vedas.data import load
+
+    data = out / f"seed{seed}" / "data"
+    test = list(load("synthetic", path=str(data), split="test"))
+    train = list(load("synthetic", path=str(data), split="train"))[:REMEDY_RECORDS]
+    load_before, t0 = os.getloadavg()[0], time.perf_counter()
+    vm = vedas.load(checkpoint)
+    tto = apply_remedy(name, vm, train)
+    use = latent_use(vm, test, VARIANTS[REMEDY_BASE].method, seed, sweep_max=0, tto=tto)
+    trained = use["conditions"]["trained"]
+    report = {
+        "remedy": name,
+        "seed": seed,
+        "checkpoint": str(checkpoint),
+        "accuracy": trained["accuracy"],
+        "latent_use": use,
+        "unit_seconds": time.perf_counter() - t0,
+        "load_average": [load_before, os.getloadavg()[0]],
+    }
+    atomic_write(result_path, report)
+    print(
+        f"ablation: remedy {name} seed {seed}: accuracy {report['accuracy']:.3f}, {report['unit_seconds']:.0f} s"
     )
     return report
 
@@ -370,7 +443,10 @@ def _drop(reps: dict[int, dict[str, Any]], condition: str) -> dict[str, Any]:
     return bootstrap.paired_difference(xs, ys)
 
 
-def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+def summarise(
+    results: dict[str, dict[int, dict[str, Any]]],
+    remedies: dict[str, dict[int, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     names = [n for n in VARIANTS if results.get(n)]
     comparisons = []
     for a, b, what in COMPARISONS:
@@ -381,6 +457,11 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
         "methods": [summary_row(n, results[n]) for n in names],
         "comparisons": comparisons,
         "latent_use": [latent_use_row(n, results[n]) for n in names if n in LATENT_VARIANTS],
+        "remedies": [
+            {**latent_use_row(r, reps), "remedy": r, "applied_to": REMEDY_BASE, "help": REMEDIES[r]}
+            for r in REMEDIES
+            if (reps := (remedies or {}).get(r))
+        ],
         "paper_table3": [
             {"model": r["model"], **{k: dict(zip(PAPER_BENCHMARKS, r[k])) for k in ("base", "rds", "both")}}
             for r in PAPER_TABLE3
@@ -448,6 +529,24 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         ]
         sweep = ", ".join(f"{p['latents']}→{_pct(p['accuracy'])}" for p in u["sweep"])
         lines.append(f"| {u['method']} | {' | '.join(cells)} | {sweep} | {u['verdict']} |")
+    if summary.get("remedies"):
+        base = next((u for u in summary["latent_use"] if u["method"] == REMEDY_BASE), None)
+        lines += [
+            "",
+            f"Remedies on the latent-use line (each applied at inference to the `{REMEDY_BASE}` checkpoint of "
+            "every seed; accuracy %, drop = with the remedy's latents − replaced):",
+            "",
+            "| remedy | trained | zeros | noise | shuffled | replay off | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for u in ([base] if base else []) + summary["remedies"]:
+            cells = [
+                f"{_pct(u['accuracy'][c])}" + ("" if c == "trained" else f" (drop {_interval(u['drop'][c])})")
+                for c in ("trained", *PERTURBATIONS, "replay_off")
+            ]
+            label = u.get("remedy") or f"none (`{REMEDY_BASE}` as trained)"
+            lines.append(f"| {label} | {' | '.join(cells)} | {u['verdict']} |")
+        lines += ["", *[f"- `{u['remedy']}`: {u['help']}" for u in summary["remedies"]]]
     lines += [
         "",
         "The paper's Table 3 as the paper reports it (accuracy %, real benchmarks; ours is the synthetic "
@@ -478,48 +577,73 @@ def run(args: argparse.Namespace) -> int:
     check_settings(out, settings(size))
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
     results: dict[str, dict[int, dict[str, Any]]] = {}
+    remedies: dict[str, dict[int, dict[str, Any]]] = {}
     only = set(args.only_seeds or seeds)
     if not only <= set(seeds):
         raise UserError(
             f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
         )
+    remedies_wanted = [] if args.remedies is None else list(args.remedies or REMEDIES)
+    unknown = [r for r in remedies_wanted if r not in REMEDIES]
+    if unknown:
+        raise UserError(f"--remedies: unknown {unknown}; choose from {list(REMEDIES)}")
+    mine = [s for s in seeds if s in only]
     for seed in seeds:
         if seed not in only:  # another process runs it: take what it has finished
             finished(out, seed, ["cot", *wanted], results)
+            finished(out, seed, [f"remedy-{r}" for r in remedies_wanted], remedies, prefix="remedy-")
             continue
         data = out / f"seed{seed}" / "data"
         if not (data / "test.jsonl").is_file():
             synth.write(
                 data, train=size.train, test=size.test, seed=seed, cfg=size.synth_config(), progress=True
             )
-        cot = run_unit("cot", seed, size, out, None)
-        results.setdefault("cot", {})[seed] = cot
-        for name in wanted:
-            if name != "cot":
-                results.setdefault(name, {})[seed] = run_unit(name, seed, size, out, Path(cot["checkpoint"]))
-        text = write_report(out, results, size, seeds[: seed + 1], t0, load_start)  # after every seed
+
+    def after(key: Any, report: dict[str, Any]) -> list[Any]:
+        name, seed = key
+        if name == "cot":  # every variant continues from this one checkpoint
+            ckpt = Path(report["checkpoint"])
+            return [((v, seed), run_unit, (v, seed, size, out, ckpt)) for v in wanted if v != "cot"]
+        if name == REMEDY_BASE:
+            ckpt = Path(report["checkpoint"])
+            return [((f"remedy:{r}", seed), run_remedy, (r, seed, out, ckpt)) for r in remedies_wanted]
+        return []
+
+    roots = [(("cot", seed), run_unit, ("cot", seed, size, out, None)) for seed in mine]
+    text = ""
+    for (name, seed), report in run_graph(roots, after, args.jobs):
+        if name.startswith("remedy:"):
+            remedies.setdefault(name.removeprefix("remedy:"), {})[seed] = report
+        else:
+            results.setdefault(name, {})[seed] = report
+        done = sorted({s for reps in results.values() for s in reps})
+        text = write_report(out, results, remedies, size, done, t0, load_start)
     print(text)
     return 0
 
 
-def finished(out: Path, seed: int, names: list[str], results: dict[str, dict[int, dict[str, Any]]]) -> None:
-    """Add the units of ``seed`` already finished on disk to ``results`` (nothing is trained)."""
+def finished(
+    out: Path, seed: int, names: list[str], results: dict[str, dict[int, dict[str, Any]]], prefix: str = ""
+) -> None:
+    """Add the units of ``seed`` already finished on disk to ``results`` (nothing is trained), keyed by
+    their directory name less ``prefix``."""
     for name in names:
         path = out / f"seed{seed}" / name / RESULT_FILE
         if path.is_file():
-            results.setdefault(name, {})[seed] = json.loads(path.read_text())
+            results.setdefault(name.removeprefix(prefix), {})[seed] = json.loads(path.read_text())
 
 
 def write_report(
     out: Path,
     results: dict[str, dict[int, dict[str, Any]]],
+    remedies: dict[str, dict[int, dict[str, Any]]],
     size: demo.DemoSize,
     seeds: list[int],
     t0: float,
     load_start: float,
 ) -> str:
     """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
-    summary = summarise(results)
+    summary = summarise(results, remedies)
     meta = {
         "machine": demo.machine(),
         "load_start": load_start,
@@ -533,7 +657,12 @@ def write_report(
         ),
         "seeds": seeds,
         "elapsed_seconds": time.perf_counter() - t0,
-        "units_seconds_total": sum(r["unit_seconds"] for reps in results.values() for r in reps.values()),
+        "units_seconds_total": sum(
+            r["unit_seconds"]
+            for group in (results, remedies)
+            for reps in group.values()
+            for r in reps.values()
+        ),
         "units_load_average": [
             f(x for reps in results.values() for r in reps.values() for x in r["load_average"])
             for f in (min, max)
