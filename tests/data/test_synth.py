@@ -241,12 +241,14 @@ def test_verbose_rationales_enumerate_what_the_image_shows_and_name_the_letter()
 
 
 def test_fine_preset_makes_replay_choose_and_detail_matter() -> None:
-    """The demo's ``fine`` preset by construction: 64 merged visual tokens per image through the tiny
-    Qwen2-VL processor, T_r·K at most a quarter of them, every shape under a third of a merged cell
-    (a 3-cell crop re-encoded at full size shows it ~3x larger), 3-4-step questions, balanced letters."""
+    """The demo's ``fine`` preset by construction: 36 merged visual tokens per image through the tiny
+    Qwen2-VL processor, T_r·K at most a quarter of them, every shape half a merged cell on a side and
+    inside one merged cell (at most one shape per cell, so a cell's token holds one shape blurred with
+    its background, and a 3-cell crop re-encoded at full size shows it 2x larger), 3-4-step questions,
+    balanced letters."""
     import vedas
     from vedas.data.synth import MERGED_CELL_PX, PRESETS, merged_tokens, preset
-    from vedas.dev.demo import FULL
+    from vedas.dev.demo import FULL, QUICK
 
     cfg = preset("fine")
     size = FULL.with_preset("fine")
@@ -257,15 +259,23 @@ def test_fine_preset_makes_replay_choose_and_detail_matter() -> None:
     grid = processor.image_processor(images=[s.image for s in samples[:4]], return_tensors="pt")[
         "image_grid_thw"
     ]
-    assert [int(t * h * w) // 4 for t, h, w in grid.tolist()] == [64] * 4 == [merged_tokens(cfg)] * 4
-    assert size.latents * size.replay_k <= merged_tokens(cfg) / 4
-    sides = []
+    assert [int(t * h * w) // 4 for t, h, w in grid.tolist()] == [36] * 4 == [merged_tokens(cfg)] * 4
+    for sized in (size, QUICK.with_preset("fine")):
+        assert sized.latents * sized.replay_k <= merged_tokens(cfg) / 4
+    sides, cells = [], []
     for s in samples[:20]:
         pixels = np.asarray(s.image)
+        seen = []
         for value in COLORS.values():
             for blob in components(np.all(pixels == value, axis=-1)):  # (pixels, 2) coordinates
                 sides.append(int((blob.max(0) - blob.min(0)).max()) + 1)
-    assert len(sides) > 100 and max(sides) <= MERGED_CELL_PX / 3
+                lo, hi = blob.min(0) // MERGED_CELL_PX, blob.max(0) // MERGED_CELL_PX
+                assert (lo == hi).all(), f"{s.row['id']}: a shape spans two merged cells"
+                seen.append(tuple(lo))
+        assert len(seen) == len(set(seen)), f"{s.row['id']}: two shapes share a merged cell"
+        cells.append(len(seen))
+    assert len(sides) > 100 and max(sides) <= MERGED_CELL_PX / 2 + 1  # PIL draws both corners: 15 px
+    assert max(cells) > size.latents * size.replay_k  # some images hold more shapes than replay can show
     assert {s.row["category"] for s in samples} == {"diff", "net"}
     assert {TEMPLATES[s.row["category"]][0] for s in samples} == {3, 4}
     share = np.bincount(["ABCD".index(s.row["answer"]) for s in samples], minlength=4) / len(samples)
