@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vedas.dev.ablation import COMPARISONS, LATENT_VARIANTS, RESULT_FILE, VARIANTS
+from vedas.dev.ablation import COMPARISONS, LATENT_VARIANTS, REMEDIES, RESULT_FILE, VARIANTS
 
-SMOKE = ["--quick", "--preset", "easy", "--train", "16", "--test", "8", "--epochs", "1",
+SMOKE = ["--quick", "--preset", "fine", "--train", "16", "--test", "8", "--epochs", "1",
          "--latent-epochs", "1", "--max-new-tokens", "12"]  # fmt: skip
 
 
@@ -22,7 +22,7 @@ def ablation(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
-    res = ablation(tmp_path)
+    res = ablation(tmp_path, "--jobs", "2")  # units side by side in 2 workers; the rerun below: in-process
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((tmp_path / "ablation.json").read_text())
     assert [m["method"] for m in rep["methods"]] == list(VARIANTS)
@@ -36,9 +36,17 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     for u in rep["latent_use"]:
         assert set(u["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"} and u["verdict"]
         assert [p["latents"] for p in u["sweep"]] == [0, 1, 2, 3, 4]  # 0 … 2·T_r
+    # the remedies, each on the latent checkpoint, probed on the latent-use line
+    assert [r["remedy"] for r in rep["remedies"]] == list(REMEDIES)
+    latent_ckpt = json.loads((tmp_path / "seed0" / "latent" / RESULT_FILE).read_text())["checkpoint"]
+    for r in rep["remedies"]:
+        assert set(r["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"} and r["verdict"]
+        unit = json.loads((tmp_path / "seed0" / f"remedy-{r['remedy']}" / RESULT_FILE).read_text())
+        assert unit["checkpoint"] == latent_ckpt
     assert len(rep["paper_table3"]) == 4
     md = (tmp_path / "ablation.md").read_text()
     assert "Paired differences" in md and "Latent use" in md and "Table 3" in md and "load average" in md
+    assert "Remedies on the latent-use line" in md
     # every unit came from the one cot checkpoint
     cot = json.loads((tmp_path / "seed0" / "cot" / RESULT_FILE).read_text())["checkpoint"]
     for name in LATENT_VARIANTS:
@@ -49,9 +57,9 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
 
     # an interrupted run: one unit's result is missing; the rerun trains only that one
     (tmp_path / "seed0" / "no_replay" / RESULT_FILE).unlink()
-    res = ablation(tmp_path)
+    res = ablation(tmp_path, "--jobs", "1")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("seed 0 finished earlier") == len(VARIANTS) - 1
+    assert res.stdout.count("seed 0 finished earlier") == len(VARIANTS) - 1 + len(REMEDIES)
     assert "ablation: no_replay seed 0: accuracy" in res.stdout
 
     # another process has seed 1: this one trains nothing new and reports what is finished (seed 0)
