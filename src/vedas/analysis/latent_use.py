@@ -25,15 +25,22 @@ trained run's — a sharper signal than accuracy when accuracy is near chance. W
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vedas.analysis import base
+from vedas.evaluation import bootstrap
 
 HELP = "accuracy with trained, zeroed, noised and shuffled latents, and a latent-count sweep"
 CONDITIONS = ("trained", "zeros", "noise", "shuffled")
+PERTURBATIONS = ("zeros", "noise", "shuffled")
+"""Latent-use conditions whose drop says the latents' content is used."""
+CHANCE = 0.25
+"""Four options per question."""
 
 
 def make_transform(condition: str, seed: int = 0) -> Any:
@@ -141,6 +148,121 @@ def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, 
         "conditions": conditions,
         "sweep": sweep,
     }
+
+
+def probe(
+    vm: Any, test: list[Any], method: str, seed: int, sweep_max: int | None = None, tto: Any = None
+) -> dict[str, Any]:
+    """:func:`measure` (conditions + sweep to ``sweep_max``, default 2·T_r) and replay turned off at
+    inference (``replay_off``), as the demo and the ablation report it; ``tto`` optimises the latents in
+    every run. Returns ``conditions``, ``sweep``, ``trained_latents``, ``shuffle_unchanged_samples``."""
+    from vedas.evaluation.evaluate import evaluate
+
+    args = argparse.Namespace(
+        method=method,
+        batch_size=16,
+        scoring="vedas",
+        max_new_tokens=None,
+        sweep_max=sweep_max,
+        seed=seed,
+        no_progress=True,
+        checkpoint="",
+        data="",
+        split="test",
+        tto=tto,
+    )
+    rep = measure(vm, test, args)
+    config = vm.config
+    try:  # replay off: the same checkpoint, K = 0 at inference only
+        vm.config = dataclasses.replace(config, replay_k=0)
+        off = evaluate(
+            vm, test, method, batch_size=16, scoring="vedas", warmup=False, progress=False, tto=tto
+        )
+    finally:
+        vm.config = config
+    reference = [s["prediction"] for s in rep["conditions"]["trained"]["per_sample"]]
+    rep["conditions"]["replay_off"] = _summary(off, reference)
+    return {k: rep[k] for k in ("conditions", "sweep", "trained_latents", "shuffle_unchanged_samples")}
+
+
+def _condition(name: str) -> Any:
+    def outcomes(report: dict[str, Any]) -> dict[str, float]:
+        return {
+            s["id"]: float(bool(s["correct"])) for s in report["latent_use"]["conditions"][name]["per_sample"]
+        }
+
+    return outcomes
+
+
+def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean accuracy per condition and sweep point over seeds, each drop's interval pooled over seeds and
+    questions, and the one-line verdict. ``reps``: seed → a report whose ``latent_use`` is a :func:`probe`."""
+    seeds = sorted(reps)
+    conds = reps[seeds[0]]["latent_use"]["conditions"]
+    accuracy = {
+        c: statistics.mean(reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds) for c in conds
+    }
+    drops = {c: _drop(reps, c) for c in conds if c != "trained"}
+    sweep = [
+        {
+            "latents": p["latents"],
+            "accuracy": statistics.mean(reps[s]["latent_use"]["sweep"][i]["accuracy"] for s in seeds),
+        }
+        for i, p in enumerate(reps[seeds[0]]["latent_use"]["sweep"])
+    ]
+    used = [c for c in PERTURBATIONS if c in drops and drops[c]["low"] > 0]
+    if used:
+        verdict = f"latents' content used: replacing them by {', '.join(used)} lowers accuracy beyond the 95 % interval"
+    elif accuracy["trained"] <= CHANCE + 0.05:
+        verdict = "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
+    else:
+        verdict = "latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy beyond the 95 % interval"
+    return {
+        "method": name,
+        "seeds": seeds,
+        "accuracy": accuracy,
+        "drop": drops,
+        "sweep": sweep,
+        "verdict": verdict,
+    }
+
+
+def _drop(reps: dict[int, dict[str, Any]], condition: str) -> dict[str, Any]:
+    """trained − condition (a positive difference is a drop), pooled over seeds and questions."""
+    xs, ys = [], []
+    for seed in sorted(reps):
+        rep = reps[seed]
+        trained, other = _condition("trained")(rep), _condition(condition)(rep)
+        for q in sorted(set(trained) & set(other)):
+            xs.append(other[q])
+            ys.append(trained[q])
+    return bootstrap.paired_difference(xs, ys)
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def interval_text(d: dict[str, Any]) -> str:
+    return f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def table_lines(rows: list[dict[str, Any]], label: str = "method", sweep: bool = True) -> list[str]:
+    """A markdown table of :func:`pooled` rows: accuracy per condition with its drop, sweep, verdict."""
+    head = f"| {label} | trained | zeros | noise | shuffled | replay off |" + (
+        " sweep (latents→acc %) |" if sweep else ""
+    )
+    lines = [head + " verdict |", "|---" * (7 + int(sweep)) + "|"]
+    for u in rows:
+        cells = [
+            f"{percent(u['accuracy'][c])}"
+            + ("" if c == "trained" else f" (drop {interval_text(u['drop'][c])})")
+            for c in ("trained", *PERTURBATIONS, "replay_off")
+        ]
+        if sweep:
+            cells.append(", ".join(f"{p['latents']}→{percent(p['accuracy'])}" for p in u["sweep"]))
+        lines.append(f"| {u.get('label', u['method'])} | {' | '.join(cells)} | {u['verdict']} |")
+    return lines
 
 
 def draw(report: dict[str, Any], path: Path) -> Path:

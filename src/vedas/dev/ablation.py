@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vedas.analysis.latent_use import interval_text, percent, table_lines
+from vedas.analysis.latent_use import pooled as latent_use_row
+from vedas.analysis.latent_use import probe as latent_use
 from vedas.dev import demo
 from vedas.dev.jobs import run_graph
 from vedas.errors import UserError
@@ -126,10 +129,6 @@ each is probed for latent use exactly as the variants are. Under ``tto`` a repla
 point TTO optimises from, so a drop says TTO's result depends on where it starts."""
 REMEDY_BASE = "latent"
 REMEDY_RECORDS = 256
-PERTURBATIONS = ("zeros", "noise", "shuffled")
-"""Latent-use conditions whose drop says the latents' content is used."""
-CHANCE = 0.25
-"""Four options per question."""
 RESULT_FILE = "ablation_result.json"
 SETTINGS_FILE = "ablation_settings.json"
 
@@ -183,41 +182,6 @@ def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
     return json.loads(report.read_text())
 
 
-def latent_use(
-    vm: Any, test: list[Any], method: str, seed: int, sweep_max: int | None = None, tto: Any = None
-) -> dict[str, Any]:
-    """:func:`vedas.analysis.latent_use.measure` (conditions + sweep to ``sweep_max``, default 2·T_r) and
-    replay turned off at inference; ``tto`` optimises the latents in every run."""
-    from vedas.analysis import latent_use as lu
-    from vedas.evaluation.evaluate import evaluate
-
-    args = argparse.Namespace(
-        method=method,
-        batch_size=16,
-        scoring="vedas",
-        max_new_tokens=None,
-        sweep_max=sweep_max,
-        seed=seed,
-        no_progress=True,
-        checkpoint="",
-        data="",
-        split="test",
-        tto=tto,
-    )
-    rep = lu.measure(vm, test, args)
-    config = vm.config
-    try:  # replay off: the same checkpoint, K = 0 at inference only
-        vm.config = dataclasses.replace(config, replay_k=0)
-        off = evaluate(
-            vm, test, method, batch_size=16, scoring="vedas", warmup=False, progress=False, tto=tto
-        )
-    finally:
-        vm.config = config
-    reference = [s["prediction"] for s in rep["conditions"]["trained"]["per_sample"]]
-    rep["conditions"]["replay_off"] = lu._summary(off, reference)
-    return {k: rep[k] for k in ("conditions", "sweep", "trained_latents", "shuffle_unchanged_samples")}
-
-
 def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
     """Train, evaluate and probe one (variant, seed), or load its saved result."""
     seed_dir = out / f"seed{seed}"
@@ -249,7 +213,7 @@ def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | N
     else:
         print(f"ablation: {name} seed {seed} taken over from the demo run in {unit_dir}")
         vm = vedas.load(report["checkpoint"])
-    if name != "cot":
+    if name != "cot" and "latent_use" not in report:  # a demo run taken over has measured it already
         report["latent_use"] = latent_use(vm, test, VARIANTS[name].method, seed)
     report.update(
         variant=name,
@@ -390,59 +354,6 @@ def summary_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _condition(name: str) -> Any:
-    def outcomes(report: dict[str, Any]) -> dict[str, float]:
-        return {
-            s["id"]: float(bool(s["correct"])) for s in report["latent_use"]["conditions"][name]["per_sample"]
-        }
-
-    return outcomes
-
-
-def latent_use_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean accuracy per condition and sweep point, each drop's pooled interval, and the verdict."""
-    seeds = sorted(reps)
-    conds = reps[seeds[0]]["latent_use"]["conditions"]
-    accuracy = {
-        c: statistics.mean(reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds) for c in conds
-    }
-    drops = {c: _drop(reps, c) for c in conds if c != "trained"}
-    sweep = [
-        {
-            "latents": p["latents"],
-            "accuracy": statistics.mean(reps[s]["latent_use"]["sweep"][i]["accuracy"] for s in seeds),
-        }
-        for i, p in enumerate(reps[seeds[0]]["latent_use"]["sweep"])
-    ]
-    used = [c for c in PERTURBATIONS if c in drops and drops[c]["low"] > 0]
-    if used:
-        verdict = f"latents' content used: replacing them by {', '.join(used)} lowers accuracy beyond the 95 % interval"
-    elif accuracy["trained"] <= CHANCE + 0.05:
-        verdict = "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
-    else:
-        verdict = "latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy beyond the 95 % interval"
-    return {
-        "method": name,
-        "seeds": seeds,
-        "accuracy": accuracy,
-        "drop": drops,
-        "sweep": sweep,
-        "verdict": verdict,
-    }
-
-
-def _drop(reps: dict[int, dict[str, Any]], condition: str) -> dict[str, Any]:
-    """trained − condition (a positive difference is a drop), pooled over seeds and questions."""
-    xs, ys = [], []
-    for seed in sorted(reps):
-        rep = reps[seed]
-        trained, other = _condition("trained")(rep), _condition(condition)(rep)
-        for q in sorted(set(trained) & set(other)):
-            xs.append(other[q])
-            ys.append(trained[q])
-    return bootstrap.paired_difference(xs, ys)
-
-
 def summarise(
     results: dict[str, dict[int, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]] | None = None,
@@ -472,14 +383,6 @@ def summarise(
 # --------------------------------------------------------------------------- report
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _interval(d: dict[str, Any]) -> str:
-    return f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-
-
 def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     rows = {r["method"]: r for r in summary["methods"]}
     lines = [
@@ -498,8 +401,8 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     ]
     for r in summary["methods"]:
         lines.append(
-            f"| {r['method']} | **{_pct(r['accuracy'])}** ± {_pct(r['std'])} | "
-            f"{' / '.join(_pct(a) for a in r['accuracies'])} | {r['ar_steps_mean']:.1f} | "
+            f"| {r['method']} | **{percent(r['accuracy'])}** ± {percent(r['std'])} | "
+            f"{' / '.join(percent(a) for a in r['accuracies'])} | {r['ar_steps_mean']:.1f} | "
             f"{r['latency_ms']['total']:.1f} | {r['train_seconds']:.0f} |"
         )
     lines += [
@@ -512,23 +415,15 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     ]
     for c in summary["comparisons"]:
         lines.append(
-            f"| {c['a']} | {c['b']} | {c['what']} | {_interval(c)} | {'yes' if c['beyond_interval'] else 'no'} |"
+            f"| {c['a']} | {c['b']} | {c['what']} | {interval_text(c)} | {'yes' if c['beyond_interval'] else 'no'} |"
         )
     lines += [
         "",
         "Latent use (accuracy % with the fed-back latents as trained / zeroed / matched-norm noise / shuffled "
         "across samples, and with replay turned off at inference; drop = trained − condition):",
         "",
-        "| variant | trained | zeros | noise | shuffled | replay off | sweep (latents→acc %) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_lines(summary["latent_use"], "variant"),
     ]
-    for u in summary["latent_use"]:
-        cells = [
-            f"{_pct(u['accuracy'][c])}" + ("" if c == "trained" else f" (drop {_interval(u['drop'][c])})")
-            for c in ("trained", *PERTURBATIONS, "replay_off")
-        ]
-        sweep = ", ".join(f"{p['latents']}→{_pct(p['accuracy'])}" for p in u["sweep"])
-        lines.append(f"| {u['method']} | {' | '.join(cells)} | {sweep} | {u['verdict']} |")
     if summary.get("remedies"):
         base = next((u for u in summary["latent_use"] if u["method"] == REMEDY_BASE), None)
         lines += [
@@ -536,16 +431,10 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             f"Remedies on the latent-use line (each applied at inference to the `{REMEDY_BASE}` checkpoint of "
             "every seed; accuracy %, drop = with the remedy's latents − replaced):",
             "",
-            "| remedy | trained | zeros | noise | shuffled | replay off | verdict |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for u in ([base] if base else []) + summary["remedies"]:
-            cells = [
-                f"{_pct(u['accuracy'][c])}" + ("" if c == "trained" else f" (drop {_interval(u['drop'][c])})")
-                for c in ("trained", *PERTURBATIONS, "replay_off")
-            ]
-            label = u.get("remedy") or f"none (`{REMEDY_BASE}` as trained)"
-            lines.append(f"| {label} | {' | '.join(cells)} | {u['verdict']} |")
+        base_row = [{**base, "label": f"none (`{REMEDY_BASE}` as trained)"}] if base else []
+        rem = [{**u, "label": u["remedy"]} for u in summary["remedies"]]
+        lines += table_lines(base_row + rem, "remedy", sweep=False)
         lines += ["", *[f"- `{u['remedy']}`: {u['help']}" for u in summary["remedies"]]]
     lines += [
         "",
@@ -560,7 +449,9 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         lines.append(f"| {p['model']} | {' | '.join(cells)} |")
     if "latent" in rows:
         ours = [rows[n] for n in ("latent", "latent+rds", "vedas") if n in rows]
-        lines.append(f"| ours (tiny Qwen2-VL, synthetic) | {' | '.join(_pct(r['accuracy']) for r in ours)} |")
+        lines.append(
+            f"| ours (tiny Qwen2-VL, synthetic) | {' | '.join(percent(r['accuracy']) for r in ours)} |"
+        )
     return [*lines, ""]
 
 

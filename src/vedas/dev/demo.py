@@ -316,6 +316,7 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int
     until every training has finished, so the latencies are measured on an otherwise idle machine.
     """
     import vedas
+    from vedas.analysis.latent_use import probe
     from vedas.data import load, synth
     from vedas.dev.jobs import run_graph
     from vedas.evaluation.evaluate import evaluate
@@ -354,6 +355,8 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int
         report["train_seconds"] = train_s
         report["checkpoint"] = final
         report["initialised_from"] = base if base is not None else "tiny random model"
+        if method in LATENT_METHODS:  # does the model use the latents' content? (docs/analysis.md)
+            report["latent_use"] = probe(vm, test, method, seed)
         (out / method / "report.json").write_text(json.dumps(report, indent=2))
         print(
             f"{method}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
@@ -449,9 +452,29 @@ def plots(out: Path, rows: list[dict[str, Any]], seed_dirs: list[Path]) -> list[
     return ["accuracy_vs_latency.png", "training_curves.png"]
 
 
+def latent_use_rows(per_seed: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """The latent-use line of each latent method, pooled over seeds (:func:`vedas.analysis.latent_use.pooled`)."""
+    from vedas.analysis.latent_use import pooled
+
+    return [
+        pooled(m, {i: r[m] for i, r in enumerate(per_seed)})
+        for m in methods
+        if all("latent_use" in r.get(m, {}) for r in per_seed)
+    ]
+
+
 def write_report(
-    out: Path, rows, size: DemoSize, seeds: list[int], seed_dirs: list[Path], elapsed: float
+    out: Path,
+    rows,
+    size: DemoSize,
+    seeds: list[int],
+    seed_dirs: list[Path],
+    elapsed: float,
+    latent_use: list[dict[str, Any]] | None = None,
 ) -> None:
+    from vedas.analysis.latent_use import table_lines
+
+    latent_use = latent_use or []
     pngs = plots(out, rows, seed_dirs)
     checkpoints = {r["method"]: str(seed_dirs[0] / r["method"] / "final") for r in rows}
     meta = {
@@ -462,7 +485,7 @@ def write_report(
         "elapsed_seconds": elapsed,
     }
     (out / "report.json").write_text(
-        json.dumps({"methods": rows, "checkpoints": checkpoints, **meta}, indent=2)
+        json.dumps({"methods": rows, "checkpoints": checkpoints, "latent_use": latent_use, **meta}, indent=2)
     )
     spread = len(seeds) > 1
     vision = (
@@ -496,6 +519,15 @@ def write_report(
             f"| {r['method']} | {acc} | {r['ar_steps_mean']:.1f} | {lat['prefill']:.1f} / {lat['latent']:.1f}"
             f" / {lat['decode']:.1f} / **{lat['total']:.1f}** | {r['train_seconds']:.0f} |"
         )
+    if latent_use:
+        lines += [
+            "",
+            "Latent use: accuracy % with the fed-back latents as trained / zeroed / matched-norm noise / shuffled "
+            "across samples, and with replay off at inference (drop = trained − condition, 95 % bootstrap "
+            "interval over test questions), and the latent-count sweep:",
+            "",
+            *table_lines(latent_use),
+        ]
     lines += ["", *[f"![{p}]({p})" for p in pngs], ""]
     (out / "report.md").write_text("\n".join(lines))
 
@@ -515,6 +547,8 @@ def run(args: argparse.Namespace) -> int:
         seed_dirs.append(d)
         per_seed.append(run_seed(seed, size, args.method, d, jobs=args.jobs))
     rows = summarise(per_seed, args.method)
-    write_report(out, rows, size, seeds, seed_dirs, time.perf_counter() - t0)
+    write_report(
+        out, rows, size, seeds, seed_dirs, time.perf_counter() - t0, latent_use_rows(per_seed, args.method)
+    )
     print((out / "report.md").read_text())
     return 0
