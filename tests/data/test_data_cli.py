@@ -71,6 +71,6 @@ def test_every_flag_has_help() -> None:
 def test_synth_preset_with_a_flag_on_top(tmp_path: Path) -> None:
     out = tmp_path / "fine"
     assert run("synth", "--out", str(out), "--train", "0", "--test", "2", "--preset", "fine",
-               "--max-count", "3", "--no-progress") == 0  # fmt: skip
+               "--max-count", "2", "--no-progress") == 0  # fmt: skip
     config = __import__("json").loads((out / "synth_config.json").read_text())["config"]
-    assert config["image_size"] == 224 and config["templates"] == "diff,net" and config["max_count"] == 3
+    assert config["image_size"] == 168 and config["templates"] == "diff,net" and config["max_count"] == 2

@@ -63,7 +63,9 @@ def test_demo_jobs_2_trains_the_same_models_as_one_after_the_other(tmp_path: Pat
         a, b = _weights(tmp_path / "alone", m), _weights(tmp_path / "side", m)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), m
-        assert [s["prediction"] for s in alone[m]["per_sample"]] == [s["prediction"] for s in side[m]["per_sample"]]
+        assert [s["prediction"] for s in alone[m]["per_sample"]] == [
+            s["prediction"] for s in side[m]["per_sample"]
+        ]
     assert side["latent"]["initialised_from"] == str(tmp_path / "side" / "cot" / "final")
     # every latent method's report carries its latent-use probe (conditions, replay off, sweep)
     use = side["latent"]["latent_use"]

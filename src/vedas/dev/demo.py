@@ -1,12 +1,12 @@
 """``vedas demo``: the main job on the embedded default — no download at all.
 
-    vedas demo                      # the fine preset: not yet timed end to end (docs/results.md#fine-preset)
+    vedas demo                      # the fine preset, 4 methods, 2 trainings at a time (docs/results.md#fine-preset)
     vedas demo --quick              # a smoke run that learns nothing
     vedas demo --seeds 3            # repeat over 3 seeds and report the spread
     vedas demo --method no_cot cot  # only some of the methods
     vedas demo --arch qwen3_vl      # the same on a tiny Qwen3-VL (patch 16, DeepStack)
     vedas demo --arch chameleon     # the same job on a tiny Chameleon (VQ-VAE image codes)
-    vedas demo --preset fine        # the fine-detail 224-px benchmark (64 visual tokens): not calibrated yet
+    vedas demo --preset easy        # the earlier 112-px benchmark (16 visual tokens, all replayed)
     vedas demo --ablation --seeds 3 # the ablation (vedas.dev.ablation), resumable
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
@@ -57,16 +57,15 @@ class DemoSize:
     tiny: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
     lr: float = 2e-3
-    replay_k: int = 4
-    """64 visual tokens per 224-px (``fine``) image: T_r·K = 4·4 replays a quarter of them, so replay
-    must choose (the ``easy`` preset's 16 tokens were all replayed)."""
+    replay_k: int = 2
+    """K; :meth:`with_preset` sets it from :data:`PRESET_REPLAY_K` (``fine``: 2, so T_r·K = 8 of 36 tokens)."""
     bpe_vocab: int = 512
     routing: dict[str, Any] = field(default_factory=lambda: {"layers": "all", "alpha": 8, "depth": 1})
     """Routing depth scaling for method ``vedas`` (α tokens of each pass get a second layer pass)."""
-    preset: str = "easy"
-    """The synthetic benchmark's preset (:data:`vedas.data.synth.PRESETS`): ``easy`` (112 px, 16 merged
-    visual tokens; calibrated, the default) or ``fine`` (224 px, 64 tokens, replay must choose; a trained
-    ``cot`` still sits at chance on it, docs/results.md#fine-preset)."""
+    preset: str = "fine"
+    """The synthetic benchmark's preset (:data:`vedas.data.synth.PRESETS`): ``fine`` (168 px, 36 merged
+    visual tokens, replay must choose, 3-4-step questions; the default) or ``easy`` (112 px, 16 tokens,
+    all replayed; every method but ``no_cot`` at 100 %), docs/results.md#fine-preset."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs on top of the preset (:class:`vedas.data.synth.SynthConfig`)."""
 
@@ -223,10 +222,10 @@ def add_jobs(parser: argparse.ArgumentParser) -> None:
 def add_preset(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
-        default="easy",
+        default="fine",
         choices=sorted(PRESETS),
-        help="synthetic benchmark: easy (112 px, 16 visual tokens; the calibrated demo) or fine (224 px, "
-        "64 visual tokens, 3-4 steps; not calibrated yet: a trained cot stays at chance) (default: easy)",
+        help="synthetic benchmark: fine (168 px, 36 visual tokens of which replay shows 8, 3-4-step "
+        "questions) or easy (112 px, 16 visual tokens, all replayed; the earlier demo) (default: fine)",
     )
 
 
