@@ -455,32 +455,37 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def run(args: argparse.Namespace) -> int:
-    from vedas.data import synth
-
-    size = demo.sized(args)
-    out = Path(args.out)
-    seeds = list(range(args.seeds))
+def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], list[int]]:
+    """The variants, remedies, seeds and this process's seeds the arguments ask for; errors name the flag."""
     wanted = list(args.variants or VARIANTS)
     unknown = [v for v in wanted if v not in VARIANTS]
     if unknown:
         raise UserError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    check_settings(out, settings(size))
-    t0, load_start = time.perf_counter(), os.getloadavg()[0]
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    remedies: dict[str, dict[int, dict[str, Any]]] = {}
+    remedies_wanted = [] if args.remedies is None else list(args.remedies or REMEDIES)
+    unknown = [r for r in remedies_wanted if r not in REMEDIES]
+    if unknown:
+        raise UserError(f"--remedies: unknown {unknown}; choose from {list(REMEDIES)}")
+    seeds = list(range(args.seeds))
     only = set(args.only_seeds or seeds)
     if not only <= set(seeds):
         raise UserError(
             f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
         )
-    remedies_wanted = [] if args.remedies is None else list(args.remedies or REMEDIES)
-    unknown = [r for r in remedies_wanted if r not in REMEDIES]
-    if unknown:
-        raise UserError(f"--remedies: unknown {unknown}; choose from {list(REMEDIES)}")
-    mine = [s for s in seeds if s in only]
+    return wanted, remedies_wanted, seeds, [s for s in seeds if s in only]
+
+
+def run(args: argparse.Namespace) -> int:
+    from vedas.data import synth
+
+    size = demo.sized(args)
+    out = Path(args.out)
+    wanted, remedies_wanted, seeds, mine = _chosen(args)
+    check_settings(out, settings(size))
+    t0, load_start = time.perf_counter(), os.getloadavg()[0]
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    remedies: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
-        if seed not in only:  # another process runs it: take what it has finished
+        if seed not in mine:  # another process runs it: take what it has finished
             finished(out, seed, ["cot", *wanted], results)
             finished(out, seed, [f"remedy-{r}" for r in remedies_wanted], remedies, prefix="remedy-")
             continue
