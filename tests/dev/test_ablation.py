@@ -72,3 +72,19 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
 
     res = ablation(tmp_path, "--test", "9")
     assert res.returncode == 2 and "size.test: 8 there, 9 now" in res.stderr
+
+
+def test_trained_remedies_are_latent_with_one_latent_field_changed(tmp_path: Path) -> None:
+    import dataclasses
+
+    from vedas.dev import demo
+    from vedas.dev.ablation import TRAINED_REMEDIES, variant_config
+
+    size, cot = demo.QUICK.with_preset("fine"), tmp_path / "cot" / "final"
+    base = variant_config("latent", size, tmp_path / "data", tmp_path, 0, cot)
+    for name, changed in (("latent_nograd", {"latent_grad": "none"}), ("latent+gap", {"latent_norm": "ema"})):
+        cfg = variant_config(name, size, tmp_path / "data", tmp_path, 0, cot)
+        assert name in TRAINED_REMEDIES and name not in VARIANTS  # opt-in: not in the default ablation
+        assert cfg.model.base == str(cot) and cfg.method == "latent"
+        assert cfg.latent == dataclasses.replace(base.latent, **changed)
+        assert dataclasses.replace(cfg, latent=base.latent, run=base.run) == base

@@ -63,6 +63,7 @@ class Variant:
     scfvr: bool = False
     replay_select: str = "attention"
     replay_k: int | None = None  # None: the size's K
+    latent: tuple[tuple[str, Any], ...] = ()  # LatentConfig fields set on top (a trained remedy)
     help: str = ""
 
 
@@ -76,6 +77,16 @@ VARIANTS: dict[str, Variant] = {
     "no_replay": Variant("latent", replay_k=0, help="no replay (K = 0)"),
 }
 LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.method != "cot")
+TRAINED_REMEDIES: dict[str, Variant] = {
+    "latent_nograd": Variant(
+        "latent", latent=(("latent_grad", "none"),), help="latent trained with each fed-back latent detached"
+    ),
+    "latent+gap": Variant(
+        "latent", latent=(("latent_norm", "ema"),), help="latent trained with GAP norm calibration on"
+    ),
+}
+"""Remedies that change training: variants of ``latent``, run only when named in ``--variants``."""
+ALL_VARIANTS = {**VARIANTS, **TRAINED_REMEDIES}
 
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("latent", "latent+rds", "the paper's Table 3: Base → +RDS"),
@@ -87,6 +98,11 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("cot", "vedas", "latent steps vs the written CoT"),
 )
 """(a, b, what): the paired difference b − a over test questions is reported with its 95 % interval."""
+REMEDY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("latent", "latent_nograd", "trained remedy: latent_grad none"),
+    ("latent", "latent+gap", "trained remedy: GAP norm calibration"),
+)
+"""Reported when the trained remedies ran (``--variants … latent_nograd latent+gap``)."""
 
 # As the paper reports them (its Table 3; accuracy %, models trained 16 epochs on a balanced subset).
 PAPER_TABLE3: tuple[dict[str, Any], ...] = (
@@ -143,12 +159,13 @@ def atomic_write(path: Path, obj: Any) -> None:
 
 def variant_config(name: str, size: demo.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
     """The training config of variant ``name``: the demo's recipe with the variant's switches."""
-    v = VARIANTS[name]
+    v = ALL_VARIANTS[name]
     cfg = demo.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
     latent = dataclasses.replace(
         cfg.latent,
         replay_select=v.replay_select,  # type: ignore[arg-type]
         replay_k=size.replay_k if v.replay_k is None else v.replay_k,
+        **dict(v.latent),
     )
     return dataclasses.replace(
         cfg,
@@ -207,14 +224,14 @@ def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | N
         train_s = time.perf_counter() - t0
         vm = vedas.load(final)
         report = evaluate(
-            vm, test, VARIANTS[name].method, batch_size=16, scoring="vedas", dataset="synthetic/test"
+            vm, test, ALL_VARIANTS[name].method, batch_size=16, scoring="vedas", dataset="synthetic/test"
         )
         report.update(train_seconds=train_s, checkpoint=str(final))
     else:
         print(f"ablation: {name} seed {seed} taken over from the demo run in {unit_dir}")
         vm = vedas.load(report["checkpoint"])
     if name != "cot" and "latent_use" not in report:  # a demo run taken over has measured it already
-        report["latent_use"] = latent_use(vm, test, VARIANTS[name].method, seed)
+        report["latent_use"] = latent_use(vm, test, ALL_VARIANTS[name].method, seed)
     report.update(
         variant=name,
         seed=seed,
@@ -358,16 +375,16 @@ def summarise(
     results: dict[str, dict[int, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    names = [n for n in VARIANTS if results.get(n)]
+    names = [n for n in ALL_VARIANTS if results.get(n)]
     comparisons = []
-    for a, b, what in COMPARISONS:
+    for a, b, what in COMPARISONS + REMEDY_COMPARISONS:
         d = paired(results, a, b)
         if d is not None:
             comparisons.append({"a": a, "b": b, "what": what, **d, "beyond_interval": bootstrap.beyond(d)})
     return {
         "methods": [summary_row(n, results[n]) for n in names],
         "comparisons": comparisons,
-        "latent_use": [latent_use_row(n, results[n]) for n in names if n in LATENT_VARIANTS],
+        "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].method != "cot"],
         "remedies": [
             {**latent_use_row(r, reps), "remedy": r, "applied_to": REMEDY_BASE, "help": REMEDIES[r]}
             for r in REMEDIES
@@ -458,9 +475,9 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
 def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], list[int]]:
     """The variants, remedies, seeds and this process's seeds the arguments ask for; errors name the flag."""
     wanted = list(args.variants or VARIANTS)
-    unknown = [v for v in wanted if v not in VARIANTS]
+    unknown = [v for v in wanted if v not in ALL_VARIANTS]
     if unknown:
-        raise UserError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        raise UserError(f"--variants: unknown {unknown}; choose from {list(ALL_VARIANTS)}")
     remedies_wanted = [] if args.remedies is None else list(args.remedies or REMEDIES)
     unknown = [r for r in remedies_wanted if r not in REMEDIES]
     if unknown:

@@ -176,7 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="with --ablation: only these variants (default: all; cot is always trained first)",
+        help="with --ablation: only these variants (default: the seven of the ablation; cot is always "
+        "trained first); the trained remedies latent_nograd (latent_grad: none) and latent+gap (GAP norm "
+        "calibration in training) run only when named here",
     )
     parser.add_argument(
         "--remedies",
