@@ -368,6 +368,11 @@ def summary_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "train_seconds": statistics.mean(reps[s].get("train_seconds", 0.0) for s in seeds),
         "unit_seconds": [reps[s]["unit_seconds"] for s in seeds],
         "n": reps[seeds[0]]["n"],
+        "per_category": {  # the synthetic templates: diff (3 steps) and net (4 steps), mean over seeds
+            c: statistics.mean(reps[s]["per_category"][c]["accuracy"] for s in seeds)
+            for c in sorted(reps[seeds[0]].get("per_category") or {})
+            if all(c in (reps[s].get("per_category") or {}) for s in seeds)
+        },
     }
 
 
@@ -413,13 +418,15 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{meta['units_seconds_total'] / 60:.1f} min; of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
         f"(units finished earlier are loaded, not rerun); scoring `vedas` (strict), chance 25 %",
         "",
-        "| variant | accuracy % (mean ± std over seeds) | per seed | AR steps | latency ms/sample | train s |",
-        "|---|---|---|---|---|---|",
+        "| variant | accuracy % (mean ± std over seeds) | per seed | per question type | AR steps "
+        "| latency ms/sample | train s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in summary["methods"]:
+        kinds = ", ".join(f"{c} {percent(a)}" for c, a in r.get("per_category", {}).items()) or "–"
         lines.append(
             f"| {r['method']} | **{percent(r['accuracy'])}** ± {percent(r['std'])} | "
-            f"{' / '.join(percent(a) for a in r['accuracies'])} | {r['ar_steps_mean']:.1f} | "
+            f"{' / '.join(percent(a) for a in r['accuracies'])} | {kinds} | {r['ar_steps_mean']:.1f} | "
             f"{r['latency_ms']['total']:.1f} | {r['train_seconds']:.0f} |"
         )
     lines += [
