@@ -46,7 +46,7 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     assert len(rep["paper_table3"]) == 4
     md = (tmp_path / "ablation.md").read_text()
     assert "Paired differences" in md and "Latent use" in md and "Table 3" in md and "load average" in md
-    assert "Remedies on the latent-use line" in md
+    assert "Remedies on the latent-use line" in md and (tmp_path / "ablation.png").stat().st_size > 10_000
     # every unit came from the one cot checkpoint
     cot = json.loads((tmp_path / "seed0" / "cot" / RESULT_FILE).read_text())["checkpoint"]
     for name in LATENT_VARIANTS:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vedas.analysis.latent_use import interval_text, percent, table_lines
+from vedas.analysis.latent_use import CHANCE, interval_text, percent, table_lines
 from vedas.analysis.latent_use import pooled as latent_use_row
 from vedas.analysis.latent_use import probe as latent_use
 from vedas.dev import demo
@@ -591,5 +591,49 @@ def write_report(
     }
     atomic_write(out / "ablation.json", {**summary, **meta})
     text = "\n".join(report_lines(summary, meta))
+    if summary["methods"]:
+        plot(summary, out / "ablation.png")
+        text += "\n![ablation: accuracy per variant and paired differences](ablation.png)\n"
     (out / "ablation.md").write_text(text)
     return text
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Accuracy per variant (mean ± std, one dot per seed) and the paired differences with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, comps = summary["methods"], summary["comparisons"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
+    x = range(len(rows))
+    left.bar(
+        x,
+        [100 * r["accuracy"] for r in rows],
+        yerr=[100 * r["std"] for r in rows],
+        capsize=3,
+        color="#7fa7d9",
+    )
+    for i, r in enumerate(rows):
+        left.plot([i] * len(r["accuracies"]), [100 * a for a in r["accuracies"]], "k.", ms=4)
+    left.axhline(100 * CHANCE, color="grey", ls=":", lw=1, label="chance")
+    left.set_xticks(list(x), [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
+    left.set_ylabel("accuracy % (mean ± std; dots: seeds)")
+    left.set_ylim(0, 105)
+    left.legend(fontsize=7, loc="lower right")
+    y = range(len(comps))
+    diffs = [100 * c["difference"] for c in comps]
+    errs = [
+        [100 * (c["difference"] - c["low"]) for c in comps],
+        [100 * (c["high"] - c["difference"]) for c in comps],
+    ]
+    right.errorbar(diffs, list(y), xerr=errs, fmt="o", capsize=3, color="#c0504d")
+    right.axvline(0, color="grey", lw=1)
+    right.set_yticks(list(y), [f"{c['b']} − {c['a']}" for c in comps], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("paired difference, accuracy points (95 % bootstrap interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
