@@ -238,16 +238,17 @@ def test_train_eval_infer_analyze_on_qwen3_vl(tmp_path, make_image):
 
 
 def test_demo_and_bench_take_the_arch(tmp_path):
-    """``vedas demo/bench --arch qwen3_vl``: the same job on a tiny Qwen3-VL, 16 (demo) and 128 (bench)
-    visual tokens per image as on Qwen2-VL (the runs themselves: docs/results.md)."""
+    """``vedas demo/bench --arch qwen3_vl``: the same job on a tiny Qwen3-VL, 36 (demo, fine preset) and 128
+    (bench) visual tokens per image as on Qwen2-VL (the runs themselves: docs/results.md)."""
     from vedas.cli import build_parser
     from vedas.dev import bench, demo
 
     args = build_parser().parse_args(["demo", "--quick", "--arch", "qwen3_vl"])
-    size = demo.DemoSize(**{**demo.QUICK.__dict__, "arch": args.arch})
+    size = demo.sized(args)
     cfg = demo.train_config("vedas", size, tmp_path / "data", tmp_path, seed=0)
-    assert cfg.model.arch == "qwen3_vl" and cfg.model.tiny["max_pixels"] == 128 * 128
-    assert demo.demo_pixels("qwen2_vl") == 112 * 112
+    # 168 px is a 6 x 6 grid of Qwen2-VL's 28-px merged cells; Qwen3-VL's are 32 px, so the same grid is 192 px
+    assert cfg.model.arch == "qwen3_vl" and cfg.model.tiny["max_pixels"] == 192 * 192
+    assert demo.demo_pixels("qwen2_vl", 168) == 168 * 168 and demo.demo_pixels("qwen2_vl") == 112 * 112
     assert build_parser().parse_args(["bench", "--arch", "qwen3_vl"]).arch == "qwen3_vl"
     vm, images, questions, choices = bench.build(n=1, arch="qwen3_vl")
     batch = vm.prepare(images, questions, choices)
