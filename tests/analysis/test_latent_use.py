@@ -77,3 +77,39 @@ def test_latent_use_needs_a_batch_to_shuffle(checkpoint, synth_dir, tmp_path, ca
     argv = ["analyze", "latent-use", "--checkpoint", str(checkpoint), "--data", f"synthetic:{synth_dir}"]
     assert main([*argv, "--out", str(tmp_path), "--batch-size", "1"]) == 2
     assert "vedas analyze latent-use: --batch-size: must be ≥ 2" in capsys.readouterr().err
+
+
+def _report(outcomes: dict[str, list[int]]) -> dict:
+    """A unit report whose latent-use conditions have the given per-question outcomes (1 = correct)."""
+    conditions = {
+        c: {
+            "accuracy": sum(v) / len(v),
+            "per_sample": [{"id": f"q{i}", "prediction": "A", "correct": bool(x)} for i, x in enumerate(v)],
+        }
+        for c, v in outcomes.items()
+    }
+    return {"latent_use": {"conditions": conditions, "sweep": [{"latents": 0, "accuracy": 0.5}]}}
+
+
+def test_the_verdict_follows_the_drop_and_its_interval():
+    from vedas.analysis.latent_use import pooled
+
+    n = 200
+    right = [1] * 150 + [0] * 50  # 75 % as trained
+    same = {c: right for c in ("trained", "zeros", "noise", "shuffled", "replay_off")}
+    verdict = pooled("latent", {0: _report(same)})["verdict"]
+    assert verdict.startswith("latents' content not used")
+    # zeroing the latents loses 40 questions on each of two seeds: a drop well beyond the interval
+    zeroed = [1] * 110 + [0] * 90
+    row = pooled("latent", {0: _report({**same, "zeros": zeroed}), 1: _report({**same, "zeros": zeroed})})
+    assert row["verdict"].startswith("latents' content used: replacing them by zeros")
+    assert row["drop"]["zeros"]["difference"] == pytest.approx(0.2) and row["drop"]["zeros"]["low"] > 0
+    assert row["drop"]["zeros"]["n"] == 2 * n  # pooled over seeds and questions
+    # one question's difference is inside the interval: no verdict of use
+    one = [1] * 149 + [0] * 51
+    assert pooled("latent", {0: _report({**same, "shuffled": one})})["verdict"].startswith(
+        "latents' content not"
+    )
+    # at chance nothing can drop
+    chance = {c: [1] * 50 + [0] * 150 for c in same}
+    assert pooled("latent", {0: _report(chance)})["verdict"].startswith("cannot tell")
