@@ -405,6 +405,44 @@ def summarise(
 # --------------------------------------------------------------------------- report
 
 
+def remedy_lines(summary: dict[str, Any]) -> list[str]:
+    """The remedies' latent-use table beside the base variant's row (nothing when none ran)."""
+    if not summary.get("remedies"):
+        return []
+    base = next((u for u in summary["latent_use"] if u["method"] == REMEDY_BASE), None)
+    lines = [
+        "",
+        f"Remedies on the latent-use line (each applied at inference to the `{REMEDY_BASE}` checkpoint of "
+        "every seed; accuracy %, drop = with the remedy's latents − replaced):",
+        "",
+    ]
+    base_row = [{**base, "label": f"none (`{REMEDY_BASE}` as trained)"}] if base else []
+    rem = [{**u, "label": u["remedy"]} for u in summary["remedies"]]
+    lines += table_lines(base_row + rem, "remedy", sweep=False)
+    return [*lines, "", *[f"- `{u['remedy']}`: {u['help']}" for u in summary["remedies"]]]
+
+
+def table3_lines(summary: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The paper's Table 3 as it reports it, and our Base → +RDS → +RDS & SCF-VR row under it."""
+    lines = [
+        "",
+        "The paper's Table 3 as the paper reports it (accuracy %, real benchmarks; ours is the synthetic "
+        "benchmark above, so compare the signs and sizes of the steps, not the levels):",
+        "",
+        "| model | Base (M3CoT / ScienceQA / GQA) | +RDS | +RDS & SCF-VR |",
+        "|---|---|---|---|",
+    ]
+    for p in summary["paper_table3"]:
+        cells = [" / ".join(f"{v:.1f}" for v in p[k].values()) for k in ("base", "rds", "both")]
+        lines.append(f"| {p['model']} | {' | '.join(cells)} |")
+    if "latent" in rows:
+        ours = [rows[n] for n in ("latent", "latent+rds", "vedas") if n in rows]
+        lines.append(
+            f"| ours (tiny Qwen2-VL, synthetic) | {' | '.join(percent(r['accuracy']) for r in ours)} |"
+        )
+    return lines
+
+
 def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     rows = {r["method"]: r for r in summary["methods"]}
     lines = [
@@ -448,34 +486,8 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         "",
         *table_lines(summary["latent_use"], "variant"),
     ]
-    if summary.get("remedies"):
-        base = next((u for u in summary["latent_use"] if u["method"] == REMEDY_BASE), None)
-        lines += [
-            "",
-            f"Remedies on the latent-use line (each applied at inference to the `{REMEDY_BASE}` checkpoint of "
-            "every seed; accuracy %, drop = with the remedy's latents − replaced):",
-            "",
-        ]
-        base_row = [{**base, "label": f"none (`{REMEDY_BASE}` as trained)"}] if base else []
-        rem = [{**u, "label": u["remedy"]} for u in summary["remedies"]]
-        lines += table_lines(base_row + rem, "remedy", sweep=False)
-        lines += ["", *[f"- `{u['remedy']}`: {u['help']}" for u in summary["remedies"]]]
-    lines += [
-        "",
-        "The paper's Table 3 as the paper reports it (accuracy %, real benchmarks; ours is the synthetic "
-        "benchmark above, so compare the signs and sizes of the steps, not the levels):",
-        "",
-        "| model | Base (M3CoT / ScienceQA / GQA) | +RDS | +RDS & SCF-VR |",
-        "|---|---|---|---|",
-    ]
-    for p in summary["paper_table3"]:
-        cells = [" / ".join(f"{v:.1f}" for v in p[k].values()) for k in ("base", "rds", "both")]
-        lines.append(f"| {p['model']} | {' | '.join(cells)} |")
-    if "latent" in rows:
-        ours = [rows[n] for n in ("latent", "latent+rds", "vedas") if n in rows]
-        lines.append(
-            f"| ours (tiny Qwen2-VL, synthetic) | {' | '.join(percent(r['accuracy']) for r in ours)} |"
-        )
+    lines += remedy_lines(summary)
+    lines += table3_lines(summary, rows)
     return [*lines, ""]
 
 
