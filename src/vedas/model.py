@@ -31,6 +31,7 @@ from vedas.arguments import check_batch, check_questions
 from vedas.backbones import arch_module, backbone_for
 from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
 from vedas.config import LatentConfig, from_dict, to_dict
+from vedas.data.images import DECODE_ERRORS, open_rgb, to_rgb
 from vedas.engine import generate as driver
 from vedas.engine.attention import install_recorder
 from vedas.engine.generate import Details
@@ -54,15 +55,15 @@ MAX_ASPECT = 200
 
 def open_image(img: Any, where: str, index: int | None = None) -> Image.Image:
     """``img`` (a PIL image or a path) as an RGB image; an InputError naming ``where`` if it cannot be read."""
+    # one conversion rule for every path (vedas.data.images.to_rgb): transparency on white, 16-bit scaled
     if isinstance(img, (str, os.PathLike)):
         try:
-            with Image.open(img) as f:
-                img = f.convert("RGB")
-        except (OSError, ValueError) as e:
+            img = open_rgb(img)
+        except DECODE_ERRORS as e:
             raise InputError(f"{where}: cannot read image file {os.fspath(img)!r}: {e}", index) from None
     if not isinstance(img, Image.Image):
         raise InputError(f"{where}: expected a PIL image, a path or None, got {type(img).__name__}", index)
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return img if img.mode == "RGB" else to_rgb(img)
 
 
 @contextlib.contextmanager

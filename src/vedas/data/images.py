@@ -8,8 +8,12 @@ image, so a missing or corrupt file fails at load time with the file and the row
 
 Conversion (:func:`to_rgb`): images with transparency (RGBA, LA, palette with a
 transparent colour) are composited on white, because dropping the alpha channel turns
-transparent pixels into whatever colour they happen to store, often black; every other
-mode (L, 1, P, CMYK, I;16, ...) goes through PIL's own conversion.
+transparent pixels into whatever colour they happen to store, often black; 16- and 32-bit
+grey images (I;16, I, F) are scaled to 8 bits, because PIL's own conversion clips every
+value above 255 to white; every other mode (L, 1, P, CMYK, ...) goes through PIL's own
+conversion. :func:`open_rgb` is the one way every path (``vedas eval``, ``vedas infer``,
+``VedasModel.generate`` with a path, ``vedas serve``, the lmms-eval tasks) opens a file, so
+the same file is the same image everywhere.
 """
 
 from __future__ import annotations
@@ -19,18 +23,35 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from vedas.data.rows import Row
 
 # PIL raises these for unreadable or truncated files; DecompressionBombError is not an OSError.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_DECODE_ERRORS = DECODE_ERRORS
+
+# the modes PIL's convert("RGB") clips to 0..255 instead of scaling
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """A 16/32-bit grey image as 8-bit L: I;16 scales by 255/65535; I and F by their own
+    range when it exceeds 0..255 (a 16-bit PNG may open as I), else unchanged."""
+    values = np.asarray(image, dtype=np.float64)
+    sixteen_bit = image.mode.startswith("I;16") or values.max(initial=0) > 255
+    top = 65535.0 if sixteen_bit else 255.0
+    scaled = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A new RGB image with the same pixels (transparency composited on white)."""
+    """A new RGB image with the same pixels (transparency composited on white, 16-bit grey scaled)."""
     if image.mode == "RGB":
         return image.copy()
+    if image.mode in _WIDE_GREY:
+        return _grey_to_8bit(image).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -38,6 +59,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def open_rgb(source: str | Path | io.BytesIO) -> Image.Image:
+    """Open, fully decode and convert (:func:`to_rgb`) one image file or buffer.
+
+    Raises one of :data:`DECODE_ERRORS` when it cannot (the caller names the input).
+    """
+    with Image.open(source) as image:
+        image.load()
+        return to_rgb(image)
 
 
 def resolve(raw: str, bases: Sequence[Path]) -> Path:
@@ -107,9 +138,7 @@ class ImageReader:
         if not path.is_file():
             raise row.error("missing_image", f"image file not found: {path}")
         try:
-            with Image.open(path) as image:
-                image.load()
-                rgb = to_rgb(image)
+            rgb = open_rgb(path)
         except _DECODE_ERRORS as exc:
             raise row.error("bad_image", f"cannot decode image file {path}: {exc}") from exc
         self._cache[path] = rgb
@@ -117,9 +146,7 @@ class ImageReader:
 
     def _decode(self, data: bytes, row: Row, what: str) -> Image.Image:
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return to_rgb(image)
+            return open_rgb(io.BytesIO(data))
         except _DECODE_ERRORS as exc:
             raise row.error("bad_image", f"cannot decode {what}: {exc}") from exc
 

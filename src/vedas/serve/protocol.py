@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
+from vedas.data.images import DECODE_ERRORS, open_rgb
 from vedas.methods import LATENT_METHODS, METHODS
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range for temperature
@@ -135,10 +136,10 @@ def _image_from_data_url(url: str, param: str) -> Image.Image:
 
 
 def _open(source: Any, param: str, what: str) -> Image.Image:
+    # the same conversion as every other path (transparency on white, 16-bit grey scaled)
     try:
-        with Image.open(source) as f:
-            return f.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return open_rgb(source)
+    except DECODE_ERRORS as e:
         raise bad(param, f"cannot read an image from {what}: {e}") from None
 
 
