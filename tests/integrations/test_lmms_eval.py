@@ -64,7 +64,8 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
         "--model",
         "vedas",
         "--model_args",
-        f"checkpoint={ckpt},mode=vedas,latents=2,batch_size=16,device=cpu,max_new_tokens={MAX_NEW}",
+        # no max_new_tokens on either side: the defaults must agree (both the checkpoint's MAX_NEW)
+        f"checkpoint={ckpt},mode=vedas,latents=2,batch_size=16,device=cpu",
         "--tasks",
         "vedas_synth,vedas_m3cot_fixture",
         "--include_path",
@@ -76,6 +77,7 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"vedas: max_new_tokens={MAX_NEW} (from the checkpoint's config" in res.stderr
     results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
     runs = {}
     for task in ("vedas_synth", "vedas_m3cot_fixture"):
@@ -100,7 +102,7 @@ def test_lmms_eval_finds_the_vedas_model_through_the_entry_point(first):
 
 def _vedas_eval(ckpt: Path, data: str, scoring: str, out: Path) -> dict:
     cmd = [sys.executable, "-m", "vedas.cli", "eval", "--checkpoint", str(ckpt), "--data", data]
-    cmd += ["--method", "vedas", "--latents", "2", "--batch-size", "16", "--max-new-tokens", str(MAX_NEW)]
+    cmd += ["--method", "vedas", "--latents", "2", "--batch-size", "16"]  # max_new_tokens: the default
     cmd += ["--scoring", scoring, "--device", "cpu", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -138,8 +140,21 @@ def test_m3cot_fixture_task_equals_vedas_eval_with_the_official_rule(lmms_run, c
         batch_size=16,
         scoring="m3cot",
         latents=2,
-        max_new_tokens=MAX_NEW,
         progress=False,
     )
     assert [r["filtered_resps"] for r in rows] == [s["prediction"] for s in report["per_sample"]]
     assert accuracy == pytest.approx(report["accuracy"]) and len(rows) == 3
+
+
+def test_generation_limit_precedence():
+    """model_args, then the task's generation_kwargs, then the checkpoint's (vedas eval's default)."""
+    from vedas.integrations.lmms_eval import generation_limit
+
+    assert generation_limit(None, {"temperature": 0}, 12) == (
+        12,
+        "the checkpoint's config, as vedas eval uses",
+    )
+    assert generation_limit(None, {"max_new_tokens": "40"}, 12)[0] == 40
+    assert generation_limit(7, {"max_new_tokens": 40}, 12) == (7, "model_args max_new_tokens")
+    with pytest.raises(ValueError, match=r"max_new_tokens .from the task's generation_kwargs.: must be ≥ 1"):
+        generation_limit(None, {"max_new_tokens": 0}, 12)

@@ -17,14 +17,17 @@ The context string lmms-eval hands over is the question as the user text; the ta
 prompt is the one ``vedas eval`` builds for the same record. Model arguments:
 ``checkpoint`` (required), ``mode`` (a method name, default ``vedas``), ``latents``
 (default: the checkpoint's), ``batch_size`` (default 16), ``device`` (``auto``/``cpu``/
-``cuda``), ``max_new_tokens`` (default: the task's ``max_new_tokens``, else the
-checkpoint's). Only ``generate_until`` tasks are supported. An image smaller than one merged
+``cuda``), ``max_new_tokens`` (default: the task's ``generation_kwargs.max_new_tokens`` or
+lmms-eval's ``--gen_kwargs``, else the checkpoint's, as ``vedas eval`` uses; the shipped tasks
+set none, so both use the checkpoint's; which one is used is printed once, see
+:func:`generation_limit`). Only ``generate_until`` tasks are supported. An image smaller than one merged
 patch (28 px) is enlarged to it (:func:`enlarge`), where ``vedas eval`` would refuse it.
 How-to: docs/integrations.md.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +86,19 @@ def enlarge(image: Any, min_side: int) -> Any:
     return image.resize((max(min_side, round(w * scale)), max(min_side, round(h * scale))), Image.BICUBIC)
 
 
+def generation_limit(model_arg: int | None, task_kwargs: dict[str, Any], checkpoint: int) -> tuple[int, str]:
+    """The ``max_new_tokens`` a batch uses and where it came from: ``model_args`` wins, then the
+    task (or lmms-eval's ``--gen_kwargs``), then the checkpoint's, which is ``vedas eval``'s default."""
+    if model_arg is not None:
+        return model_arg, "model_args max_new_tokens"
+    task = task_kwargs.get("max_new_tokens")
+    if task not in (None, ""):
+        return _int_arg(task, "max_new_tokens (from the task's generation_kwargs)", 1), (
+            "the task's generation_kwargs (or --gen_kwargs)"
+        )
+    return checkpoint, "the checkpoint's config, as vedas eval uses"
+
+
 def _cut(text: str, until: Sequence[str]) -> str:
     """The text before the first stop string (lmms-eval's ``until``)."""
     for stop in until:
@@ -116,6 +132,7 @@ class VedasLMMS(lmms):
             None if max_new_tokens is None else _int_arg(max_new_tokens, "max_new_tokens", 1)
         )
         self.vm = vedas.load(checkpoint, device=cli_args.resolve_device(device))
+        self._said: set[tuple[int, str]] = set()  # the generation limits already announced
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> VedasLMMS:
@@ -152,12 +169,17 @@ class VedasLMMS(lmms):
         ]
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
+        limit, source = generation_limit(self.max_new_tokens, gen_kwargs, self.vm.config.max_new_tokens)
+        if (limit, source) not in self._said and self.rank == 0:
+            # a silent difference from `vedas eval` is what this line prevents: say which limit is used
+            print(f"vedas: max_new_tokens={limit} (from {source})", file=sys.stderr)
+            self._said.add((limit, source))
         d = self.vm.generate(
             [im or None for im in images],
             contexts,
             mode=self.mode,
             latents=self.latents,
-            max_new_tokens=self.max_new_tokens or gen_kwargs.get("max_new_tokens"),
+            max_new_tokens=limit,
             temperature=float(gen_kwargs.get("temperature", 0) or 0),
             return_details=True,
         )
