@@ -14,8 +14,10 @@
   as in ``runs/t2``): a local path is never sent to the hub.
 
 Every missing or corrupt file (``config.yaml``, ``model/config.json``, a truncated or garbled
-safetensors file or shard, the tokenizer) is a :class:`~vedas.errors.CheckpointError` naming the
-file. A hub id is checked once: with ``HF_HUB_OFFLINE`` set and the id not cached, or with the hub
+safetensors file or shard, a header of the wrong shape, the tokenizer) is a
+:class:`~vedas.errors.CheckpointError` naming the file. Every float tensor is checked finite and a
+vedas checkpoint's files against the sha256 sums its ``config.yaml`` records
+(:mod:`vedas.integrity`); ``VEDAS_VERIFY_WEIGHTS=0`` skips both reads of the weights. A hub id is checked once: with ``HF_HUB_OFFLINE`` set and the id not cached, or with the hub
 unreachable, it fails at once with a hint instead of retrying the network.
 """
 
@@ -53,8 +55,38 @@ class Checkpoint:
         return str(Path(self.path) / WEIGHTS_DIR) if self.kind == "vedas" else str(self.path)
 
 
-def check_safetensors(path: Path) -> None:
-    """Raise a CheckpointError naming ``path`` unless it is a whole safetensors file (header and data)."""
+_TENSOR_KEYS = ("dtype", "shape", "data_offsets")
+
+
+def _check_header(path: Path, header: Any, n: int) -> int:
+    """The data size a parsed safetensors header promises; a CheckpointError naming ``path`` if the
+    header is JSON of the wrong shape (not a mapping, a tensor without dtype/shape/data_offsets)."""
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not a mapping)"
+        )
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if (
+            not isinstance(t, dict)
+            or any(k not in t for k in _TENSOR_KEYS)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header (tensor {name!r} lacks a valid dtype, shape or data_offsets)"
+            )
+        end = max(end, offsets[1])
+    return end
+
+
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """A whole safetensors file's header length and header; a CheckpointError naming ``path`` otherwise."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -71,10 +103,25 @@ def check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: corrupt safetensors file (its header is not JSON)") from None
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
-    need = 8 + n + max(ends, default=0)
+    need = 8 + n + _check_header(path, header, n)
     if size < need:
         raise CheckpointError(f"{path}: truncated safetensors file ({size} of {need} bytes)")
+    return n, header
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise a CheckpointError naming ``path`` unless it is a whole safetensors file (header and data),
+    and, unless ``VEDAS_VERIFY_WEIGHTS=0``, its float tensors are finite (:func:`vedas.integrity.check_finite`)."""
+    n, header = read_header(path)
+    if verify_enabled():
+        from vedas.integrity import check_finite
+
+        check_finite(path, 8 + n, header)
+
+
+def verify_enabled() -> bool:
+    """Whether loads read every weight byte (finiteness, checksums): on unless ``VEDAS_VERIFY_WEIGHTS=0``."""
+    return os.environ.get("VEDAS_VERIFY_WEIGHTS", "1") != "0"
 
 
 def _read_json(path: Path) -> Any:
@@ -133,6 +180,10 @@ def _vedas(directory: Path) -> Checkpoint:
         if not extra.is_file():
             raise CheckpointError(f"{extra} is missing (the checkpoint lists the extra {name!r})")
         check_safetensors(extra)
+    if verify_enabled():
+        from vedas.integrity import check_sums
+
+        check_sums(directory, meta.get("sha256"), cfg_file)
     return Checkpoint("vedas", directory, meta)
 
 
@@ -228,4 +279,12 @@ def resolve(path_or_hub_id: str | os.PathLike) -> Checkpoint:
     return _hub(text)
 
 
-__all__ = ["Checkpoint", "check_hf_dir", "check_safetensors", "looks_local", "resolve"]
+__all__ = [
+    "Checkpoint",
+    "check_hf_dir",
+    "check_safetensors",
+    "looks_local",
+    "read_header",
+    "resolve",
+    "verify_enabled",
+]

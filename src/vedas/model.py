@@ -26,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vedas import extras
+from vedas import extras, integrity
 from vedas.arguments import check_batch, check_questions
 from vedas.backbones import arch_module, backbone_for
 from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
@@ -40,6 +40,7 @@ from vedas.engine.loop import LatentTransform
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.errors import CheckpointError, InputError
+from vedas.files import honour_umask
 from vedas.method import gap, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
@@ -370,6 +371,10 @@ class VedasModel:
             self.extras.save(tmp)
             self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
             self.processor.save_pretrained(tmp / WEIGHTS_DIR)
+            # the sums load verifies (vedas.integrity): bit rot then fails naming the file
+            meta["sha256"] = integrity.sums(tmp)
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
+            honour_umask(tmp)
             if dest.exists():
                 old = dest.with_name(f".{dest.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from vedas.files import honour_umask
+
 
 @dataclass
 class TrainState:
@@ -112,6 +114,7 @@ def save(
         (tmp / "rng.json").write_text(json.dumps(rng_m))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        honour_umask(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
