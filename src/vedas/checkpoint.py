@@ -165,11 +165,11 @@ def check_hf_dir(directory: Path) -> None:
 def _vedas(directory: Path) -> Checkpoint:
     import yaml
 
-    from vedas.config import yaml_problem
+    from vedas.config import strict_load, yaml_problem
 
     cfg_file = directory / CONFIG_FILE
     try:
-        meta = yaml.safe_load(cfg_file.read_text()) or {}
+        meta = strict_load(cfg_file.read_text()) or {}
     except yaml.YAMLError as e:
         raise CheckpointError(f"{cfg_file}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(meta, dict):

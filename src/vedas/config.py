@@ -303,12 +303,39 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{where}{what}" + (f" ({context})" if context else "")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it itself below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (lines {first} and {line})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_load(text: str) -> Any:
+    """``yaml.safe_load``, but a key repeated in one mapping is a YAMLError naming it and both lines."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: builds no arbitrary objects
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = strict_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
@@ -324,6 +351,7 @@ __all__ = [
     "from_dict",
     "keyword_args",
     "load_yaml",
+    "strict_load",
     "to_dict",
     "yaml_problem",
 ]

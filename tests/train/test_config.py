@@ -105,3 +105,30 @@ def test_routing_and_tiny_sizes_are_typed():
         load_config(None, ["--model.tiny.seed", "3"])
     with pytest.raises(ConfigError, match=r"^tiny.hiden: unknown key"):  # built directly, as the demo does
         ModelConfig(tiny={"hiden": 64})
+
+
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("method: vedas\noptim:\n  lr: 1e-3\n  batch_size: 4\n  lr: 2e-3\n", "lr", (3, 5)),
+        ("method: vedas\nmethod: cot\n", "method", (1, 2)),
+        ("latent: {latents: 2, latents: 4}\n", "latents", (1, 1)),
+    ],
+)
+def test_a_duplicate_yaml_key_is_refused_naming_it_and_both_lines(tmp_path, text, key, lines):
+    """PyYAML keeps the last of two equal keys silently; a config that says lr twice is a mistake."""
+    from vedas.config import load_yaml
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"duplicate key '{key}' \(lines {lines[0]} and {lines[1]}\)") as e:
+        load_yaml(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_merge_keys_and_repeated_keys_in_sibling_mappings_still_load(tmp_path):
+    from vedas.config import load_yaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {lr: 1}\noptim:\n  <<: *b\n  batch_size: 4\nrun:\n  lr: 2\n")
+    assert load_yaml(path) == {"base": {"lr": 1}, "optim": {"lr": 1, "batch_size": 4}, "run": {"lr": 2}}
