@@ -124,6 +124,26 @@ def verify_enabled() -> bool:
     return os.environ.get("VEDAS_VERIFY_WEIGHTS", "1") != "0"
 
 
+def untrained_latents(trained: Any, mode: str, latents: int) -> str | None:
+    """A warning when ``latents`` latent steps are asked of a checkpoint whose training reached fewer
+    (its ``config.yaml`` ``trained`` record, written by ``vedas train``); None when within them, when the
+    mode has no latent steps, or when the checkpoint does not say (saved before the record, or not
+    trained by vedas)."""
+    from vedas.methods import LATENT_METHODS
+
+    if not isinstance(trained, dict) or mode not in LATENT_METHODS or "latents" not in trained:
+        return None
+    done = int(trained["latents"])
+    if latents <= done:
+        return None
+    where = f"curriculum stage {trained.get('stage')} of {trained.get('last_stage')}"
+    return (
+        f"warning: {latents} latent steps asked, but training reached {where} "
+        f"({done} latent steps trained, method {trained.get('method')}); "
+        f"the other {latents - done} are untrained (train more epochs, or pass --latents {done})"
+    )
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -286,5 +306,6 @@ __all__ = [
     "looks_local",
     "read_header",
     "resolve",
+    "untrained_latents",
     "verify_enabled",
 ]

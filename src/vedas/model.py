@@ -96,6 +96,9 @@ class VedasModel:
         self.extras = extras.Extras()
         self.use_routing = True
         """Set False to run mode ``vedas`` without routing depth scaling (an ablation switch)."""
+        self.trained: dict[str, Any] | None = None
+        """What training reached (``vedas train`` sets it; saved as ``config.yaml``'s ``trained``):
+        ``method``, ``stage``, ``last_stage``, ``latents`` (the latent steps trained). None: unknown."""
 
     @property
     def eos_id(self) -> int:
@@ -367,6 +370,8 @@ class VedasModel:
             meta: dict[str, Any] = {"arch": self.model.config.model_type, "latent": to_dict(self.config)}
             if self.extras:
                 meta["extras"] = self.extras.configs()
+            if self.trained is not None:
+                meta["trained"] = self.trained
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
             self.extras.save(tmp)
             self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
@@ -442,4 +447,5 @@ def load(
     vm = VedasModel(model.eval(), processor, latent)
     if ck.kind == "vedas":
         vm.extras.load(Path(ck.path), vm, meta.get("extras") or {})
+        vm.trained = meta.get("trained")
     return vm

@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    from vedas.checkpoint import resolve
+    from vedas.checkpoint import resolve, untrained_latents
 
     resolve(args.checkpoint)  # a bad checkpoint fails before any results file is touched
     results = Path(args.out).with_suffix(".jsonl")
@@ -389,6 +389,11 @@ def run(args: argparse.Namespace) -> int:
         vm = vedas.load(
             args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
         )
+        warning = untrained_latents(
+            vm.trained, args.method, vm.config.latents if args.latents is None else args.latents
+        )
+        if warning:
+            print(f"vedas eval: {warning}", file=sys.stderr)
         report = evaluate(
             vm,
             records,

@@ -82,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
     vm = vedas.load(
         args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
     )
+    from vedas.checkpoint import untrained_latents
+
+    warning = untrained_latents(
+        vm.trained, args.method, vm.config.latents if args.latents is None else args.latents
+    )
+    if warning:
+        print(f"vedas infer: {warning}", file=sys.stderr)
     d = vm.generate(
         [image],
         [args.question],

@@ -46,7 +46,14 @@ import numpy as np
 import torch
 
 from vedas.config import ConfigError, to_dict
-from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_steps, stage_for_epoch
+from vedas.method.curriculum import (
+    LATENT_METHODS,
+    layout,
+    max_steps,
+    num_stages,
+    record_steps,
+    stage_for_epoch,
+)
 from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
@@ -643,9 +650,24 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
     final = Path(run.cfg.run.output_dir) / "final"
     if acc.is_main_process:
         save_checkpoint(run, state, state.epoch)
-        export(run.vm, run.cfg, final)
+        trained = trained_record(run.cfg, state.stage)
+        export(run.vm, run.cfg, final, trained)
         print(f"wrote {final}")
+        print(
+            f"reached curriculum stage {trained['stage']} of {trained['last_stage']}: "
+            f"{trained['latents']} of {run.cfg.latent.latents} latent steps trained"
+        )
     return final
+
+
+def trained_record(cfg: TrainConfig, stage: int) -> dict[str, Any]:
+    """What a run trained, for the checkpoint (``VedasModel.trained``): the last curriculum stage reached,
+    and the latent steps that stage trains (eval and infer warn when asked for more)."""
+    if cfg.method not in LATENT_METHODS:
+        return {"method": cfg.method, "stage": 0, "last_stage": 0, "latents": 0}
+    last = num_stages(cfg.latent.latents, cfg.curriculum)
+    latents = cfg.latent.latents if stage >= last else stage * cfg.curriculum.latents_per_step
+    return {"method": cfg.method, "stage": stage, "last_stage": last, "latents": latents}
 
 
 def merged(vm: Any, cfg: TrainConfig) -> Any:
@@ -669,9 +691,12 @@ def merged(vm: Any, cfg: TrainConfig) -> Any:
     return out
 
 
-def export(vm: Any, cfg: TrainConfig, dest: Path) -> Path:
-    """Write the trained model as a vedas checkpoint (LoRA merged into the weights)."""
-    merged(vm, cfg).save(dest)
+def export(vm: Any, cfg: TrainConfig, dest: Path, trained: dict[str, Any] | None = None) -> Path:
+    """Write the trained model as a vedas checkpoint (LoRA merged into the weights); ``trained``:
+    what the run reached (:func:`trained_record`), recorded in its config."""
+    out = merged(vm, cfg)
+    out.trained = trained
+    out.save(dest)
     return dest
 
 
@@ -699,6 +724,8 @@ def load_step(directory: Path, device: Any = None) -> Any:
     gap.load_buffers(modules, directory / gap.BUFFERS_FILE)
     out = merged(vm, cfg)
     out.model.eval()
+    state = json.loads((directory / "state.json").read_text())
+    out.trained = trained_record(cfg, int(state.get("stage", 0)))
     return out
 
 
