@@ -327,10 +327,9 @@ def markdown(reports: list[dict[str, Any]]) -> str:
 
 
 def write(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    out = Path(out)
+    out, md, _ = output_names(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    md = out.with_suffix(".md")
     md.write_text(markdown([report]))
     return out, md
 
@@ -363,10 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import vedas
     from vedas.data import load
     from vedas.data.registry import split_spec
-    from vedas.evaluation.results import ResultLog
     from vedas.evaluation.scoring import get_rule
 
     try:
@@ -375,13 +372,56 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"vedas eval: {e}", file=sys.stderr)
         return 2
+    results = output_names(args.out)[2]  # a colliding --out is refused before any work
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
     print(records.describe())
-    from vedas.checkpoint import resolve, untrained_latents
+    from vedas.checkpoint import resolve
 
     resolve(args.checkpoint)  # a bad checkpoint fails before any results file is touched
-    results = Path(args.out).with_suffix(".jsonl")
+    lock = lock_output(args.out)
+    try:
+        return _run_locked(args, records, tto, name, results)
+    finally:
+        lock.release()
+
+
+def output_names(out: str | Path) -> tuple[Path, Path, Path]:
+    """The report (``--out``), the Markdown table and the per-batch log (what ``--resume`` reads):
+    ``X.json``, ``X.md``, ``X.jsonl``. An ``--out`` that is itself the table's or the log's name
+    would be overwritten by the other, so it is refused."""
+    path = Path(out)
+    if path.suffix.lower() in (".md", ".jsonl"):
+        raise UserError(
+            f"--out {out}: the JSON report goes to --out and the table and per-batch log beside it "
+            f"({path.stem}.md, {path.stem}.jsonl), so this name would overwrite one with another; "
+            f"give a .json path such as {path.with_suffix('.json')}"
+        )
+    return path, path.with_suffix(".md"), path.with_suffix(".jsonl")
+
+
+def lock_output(out: str | Path) -> Any:
+    """One ``vedas eval`` at a time per output (its three files): a second one into the same ``--out``
+    used to finish too, leaving the report of one and the per-batch log of the other."""
+    from vedas.train.output_dir import lock_file
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.with_suffix('').name}.vedas-eval.lock"
+    return lock_file(
+        lock,
+        lambda owner: (
+            f"--out {out}: another vedas eval (pid {owner}) is writing these results "
+            f"(lock file {lock}); wait for it or choose another --out"
+        ),
+    )
+
+
+def _run_locked(args: argparse.Namespace, records: Any, tto: Any, name: str, results: Path) -> int:
+    import vedas
+    from vedas.checkpoint import untrained_latents
+    from vedas.evaluation.results import ResultLog
+
     log = ResultLog.open(results, _header(args, tto, records), resume=args.resume)
     if log.batches:
         print(f"resuming: {len(log.batches)} batches already in {results}")

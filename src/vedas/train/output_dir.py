@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,6 +66,18 @@ def acquire(out_dir: Path) -> Lock:
     """Lock ``out_dir`` for this process, or raise a ConfigError naming the lock file and its owner."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_FILE
+    return lock_file(
+        path,
+        lambda owner: (
+            f"run.output_dir: {out_dir} is in use by another vedas train (pid {owner}, lock file "
+            f"{path}); wait for it or choose another --run.output_dir"
+        ),
+    )
+
+
+def lock_file(path: Path, in_use: Callable[[str], str]) -> Lock:
+    """An exclusive ``flock`` on ``path`` (created; it holds the owner's pid), or a ConfigError
+    ``in_use(owner pid)`` when another process holds it. The lock dies with its process, even by SIGKILL."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): run unlocked rather than not at all
@@ -76,10 +89,7 @@ def acquire(out_dir: Path) -> Lock:
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
         handle.close()
-        raise ConfigError(
-            f"run.output_dir: {out_dir} is in use by another vedas train (pid {owner}, lock file {path}); "
-            "wait for it or choose another --run.output_dir"
-        ) from None
+        raise ConfigError(in_use(owner)) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
