@@ -35,6 +35,24 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
+MAX_CHOICES = 26
+"""Options are lettered A–Z (:data:`vedas.engine.prompts.LETTERS`)."""
+
+
+def check_text(name: str, text: str, index: int | None = None) -> None:
+    """An InputError naming ``name`` when ``text`` is not valid Unicode: a command-line argument in
+    another encoding reaches Python as lone surrogates (PEP 383), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) - 0xDC00 if 0xDC80 <= ord(text[e.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else f"code point U+{ord(text[e.start]):04X}"
+        raise InputError(
+            f"{name}: not valid UTF-8 ({what} at character {e.start}); pass the text in UTF-8",
+            index=index,
+        ) from None
+
+
 def check_questions(questions: Any) -> None:
     if not _is_list(questions):
         hint = f"; for one question pass [{questions!r}]" if isinstance(questions, str) else ""
@@ -46,6 +64,7 @@ def check_questions(questions: Any) -> None:
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
             raise InputError(f"questions[{i}]: must be a non-empty string, got {q!r}", index=i)
+        check_text(f"questions[{i}]", q, i)
 
 
 def check_images(images: Any, n: int) -> None:
@@ -84,6 +103,12 @@ def check_per_question(name: str, values: Any, n: int, entry: str, nested: bool)
         )
         if not ok:
             raise InputError(f"{name}[{i}]: expected {entry} or None; got {_kind(v)}", index=i)
+        if nested and v is not None and len(v) > MAX_CHOICES:
+            raise InputError(
+                f"{name}[{i}]: {len(v)} options; at most {MAX_CHOICES} can be lettered (A–Z)", index=i
+            )
+        for text in [] if v is None else v if nested else [v]:
+            check_text(f"{name}[{i}]", text, i)
 
 
 def check_batch(images: Any, questions: Any, choices: Any = None, contexts: Any = None) -> None:
@@ -95,4 +120,4 @@ def check_batch(images: Any, questions: Any, choices: Any = None, contexts: Any 
     check_per_question("contexts", contexts, n, "a string", nested=False)
 
 
-__all__ = ["check_batch"]
+__all__ = ["MAX_CHOICES", "check_batch", "check_text"]

@@ -67,6 +67,34 @@ def open_image(img: Any, where: str, index: int | None = None) -> Image.Image:
     return img if img.mode == "RGB" else to_rgb(img)
 
 
+def over_limit(i: int, n: int, reserve: int, latent: int, excess: int, truncate: bool, contexts: Any) -> str:
+    """The message for sample ``i``'s prompt (``n`` tokens) over the context limit by ``excess`` with
+    ``reserve`` tokens to come, ``latent`` of them for the latent steps: what overflows and what to lower."""
+    limit = n + reserve - excess
+    parts = [f"{n} prompt tokens"]
+    if latent:
+        parts.append(f"{latent} for the latent steps")
+    parts.append(f"{reserve - latent} for the answer (max_new_tokens)")
+    fixes = ["shorten the question or context"]
+    if latent:
+        fixes.append("lower latents (--latents; each step takes replay_k + 1 positions)")
+    fixes.append("lower max_new_tokens (--max-new-tokens)")
+    if not truncate:
+        fixes.append("set truncate_context (--truncate-context) to cut the context")
+    cut = ""
+    if truncate:
+        has_context = contexts is not None and bool(contexts[i])
+        cut = (
+            " even with its context cut"
+            if has_context
+            else " (truncate_context is on, but it has no context to cut)"
+        )
+    return (
+        f"prompts[{i}]: {' + '.join(parts)} = {n + reserve}, over the model's context limit of {limit} tokens "
+        f"(max_position_embeddings){cut}; {', '.join(fixes[:-1])} or {fixes[-1]}"
+    )
+
+
 @contextlib.contextmanager
 def naming_records(records: Sequence[Any]) -> Iterator[None]:
     """Re-raise an InputError about sample ``i`` as one about ``records[i]``, by id (``record_id`` set)."""
@@ -142,13 +170,15 @@ class VedasModel:
         contexts: Sequence[str | None] | None = None,
         mode: str = "vedas",
         reserve: int = 0,
+        latent_reserve: int = 0,
     ) -> PromptBatch:
         """Validate inputs and run the processor (left padding). Errors name the bad argument.
 
         Images are resized by the model's own processor (small ones upsampled), within
         ``config.min_pixels``/``max_pixels`` when set. A prompt whose tokens plus ``reserve`` (what the
         caller will append: latent passes, new tokens) exceed the model's context limit is an error
-        naming the sample and the lengths, unless ``config.truncate_context`` lets its context be cut.
+        naming the sample and the lengths, unless ``config.truncate_context`` lets its context be cut;
+        ``latent_reserve`` (part of ``reserve``) is what the latent steps take, so the hint can name them.
         """
         if mode not in MODES:
             raise InputError(f"mode={mode!r}: choose one of {list(MODES)}")
@@ -172,9 +202,7 @@ class VedasModel:
             i, excess = next(iter(over.items()))
             n = int(enc["attention_mask"][i].sum())
             raise InputError(
-                f"prompts[{i}]: {n} prompt tokens + {reserve} for the latent steps and the answer = {n + reserve}, "
-                f"over the model's context limit of {n + reserve - excess} tokens (max_position_embeddings); "
-                "shorten the question or context, lower max_new_tokens, or set truncate_context to cut the context",
+                over_limit(i, n, reserve, latent_reserve, excess, self.config.truncate_context, contexts),
                 index=i,
             )
         dev = self.device
@@ -286,7 +314,15 @@ class VedasModel:
         # the sequence grows past the prompt by each latent pass (K replayed tokens + z), <|latent_end|>
         # and the new tokens: the prompt must leave room for all of them
         reserve = steps * (cfg.replay_k + 1) + int(latent) + cfg.max_new_tokens
-        batch = self.prepare(images, questions, choices, contexts, mode, reserve=reserve)
+        batch = self.prepare(
+            images,
+            questions,
+            choices,
+            contexts,
+            mode,
+            reserve=reserve,
+            latent_reserve=reserve - cfg.max_new_tokens,
+        )
         has_image = batch.input_ids.eq(self.backbone.image_token_id).any(1)
         if mode in LATENT_MODES and cfg.replay_k > 0 and not bool(has_image.all()):
             n = int((~has_image).sum())

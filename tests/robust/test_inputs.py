@@ -127,7 +127,7 @@ def test_a_prompt_over_the_context_limit_names_the_record_and_the_lengths(vm, ma
         vm.generate_records([short, long])
     msg = str(e.value)
     assert msg.startswith("record 'long-ctx': ") and e.value.record_id == "long-ctx"
-    assert f"+ {2 * 5 + 1 + 8} for the latent steps and the answer" in msg
+    assert f"+ {2 * 5 + 1} for the latent steps + 8 for the answer (max_new_tokens)" in msg
     assert f"over the model's context limit of {limit} tokens" in msg
     vm.config = LatentConfig(latents=2, replay_k=4, max_new_tokens=8, truncate_context=True)
     reserve = 2 * 5 + 1 + 8
@@ -135,6 +135,29 @@ def test_a_prompt_over_the_context_limit_names_the_record_and_the_lengths(vm, ma
     assert limit - 16 <= int(batch.attention_mask[1].sum()) + reserve <= limit  # cut to fit, not much more
     texts, _ = vm.generate_records([short, long])
     assert len(texts) == 2
+
+
+def test_the_context_hint_names_latents_when_they_overflow_and_not_a_flag_already_set(vm, make_image):
+    """The hint never named --latents, and told a user who had set truncate_context to set it."""
+    limit = vm.context_limit()
+    image = make_image(56, 56, 0)
+    latents = limit // 5  # the latent passes alone (replay_k + 1 = 5 positions each) fill the context
+    vm.config = LatentConfig(latents=2, replay_k=4, max_new_tokens=8)
+    with pytest.raises(InputError) as e:
+        vm.generate([image], ["Which?"], latents=latents)
+    msg = str(e.value)
+    assert f"+ {latents * 5 + 1} for the latent steps + 8 for the answer" in msg
+    assert "lower latents (--latents; each step takes replay_k + 1 positions)" in msg
+    assert "set truncate_context (--truncate-context)" in msg
+    vm.config = LatentConfig(latents=2, replay_k=4, max_new_tokens=8, truncate_context=True)
+    with pytest.raises(InputError) as e:
+        vm.generate([image], ["Which?"], latents=latents)
+    msg = str(e.value)
+    assert "(truncate_context is on, but it has no context to cut)" in msg
+    assert "set truncate_context" not in msg and "lower latents (--latents" in msg
+    with pytest.raises(InputError) as e:  # no latent steps: no latent advice
+        vm.generate([image], ["Which?"], mode="cot", max_new_tokens=limit)
+    assert "latent" not in str(e.value)
 
 
 def test_training_skip_bad_drops_a_record_the_model_cannot_take(vedas_cli, train_args, synth_dir, tmp_path):

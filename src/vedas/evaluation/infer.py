@@ -76,8 +76,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"vedas infer: {e}", file=sys.stderr)
         return 2
+    from vedas.arguments import MAX_CHOICES, check_text
     from vedas.model import open_image
 
+    # the flags' own names in the message (the library would say questions[0] / choices[0])
+    check_text("--question", args.question)
+    for text in args.choices or []:
+        check_text("--choices", text)
+    if args.choices and len(args.choices) > MAX_CHOICES:
+        print(
+            f"vedas infer: --choices: {len(args.choices)} options; at most {MAX_CHOICES} can be lettered (A–Z)",
+            file=sys.stderr,
+        )
+        return 2
     image = None if args.image is None else open_image(args.image, "--image")  # before the model loads
     vm = vedas.load(
         args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
@@ -100,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         tto=tto,
     )
-    print(d.texts[0])
+    # an empty decode printed as an empty line looked like a crash or a display problem: say it
+    print(d.texts[0] if d.texts[0].strip() else "(empty answer: the model generated no text before it stopped)")
     print(f"[method={args.method} latents={d.latents.shape[1]} ar_steps={d.ar_steps[0]}]")
     if d.tto is not None:
         print(f"[tto {','.join(tto.stages)}: loss {d.tto['loss']}, +{d.timings_ms['tto']:.0f} ms]")
