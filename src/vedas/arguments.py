@@ -98,17 +98,20 @@ def check_per_question(name: str, values: Any, n: int, entry: str, nested: bool)
             f"{name}: {len(values)} entries for {n} questions; expected one entry per question{hint}"
         )
     for i, v in enumerate(values):
-        ok = v is None or (
-            _is_list(v) and all(isinstance(c, str) for c in v) if nested else isinstance(v, str)
-        )
-        if not ok:
-            raise InputError(f"{name}[{i}]: expected {entry} or None; got {_kind(v)}", index=i)
-        if nested and v is not None and len(v) > MAX_CHOICES:
-            raise InputError(
-                f"{name}[{i}]: {len(v)} options; at most {MAX_CHOICES} can be lettered (A–Z)", index=i
-            )
-        for text in [] if v is None else v if nested else [v]:
-            check_text(f"{name}[{i}]", text, i)
+        _check_entry(f"{name}[{i}]", v, i, entry, nested)
+
+
+def _check_entry(where: str, v: Any, i: int, entry: str, nested: bool) -> None:
+    """One entry of ``choices`` (a list of at most 26 strings) or ``contexts`` (a string), or None."""
+    if v is None:
+        return
+    ok = _is_list(v) and all(isinstance(c, str) for c in v) if nested else isinstance(v, str)
+    if not ok:
+        raise InputError(f"{where}: expected {entry} or None; got {_kind(v)}", index=i)
+    if nested and len(v) > MAX_CHOICES:
+        raise InputError(f"{where}: {len(v)} options; at most {MAX_CHOICES} can be lettered (A–Z)", index=i)
+    for text in v if nested else [v]:
+        check_text(where, text, i)
 
 
 def check_batch(images: Any, questions: Any, choices: Any = None, contexts: Any = None) -> None:

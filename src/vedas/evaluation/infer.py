@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         tto=tto,
     )
     # an empty decode printed as an empty line looked like a crash or a display problem: say it
-    print(d.texts[0] if d.texts[0].strip() else "(empty answer: the model generated no text before it stopped)")
+    print(
+        d.texts[0] if d.texts[0].strip() else "(empty answer: the model generated no text before it stopped)"
+    )
     print(f"[method={args.method} latents={d.latents.shape[1]} ar_steps={d.ar_steps[0]}]")
     if d.tto is not None:
         print(f"[tto {','.join(tto.stages)}: loss {d.tto['loss']}, +{d.timings_ms['tto']:.0f} ms]")
