@@ -131,3 +131,43 @@ def test_bad_device_is_an_argument_error_naming_the_flag(value, capsys):
     assert "argument --device:" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--device"):
         cli_args.resolve_device(value)
+
+
+def test_the_command_table_matches_each_module_and_help_imports_no_torch():
+    """`vedas --help` built every subcommand, importing torch (about 4 s); now only the table is read."""
+    import importlib
+    import subprocess
+    import sys
+
+    from vedas.cli import COMMANDS
+
+    for name, (path, line) in COMMANDS.items():
+        module = importlib.import_module(path)
+        assert line == module.HELP, name
+        assert callable(module.add_arguments), name
+    code = (
+        "import sys\nfrom vedas.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'PIL') if m in sys.modules)\n"
+        "print('imported:', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "imported: []" in res.stdout
+    for name in COMMANDS:
+        assert name in res.stdout
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "serve", "infer"])
+def test_subcommand_help_shows_no_restructuredtext_markup(name, capsys):
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and ":func:" not in out and ":class:" not in out and ":mod:" not in out
+
+
+def test_plain_turns_roles_and_literals_into_text():
+    from vedas.cli import plain
+
+    text = "Run ``vedas train``; see :func:`~vedas.model.load` and :class:`vedas.config.LatentConfig`."
+    assert plain(text) == "Run `vedas train`; see vedas.model.load and vedas.config.LatentConfig."

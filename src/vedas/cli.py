@@ -22,7 +22,9 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +32,60 @@ EXPECTED: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryErr
 """Besides :class:`~vedas.errors.UserError`: the path errors a user causes (a missing file or folder)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "vedas.dev.demo",
+        "run the main job on the embedded default: synthetic data, tiny Qwen2-VL (or --arch), 4 methods, report",
+    ),
+    "data": (
+        "vedas.data.cli",
+        "data tools: write the synthetic benchmark, show any dataset as records, split by difficulty",
+    ),
+    "bench": (
+        "vedas.dev.bench",
+        "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording",
+    ),
+    "eval": (
+        "vedas.evaluation.evaluate",
+        "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)",
+    ),
+    "train": (
+        "vedas.train.recipe",
+        "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many",
+    ),
+    "infer": ("vedas.evaluation.infer", "answer one question about one image with a checkpoint"),
+    "analyze": (
+        "vedas.analysis.cli",
+        "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use",
+    ),
+    "serve": (
+        "vedas.serve.cli",
+        "an OpenAI-compatible server (POST /v1/chat/completions) with dynamic batching",
+    ),
+}
+"""Subcommand -> (module, one-line help). A module is imported only when its subcommand runs (or shows
+its own --help), so ``vedas --help`` imports no torch; moving a module changes only its string here.
+Each module defines ``add_arguments(parser)``, and ``HELP`` equal to the line here (a test checks)."""
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+
+def plain(doc: str | None) -> str | None:
+    """A module docstring as help text: reStructuredText markup (``x``, :func:`~a.b`) as plain text."""
+    if doc is None:
+        return None
+    doc = _ROLE.sub(lambda m: m.group(1).strip(), doc)  # :func:`~vedas.x.f` -> vedas.x.f
+    return doc.replace("``", "`")
+
+
+def _invoked(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not a flag (top-level flags take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``vedas`` parser. With ``argv``, only the subcommand it names is imported and given its
+    arguments (the others show their one-line help only); without, every subcommand is complete."""
     parser = argparse.ArgumentParser(
         prog="vedas",
         description="Multimodal latent reasoning with Visual Enhanced Depth Scaling on Hugging Face VLMs.",
@@ -41,34 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the full traceback of an error (also VEDAS_DEBUG=1); may stand anywhere on the line",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    from vedas.analysis import cli as analysis_cli
-    from vedas.data import cli as data_cli
-    from vedas.dev import bench, demo
-    from vedas.evaluation import evaluate, infer
-    from vedas.serve import cli as serve_cli
-    from vedas.train import recipe as train
-
-    for name, module in (
-        ("demo", demo),
-        ("data", data_cli),
-        ("bench", bench),
-        ("eval", evaluate),
-        ("train", train),
-        ("infer", infer),
-        ("analyze", analysis_cli),
-        ("serve", serve_cli),
-    ):
+    wanted = set(COMMANDS) if argv is None else {_invoked(argv)}
+    for name, (path, help) in COMMANDS.items():
+        if name not in wanted:
+            sub.add_parser(name, help=help)
+            continue
+        module = importlib.import_module(path)
         # the module docstring is the description; its example blocks keep their line breaks
         module.add_arguments(
             sub.add_parser(
                 name,
-                help=module.HELP,
-                description=module.__doc__,
+                help=help,
+                description=plain(module.__doc__),
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
         )
-
     return parser
 
 
@@ -86,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a --section.field override, so it is taken out before parsing
     debug = "--debug" in argv or os.environ.get("VEDAS_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         # subcommands taking ``--section.field value`` overrides declare set_defaults(overrides=[])

@@ -26,6 +26,8 @@ ANALYSES: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vedas.cli import plain
+
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     for name, module in ANALYSES.items():
         mod = importlib.import_module(module)
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             sub.add_parser(
                 name,
                 help=mod.HELP,
-                description=mod.__doc__,
+                description=plain(mod.__doc__),
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
         )
