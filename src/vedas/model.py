@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -93,6 +94,23 @@ def over_limit(i: int, n: int, reserve: int, latent: int, excess: int, truncate:
         f"prompts[{i}]: {' + '.join(parts)} = {n + reserve}, over the model's context limit of {limit} tokens "
         f"(max_position_embeddings){cut}; {', '.join(fixes[:-1])} or {fixes[-1]}"
     )
+
+
+@contextlib.contextmanager
+def _no_deepspeed_probe() -> Iterator[None]:
+    """``save_pretrained`` unwraps the model with accelerate, which imports DeepSpeed, when installed, to
+    test for a ``DeepSpeedEngine``; the import costs seconds and prints "Setting accelerator to CPU" on
+    stdout. Before anything imported DeepSpeed no such engine can exist, so the probe is answered no."""
+    other = sys.modules.get("accelerate.utils.other")
+    if "deepspeed" in sys.modules or other is None or not hasattr(other, "is_deepspeed_available"):
+        yield
+        return
+    probe = other.is_deepspeed_available
+    other.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        other.is_deepspeed_available = probe
 
 
 @contextlib.contextmanager
@@ -410,7 +428,8 @@ class VedasModel:
                 meta["trained"] = self.trained
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
             self.extras.save(tmp)
-            self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
+            with _no_deepspeed_probe():
+                self.model.save_pretrained(tmp / WEIGHTS_DIR, safe_serialization=True)
             self.processor.save_pretrained(tmp / WEIGHTS_DIR)
             # the sums load verifies (vedas.integrity): bit rot then fails naming the file
             meta["sha256"] = integrity.sums(tmp)
