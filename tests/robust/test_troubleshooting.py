@@ -206,6 +206,59 @@ def _resume_other_eval(w: Work) -> list[str]:
     return [*args, "--batch-size", "4", "--resume"]
 
 
+def _dup_key(w: Work) -> list[str]:
+    (w.tmp / "dup.yaml").write_text("method: vedas\noptim:\n  lr: 1e-3\n  batch_size: 4\n  lr: 2e-3\n")
+    return ["train", "--config", str(w.tmp / "dup.yaml")]
+
+
+def _weights(w: Work, name: str, change: Callable[[bytearray, int], None]) -> list[str]:
+    """``infer`` on a copy of the checkpoint whose weights file ``change`` edits at its first tensor's data."""
+    from vedas.checkpoint import read_header
+
+    broken = w.copy(w.ckpt, name)
+    weights = broken / "model" / "model.safetensors"
+    n, header = read_header(weights)
+    first = min(t["data_offsets"][0] for k, t in header.items() if k != "__metadata__")
+    data = bytearray(weights.read_bytes())
+    change(data, 8 + n + first)
+    weights.write_bytes(bytes(data))
+    return ["infer", "--checkpoint", str(broken), "--question", "How many?"]
+
+
+def _nan(data: bytearray, at: int) -> None:
+    data[at : at + 4] = b"\xff\xff\xff\xff"  # NaN in F32, BF16 and F16 alike
+
+
+def _flip(data: bytearray, at: int) -> None:
+    data[at] ^= 0x01  # still finite: only the recorded sha256 sees it
+
+
+def _header_shape(w: Work) -> list[str]:
+    broken = w.copy(w.ckpt, "ckpt_header_shape")
+    text = json.dumps({"w": {"dtype": "F32", "shape": [1]}}).encode()
+    (broken / "model" / "model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + b"\0" * 4)
+    return ["infer", "--checkpoint", str(broken), "--question", "How many?"]
+
+
+def _eval_to(w: Work, out: Path) -> list[str]:
+    return ["eval", "--checkpoint", str(w.ckpt), "--data", f"synthetic:{w.synth}", "--out", str(out)]
+
+
+def _eval_in_use(w: Work) -> list[str]:
+    from vedas.evaluation.evaluate import lock_output
+
+    out = w.tmp / "busy" / "report.json"
+    w.lock = lock_output(out)  # held as a running vedas eval holds it
+    return _eval_to(w, out)
+
+
+def _huge_image(w: Work) -> list[str]:
+    from test_cli_inputs import huge_png
+
+    png = huge_png(w.tmp / "huge.png")
+    return ["infer", "--checkpoint", str(w.ckpt), "--image", str(png), "--question", "How many?"]
+
+
 CASES = {
     "yaml-syntax": Case(
         "a YAML syntax error in the config", _bad_yaml, 2, "not valid YAML: line 3, column 1"
@@ -215,6 +268,9 @@ CASES = {
         lambda w: ["train", "--config", str(w.tmp / "nope.yaml")],
         2,
         "does not exist",
+    ),
+    "config-duplicate-key": Case(
+        "a key given twice in a YAML mapping", _dup_key, 2, "duplicate key 'lr' (lines 3 and 5)"
     ),
     "config-typo": Case(
         "a misspelt config field",
@@ -257,6 +313,24 @@ CASES = {
         "a checkpoint without model/config.json", _no_hf_config, 2, "model/config.json is missing"
     ),
     "ckpt-truncated": Case("a truncated safetensors file", _truncated, 2, "truncated safetensors file"),
+    "ckpt-nan": Case(
+        "NaN in a weights file (bit rot)",
+        lambda w: _weights(w, "ckpt_nan", _nan),
+        2,
+        "holds NaN or infinite values (corrupt weights)",
+    ),
+    "ckpt-sha256": Case(
+        "a weights file changed since it was saved (a flipped bit)",
+        lambda w: _weights(w, "ckpt_flip", _flip),
+        2,
+        "sha256 differs from the one recorded at save",
+    ),
+    "ckpt-header-shape": Case(
+        "a safetensors header that is JSON of the wrong shape",
+        _header_shape,
+        2,
+        "corrupt safetensors header (tensor 'w' lacks a valid dtype, shape or data_offsets)",
+    ),
     "ckpt-run-unfinished": Case(
         "a run directory without final/", _no_final, 2, "training run without final/"
     ),
@@ -267,6 +341,38 @@ CASES = {
         "HF_HUB_OFFLINE is set",
     ),
     "infer-bad-image": Case("an unreadable --image", _bad_image_file, 2, "--image: cannot read image file"),
+    "infer-huge-image": Case(
+        "an --image of 30000×30000 px (a decompression bomb to PIL)",
+        _huge_image,
+        2,
+        "could be decompression bomb DOS attack",
+    ),
+    "infer-27-choices": Case(
+        "27 --choices (options are lettered A–Z)",
+        lambda w: [
+            "infer",
+            "--checkpoint",
+            str(w.ckpt),
+            "--question",
+            "q",
+            "--choices",
+            *"abcdefghijklmnopqrstuvwxyz0",
+        ],
+        2,
+        "--choices: 27 options; at most 26 can be lettered (A–Z)",
+    ),
+    "infer-not-utf8": Case(
+        "a --question that is not UTF-8 (here byte 0xe9, Latin-1 é)",
+        lambda w: ["infer", "--checkpoint", str(w.ckpt), "--question", "caf\udce9?"],
+        2,
+        "--question: not valid UTF-8 (byte 0xe9 at character 3)",
+    ),
+    "infer-latents-overflow": Case(
+        "more latent steps than the context holds",
+        lambda w: ["infer", "--checkpoint", str(w.ckpt), "--question", "q", "--latents", "20000"],
+        2,
+        "lower latents (--latents",
+    ),
     "eval-corrupt-image": Case(
         "a corrupt image in the evaluation data",
         lambda w: _eval_data(
@@ -308,6 +414,18 @@ CASES = {
     "eval-resume-other": Case(
         "--resume with another batch size", _resume_other_eval, 2, "batch_size: saved 8, now 4"
     ),
+    "eval-out-md": Case(
+        "an --out named like the Markdown table",
+        lambda w: _eval_to(w, w.tmp / "results.md"),
+        2,
+        "this name would overwrite one with another",
+    ),
+    "eval-out-in-use": Case(
+        "a second vedas eval into an --out another one is writing",
+        _eval_in_use,
+        2,
+        "another vedas eval (pid <pid>) is writing these results",
+    ),
     "min-pixels": Case(
         "--min-pixels below one merged patch",
         lambda w: ["infer", "--checkpoint", str(w.ckpt), "--question", "q", "--min-pixels", "5"],
@@ -326,7 +444,8 @@ CASES = {
 def _normalise(text: str, w: Work) -> str:
     for path, name in ((w.tmp, "<tmp>"), (w.synth, "<synth>"), (w.ckpt, "<ckpt>"), (ROOT, ".")):
         text = text.replace(str(path), name)
-    return re.sub(r"pid \d+", "pid <pid>", text)
+    text = re.sub(r"pid \d+", "pid <pid>", text)
+    return text.encode("utf-8", "backslashreplace").decode()  # undecodable argv bytes, shown escaped
 
 
 @pytest.fixture(scope="module")
