@@ -17,6 +17,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def current_umask() -> int:
+    """The process umask: from /proc where Linux shows it, else by setting it and putting it back (a
+    moment in which another thread's new files would get mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def honour_umask(tree: Path) -> None:
     """Give ``tree`` and everything under it the modes the umask allows (dirs 0777, files 0666, masked).
 
@@ -24,8 +38,7 @@ def honour_umask(tree: Path) -> None:
     that directory into place: without this a checkpoint is readable by its owner only, so no one
     else in a shared lab, and no server running as another user, can load it.
     """
-    umask = os.umask(0)
-    os.umask(umask)  # reading the umask means setting it; it is put back at once
+    umask = current_umask()
     tree.chmod(0o777 & ~umask)
     for root, dirs, files in os.walk(tree):
         for d in dirs:
@@ -34,4 +47,4 @@ def honour_umask(tree: Path) -> None:
             os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
-__all__ = ["atomic_write_text", "honour_umask"]
+__all__ = ["atomic_write_text", "current_umask", "honour_umask"]
