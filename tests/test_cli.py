@@ -171,3 +171,24 @@ def test_plain_turns_roles_and_literals_into_text():
 
     text = "Run ``vedas train``; see :func:`~vedas.model.load` and :class:`vedas.config.LatentConfig`."
     assert plain(text) == "Run `vedas train`; see vedas.model.load and vedas.config.LatentConfig."
+
+
+@pytest.mark.parametrize("name", ["eval", "infer", "serve", "data", "demo"])
+def test_these_subcommands_show_help_without_torch(name):
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys\nfrom vedas.cli import main\ntry:\n    main([{name!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.rstrip().endswith("torch imported: False"), res.stdout[-500:]
+
+
+def test_the_written_out_tto_defaults_are_the_configs():
+    from vedas import cli_args
+    from vedas.method.tto import TTOConfig
+
+    assert (TTOConfig().steps, TTOConfig().lr) == (cli_args.TTO_STEPS, cli_args.TTO_LR)

@@ -148,6 +148,26 @@ def input_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+TTO_STEPS, TTO_LR = 5, 0.05
+""":class:`vedas.method.tto.TTOConfig`'s defaults, written out so ``--help`` needs no torch (a test checks)."""
+
+
+def add_tto(parser: argparse.ArgumentParser) -> None:
+    """``--tto STAGES``, ``--tto-steps N``, ``--tto-lr X`` (read by :func:`vedas.method.tto.from_args`)."""
+    parser.add_argument(
+        "--tto",
+        default=None,
+        metavar="STAGES",
+        help="optimise the latents at inference (weights frozen): comma-separated stages, e.g. stage1,stage2",
+    )
+    parser.add_argument(
+        "--tto-steps", type=int, default=TTO_STEPS, help=f"Adam steps per TTO stage (default: {TTO_STEPS})"
+    )
+    parser.add_argument(
+        "--tto-lr", type=float, default=TTO_LR, help=f"TTO learning rate on the latents (default: {TTO_LR})"
+    )
+
+
 ENGINES = ["cached", "recompute", "static"]
 """The latent engines (:data:`vedas.engine.runners.ENGINES`; written out so ``--help`` needs no torch)."""
 

@@ -34,19 +34,21 @@ import platform
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vedas import cli_args
 from vedas.errors import UserError
-from vedas.method import tto as tto_flags
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)"
 CATEGORY_KEYS = ("category", "domain", "l2_category", "topic")
 
 
 def device_name(device: torch.device) -> str:
+    import torch  # here, not at the top: `vedas eval --help` should not load torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -357,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted evaluation from the JSONL beside --out (same settings)",
     )
-    tto_flags.add_arguments(parser)
+    cli_args.add_tto(parser)
     parser.set_defaults(func=run)
 
 
@@ -368,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         get_rule(args.scoring)
-        tto = tto_flags.from_args(args)
+        from vedas.method.tto import from_args as tto_from_args
+
+        tto = tto_from_args(args)
     except ValueError as e:
         print(f"vedas eval: {e}", file=sys.stderr)
         return 2

@@ -44,9 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="SCF-VR window W in merged cells for --show-replay (default: 3)",
     )
-    from vedas.method import tto
-
-    tto.add_arguments(parser)  # --tto stage1,stage2 --tto-steps N --tto-lr X
+    cli_args.add_tto(parser)  # --tto stage1,stage2 --tto-steps N --tto-lr X
     parser.set_defaults(func=run)
 
 

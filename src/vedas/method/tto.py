@@ -267,26 +267,10 @@ class TTOHook:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tto STAGES``, ``--tto-steps N``, ``--tto-lr X``."""
-    default = TTOConfig()
-    parser.add_argument(
-        "--tto",
-        default=None,
-        metavar="STAGES",
-        help="optimise the latents at inference (weights frozen): comma-separated stages, e.g. stage1,stage2",
-    )
-    parser.add_argument(
-        "--tto-steps",
-        type=int,
-        default=default.steps,
-        help=f"Adam steps per TTO stage (default: {default.steps})",
-    )
-    parser.add_argument(
-        "--tto-lr",
-        type=float,
-        default=default.lr,
-        help=f"TTO learning rate on the latents (default: {default.lr})",
-    )
+    """``--tto STAGES``, ``--tto-steps N``, ``--tto-lr X`` (declared in :func:`vedas.cli_args.add_tto`)."""
+    from vedas import cli_args
+
+    cli_args.add_tto(parser)
 
 
 def from_args(args: argparse.Namespace) -> TTOConfig | None:
