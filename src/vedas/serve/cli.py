@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -225,5 +226,9 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"vedas serve: listening on http://{shown}:{port} (model {settings.served!r})", flush=True)
+    # uvicorn re-raises the signal that stopped it once its shutdown is done; with the default
+    # handler that would kill the process (exit -15) after a clean shutdown: these make it a no-op
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     _server(app, args).run(sockets=[sock])
     return 0

@@ -74,13 +74,16 @@ class MediaPolicy:
             fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
             raise bad(param, NOT_ALLOWED) from None
-        with os.fdopen(fd, "rb") as f:
+        try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # FIFOs, devices, directories: never read
                 raise bad(param, NOT_ALLOWED)
             if st.st_size > self.max_file_bytes:
                 raise bad(param, f"the file is {st.st_size} bytes, over the limit of {self.max_file_bytes}")
-            return f.read(self.max_file_bytes + 1)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(self.max_file_bytes + 1)
+        finally:
+            os.close(fd)
 
     def decode(self, raw: bytes, param: str, what: str) -> Image.Image:
         """Decode ``raw``: header checked first, decoded no larger than the processor needs."""
