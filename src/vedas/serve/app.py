@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from vedas.errors import UserError
 from vedas.serve.batcher import Batcher, QueueFull, ShuttingDown
 from vedas.serve.protocol import ApiError, ChatJob, JobResult, Limits, completion, parse_chat, usage
-from vedas.serve.runner import TextStream, admit, run_jobs
+from vedas.serve.runner import TextStream, admission, admit, run_jobs
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,7 @@ async def _stream(
 
 def create_app(vm: Any, settings: Settings) -> FastAPI:
     """The FastAPI app serving ``vm`` (a :class:`vedas.VedasModel`)."""
+    admission(vm)  # the arrival checks' own tokenizer, copied before the worker uses vm's
     batcher = Batcher(
         lambda jobs: run_jobs(vm, jobs),
         settings.max_batch_size,

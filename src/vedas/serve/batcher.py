@@ -25,6 +25,7 @@ How a batch is formed (see docs/design.md#serving):
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
+log = logging.getLogger("vedas.serve")
 
 
 class QueueFull(RuntimeError):
@@ -194,6 +196,9 @@ class Batcher:
                 self.stats.failed_rows += 1
                 batch[0].future.set_exception(e)
             else:  # one job at fault must not fail the others: each runs again alone
+                log.warning(
+                    "a batch of %d failed (%s: %s): its rows run again alone", len(batch), type(e).__name__, e
+                )
                 self.stats.retried_rows += len(batch)
                 for it in batch:
                     self._run_alone(it)

@@ -16,6 +16,7 @@ ends there (the engine stops decoding it), and a streamed row's new text goes to
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 import warnings
@@ -63,16 +64,18 @@ def prompt_tokens(
     images: Sequence[Sequence[Any]],
     choices: Sequence[Sequence[str] | None],
     mode: str,
+    tokenizer: Any = None,
 ) -> list[int]:
     """Each prompt's length in tokens, image tokens included, without running the image processor.
 
     The chat template holds one placeholder per image, which the processor expands to the
-    image's merged-token count; that count follows from the image's size alone.
+    image's merged-token count; that count follows from the image's size alone. ``tokenizer``:
+    another copy of ``vm.tokenizer`` (a fast tokenizer must not be used by two threads at once).
     """
     texts = vm.prompt_texts(questions, [len(im) for im in images], choices, None, mode)
     ip = vm.processor.image_processor
     merge = ip.merge_size**2
-    ids = vm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = (tokenizer or vm.tokenizer)(texts, add_special_tokens=False)["input_ids"]
     return [
         len(row) + sum(ip.get_number_of_image_patches(im.height, im.width) // merge - 1 for im in ims)
         for row, ims in zip(ids, images)
@@ -93,13 +96,32 @@ def _reserve(vm: Any, job: ChatJob) -> int:
     return steps * (vm.config.replay_k + 1) + int(latent) + job.key.max_tokens
 
 
-def longest_token(vm: Any) -> int:
-    """The most characters one token of ``vm``'s vocabulary covers (cached: it is read once)."""
-    cached = getattr(vm, "_serve_longest_token", None)
-    if cached is None:
-        cached = max(len(t) for t in vm.tokenizer.get_vocab())
-        vm._serve_longest_token = cached
-    return int(cached)
+class _Admission:
+    """What the arrival checks need of ``vm``'s tokenizer, on their own copy of it.
+
+    The checks run on the server's thread pool while the batch worker tokenises with
+    ``vm.tokenizer``; a fast (Rust) tokenizer used by two threads at once raises "Already
+    borrowed", which failed whole batches. The copy is used under a lock.
+    """
+
+    def __init__(self, vm: Any) -> None:
+        self.tokenizer = copy.deepcopy(vm.tokenizer)
+        self.lock = threading.Lock()
+        tok = self.tokenizer
+        self.specials = sorted({str(t) for t in [*tok.all_special_tokens, *tok.get_added_vocab()] if t})
+        self.longest_token = max(len(t) for t in tok.get_vocab())
+
+
+_ADMISSION: dict[int, _Admission] = {}
+_ADMISSION_LOCK = threading.Lock()
+
+
+def admission(vm: Any) -> _Admission:
+    """The arrival checks' tokenizer copy for ``vm`` (made once; the app makes it at start, before any batch)."""
+    with _ADMISSION_LOCK:
+        if id(vm) not in _ADMISSION:
+            _ADMISSION[id(vm)] = _Admission(vm)
+        return _ADMISSION[id(vm)]
 
 
 def admit(vm: Any, job: ChatJob) -> None:
@@ -111,12 +133,10 @@ def admit(vm: Any, job: ChatJob) -> None:
     context for the latent steps and ``max_tokens``. A text too long to fit even at the
     vocabulary's longest token is refused before it is tokenised, so the check stays fast.
     """
+    adm = admission(vm)
     texts = [("messages", job.question)] + [(f"choices[{i}]", c) for i, c in enumerate(job.choices or [])]
-    specials = [str(t) for t in vm.tokenizer.all_special_tokens] + [
-        str(t) for t in vm.tokenizer.get_added_vocab()
-    ]
     for param, text in texts:
-        found = next((t for t in specials if t and t in text), None)
+        found = next((t for t in adm.specials if t in text), None)
         if found is not None:
             raise bad(param, f"contains the special token {found!r}, which a client may not send")
     limit = vm.context_limit()
@@ -124,13 +144,14 @@ def admit(vm: Any, job: ChatJob) -> None:
         return
     reserve = _reserve(vm, job)
     chars = sum(len(t) for _, t in texts)
-    if chars > limit * longest_token(vm):
+    if chars > limit * adm.longest_token:
         raise bad(
             "messages",
             f"{chars} characters cannot fit the model's context of {limit} tokens "
-            f"(at most {longest_token(vm)} characters a token)",
+            f"(at most {adm.longest_token} characters a token)",
         )
-    n = prompt_tokens(vm, [job.question], [job.images], [job.choices], job.key.mode)[0]
+    with adm.lock:
+        n = prompt_tokens(vm, [job.question], [job.images], [job.choices], job.key.mode, adm.tokenizer)[0]
     if n + reserve > limit:
         raise bad(
             "messages",
