@@ -33,7 +33,16 @@ from starlette.exceptions import HTTPException
 
 from vedas.errors import UserError
 from vedas.serve.batcher import Batcher, QueueFull, ShuttingDown
-from vedas.serve.protocol import ApiError, ChatJob, JobResult, Limits, completion, parse_chat, usage
+from vedas.serve.protocol import (
+    ApiError,
+    ChatJob,
+    JobResult,
+    Limits,
+    completion,
+    parse_chat,
+    usage,
+    vedas_info,
+)
 from vedas.serve.runner import TextStream, admission, admit, run_jobs
 
 
@@ -159,8 +168,7 @@ async def _stream(
             raise _failure(e) from None
         yield chunk({}, result.finish_reason)
         if job.include_usage:
-            info = {"batch_size": result.batch_size, "timings_ms": result.timings_ms}
-            yield _sse({**base, "choices": [], "usage": usage(result), "vedas": info})
+            yield _sse({**base, "choices": [], "usage": usage(result), "vedas": vedas_info(job, result)})
         yield "data: [DONE]\n\n"
     except ApiError as e:  # the status line is sent already: the error goes in the stream, as OpenAI does
         yield _sse(e.body())

@@ -296,7 +296,7 @@ def usage(r: JobResult) -> dict[str, Any]:
     }
 
 
-def _vedas_info(job: ChatJob, r: JobResult) -> dict[str, Any]:
+def vedas_info(job: ChatJob, r: JobResult) -> dict[str, Any]:
     return {"mode": job.key.mode, "batch_size": r.batch_size, "timings_ms": r.timings_ms}
 
 
@@ -315,29 +315,8 @@ def completion(job_id: str, served: str, job: ChatJob, r: JobResult) -> dict[str
             }
         ],
         "usage": usage(r),
-        "vedas": _vedas_info(job, r),
+        "vedas": vedas_info(job, r),
     }
-
-
-def chunks(job_id: str, served: str, job: ChatJob, r: JobResult) -> list[dict[str, Any]]:
-    """The ``chat.completion.chunk`` objects of a streamed reply: the whole answer in one content chunk.
-
-    The engine decodes a batch in lockstep and returns when the batch is done, so the answer
-    is sent when it exists; nothing is split up to look incremental.
-    """
-    base = {"id": job_id, "object": "chat.completion.chunk", "created": job.created, "model": served}
-    out = [
-        {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": r.text}, "finish_reason": None}
-            ],
-        },
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
-    ]
-    if job.include_usage:
-        out.append({**base, "choices": [], "usage": usage(r), "vedas": _vedas_info(job, r)})
-    return out
 
 
 def data_url(image: Image.Image) -> str:
