@@ -263,7 +263,16 @@ def test_clients_that_hang_up_do_not_stall_the_others(server, client):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--max-batch-size", "0"), ("--batch-timeout-ms", "-1"), ("--port", "-5")]
+    "flag, value",
+    [
+        ("--max-batch-size", "0"),
+        ("--batch-timeout-ms", "-1"),
+        ("--port", "-5"),
+        ("--max-queued", "0"),
+        ("--max-image-pixels", "-1"),
+        ("--allowed-local-media-path", "/nonexistent/dir"),
+        ("--request-timeout-s", "0"),
+    ],
 )
 def test_bad_flags_exit_2_before_the_model_loads(tmp_path, capsys, flag, value):
     from vedas.cli import main
