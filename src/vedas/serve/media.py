@@ -31,6 +31,7 @@ from PIL import Image
 from vedas.serve.protocol import bad
 
 NOT_ALLOWED = "local file not allowed or not found"
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA")  # modes PIL's reduce() takes
 
 
 @dataclass(frozen=True)
@@ -86,21 +87,27 @@ class MediaPolicy:
             os.close(fd)
 
     def decode(self, raw: bytes, param: str, what: str) -> Image.Image:
-        """Decode ``raw``: header checked first, decoded no larger than the processor needs."""
+        """Decode ``raw``: header checked first, decoded no larger than the processor needs.
+
+        One copy of the full decoded image at most: no ``with`` (closing an image frees its
+        pixels) and no copy; the reduction happens before any mode conversion where it can.
+        """
         try:
-            with Image.open(io.BytesIO(raw)) as f:
-                w, h = f.size
-                self._check_size(w, h, param)
-                if w * h > 4 * self.keep_pixels and f.format == "JPEG":
-                    # JPEG decodes at 1/2, 1/4 or 1/8 scale: never hold the full image
-                    f.draft("RGB", _target(w, h, 4 * self.keep_pixels))
-                image = f.convert("RGB") if f.mode != "RGB" else f.copy()
+            image = Image.open(io.BytesIO(raw))
+            w, h = image.size
+            self._check_size(w, h, param)
+            if w * h > 4 * self.keep_pixels and image.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale: never hold the full image
+                image.draft("RGB", _target(w, h, 4 * self.keep_pixels))
+            image.load()
+            factor = math.isqrt(image.width * image.height // (4 * self.keep_pixels))
+            if factor >= 2:  # still far over what the processor keeps: the queue holds the reduced copy
+                if image.mode not in _REDUCIBLE:
+                    image = image.convert("RGB")
+                image = image.reduce(factor)
+            return image if image.mode == "RGB" else image.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
             raise bad(param, f"cannot read an image from {what}: {e}") from None
-        factor = math.isqrt(image.width * image.height // (4 * self.keep_pixels))
-        if factor >= 2:  # still far over what the processor keeps: the queue holds the reduced copy
-            image = image.reduce(factor)
-        return image
 
     def _check_size(self, w: int, h: int, param: str) -> None:
         if w * h > self.max_pixels:
