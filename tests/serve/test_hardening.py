@@ -325,3 +325,28 @@ def test_sigterm_with_a_queue_answers_200_or_json_503_and_exits_0(checkpoint, tm
     assert all(b["error"]["type"] == "server_error" for st, b in results if st == 503)
     assert code == 0
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow  # ~20 s: a 2000-token answer runs to its end after its client got the 504
+def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(checkpoint, tmp_path):
+    s = start_server(
+        checkpoint, tmp_path / "serve.log", "--max-batch-size", "1", "--request-timeout-s", "0.3"
+    )
+    try:
+        url = f"{s.url}/v1/chat/completions"
+        body = {"messages": [user(QUESTION, random_image(56, 56, 1))], "max_tokens": 2000}
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: _post(url, body), range(3)))
+        # three requests of up to 2000 tokens, one at a time, cannot all be answered in 0.3 s each
+        timed_out = [b for st, _, b in answers if st == 504]
+        assert timed_out and all(st in (200, 504) for st, _, _ in answers), [a[0] for a in answers]
+        assert all("--request-timeout-s" in b["error"]["message"] for b in timed_out)
+        # the request that was running when its client got the 504 is computed to its end and thrown
+        # away; once it is done, a short request is answered again (bounded wait)
+        deadline, status = time.monotonic() + 60, 0
+        while status != 200 and time.monotonic() < deadline:
+            status = _post(url, {**body, "max_tokens": 2})[0]
+        assert status == 200
+        assert health(s)["dropped"] >= 1  # the timed-out requests still queued never ran
+    finally:
+        stop_server(s)
