@@ -15,6 +15,8 @@ side by side:
 
 It prints the per-concurrency table and the ratio of concurrency-32 throughput to sequential
 (concurrency 1), next to the engine's batch-16/batch-1 ratio; the target is ≥ 80 % of it.
+Then streaming: the first 16 requests streamed at concurrency 1 and 8, each request's time to
+its first text chunk (TTFT) against its time to the last (median over requests and rounds).
 Ratios are medians over rounds of the ratio measured within one round. Both processes run
 torch on one thread (``OMP_NUM_THREADS``, default 1); the client threads use the other core.
 """
@@ -38,6 +40,8 @@ from vedas.serve.protocol import data_url, user_message
 
 N_REQUESTS = 64
 CONCURRENCY = (1, 8, 32)
+STREAM_CONCURRENCY = (1, 8)
+N_STREAMED = 16
 
 
 def requests_for(images: list, questions: list, choices: list, max_tokens: int) -> list[dict[str, Any]]:
@@ -76,6 +80,16 @@ def server_round(url: str, name: str, requests: list[dict[str, Any]]) -> dict[in
             "mean_batch": statistics.mean(r.batch_sizes),
             "answers": r.answers,
         }
+    for c in STREAM_CONCURRENCY:
+        r = run_load(f"{url}/v1", name, requests[:N_STREAMED], c, stream=True)
+        if r.errors:
+            raise RuntimeError(f"streamed, concurrency {c}: {len(r.errors)} requests failed: {r.errors[:3]}")
+        out[f"stream{c}"] = {
+            "ttft_ms": 1e3 * statistics.median(r.ttft_s),
+            "last_ms": 1e3 * statistics.median(r.latencies_s),
+            "ttft_over_last": statistics.median(t / t_last for t, t_last in zip(r.ttft_s, r.latencies_s)),
+            "answers_equal": r.answers == out[1]["answers"][:N_STREAMED],
+        }
     return out
 
 
@@ -103,6 +117,15 @@ def summarise(engine: list[dict[str, float]], server: list[dict[int, dict[str, A
             s[32]["throughput"] / e["batch16"] for s, e in zip(server, engine)
         ),
         "answers_differing_from_sequential": differ,
+        "streaming": {
+            str(c): {
+                "ttft_ms": statistics.median(s[f"stream{c}"]["ttft_ms"] for s in server),
+                "last_ms": statistics.median(s[f"stream{c}"]["last_ms"] for s in server),
+                "ttft_over_last": statistics.median(s[f"stream{c}"]["ttft_over_last"] for s in server),
+                "answers_equal_non_streamed": all(s[f"stream{c}"]["answers_equal"] for s in server),
+            }
+            for c in STREAM_CONCURRENCY
+        },
     }
 
 
@@ -121,7 +144,15 @@ def table(r: dict[str, Any]) -> str:
         f"server keeps {100 * r['server_share_of_engine_ratio']:.0f} % of the engine's ratio (target ≥ 80 %)",
         f"server at concurrency 32 / engine at batch 16 throughput: {r['server_c32_over_engine_batch16']:.2f}",
         f"answers differing from the sequential run: {r['answers_differing_from_sequential']}",
+        "",
+        "streamed, concurrency | TTFT ms | last chunk ms | TTFT / last | same answers",
+        "---|---|---|---|---",
     ]
+    for c, v in r["streaming"].items():
+        lines.append(
+            f"{c} | {v['ttft_ms']:.0f} | {v['last_ms']:.0f} | {v['ttft_over_last']:.2f} | "
+            f"{v['answers_equal_non_streamed']}"
+        )
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from vedas.engine import generate as driver
 from vedas.engine.attention import install_recorder
 from vedas.engine.generate import Details
 from vedas.engine.inputs import PromptBatch
-from vedas.engine.loop import LatentTransform
+from vedas.engine.loop import LatentTransform, StepCallback
 from vedas.engine.prompts import build_messages
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.errors import CheckpointError, InputError
@@ -300,6 +300,7 @@ class VedasModel:
         temperature: float = 0.0,
         seed: int | Sequence[int] | None = None,
         tto: Any = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[list[str], list[int]] | Details:
         """Answer a batch of questions.
 
@@ -317,6 +318,8 @@ class VedasModel:
                 It runs after the GAP transforms the config asks for (``latent_head``, ``latent_norm``).
             temperature: 0 decodes greedily; > 0 samples (``seed``: an int, or one seed per sample).
             tto: a :class:`vedas.method.tto.TTOConfig`: optimise the latents at inference, weights frozen.
+            on_step: called after every decoded token with the tokens (B,) and the finished rows; may
+                end rows early (:data:`vedas.engine.loop.StepCallback`; ``vedas serve`` streams with it).
         """
         if latents is not None and (not isinstance(latents, int) or isinstance(latents, bool) or latents < 0):
             raise InputError(f"latents: must be an int ≥ 0, got {latents!r}")
@@ -354,7 +357,9 @@ class VedasModel:
             # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
             transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
             seeds = driver.row_seeds(seed, len(questions))
-            tokens, details = self._run(batch, cfg, steps, latent, engine, transform, temperature, seeds, tto)
+            tokens, details = self._run(
+                batch, cfg, steps, latent, engine, transform, temperature, seeds, tto, on_step
+            )
         details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         details.mode = mode
         if return_details:
@@ -372,6 +377,7 @@ class VedasModel:
         temperature: float = 0.0,
         seeds: list[int] | None = None,
         tto: TTOConfig | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[list[list[int]], Details]:
         tok = self.tokenizer
         return driver.run(
@@ -388,6 +394,7 @@ class VedasModel:
             temperature=temperature,
             seeds=seeds,
             hook=None if tto is None else TTOHook(tto),
+            on_step=on_step,
         )
 
     # --- dataset records (vedas.data.Record) ---------------------------------------------

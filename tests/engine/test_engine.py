@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vedas
+from numerics import assert_close, assert_runs_agree, model_width, traced
 from vedas.config import LatentConfig
 from vedas.engine.tokens import LATENT_END, LATENT_START
 from vedas.model import VedasModel
@@ -28,31 +29,35 @@ def _run(vm, batch, engine="cached", **kw):
     ids=["topk", "soft_mix-unit-K>N", "original-positions"],
 )
 def test_cached_equals_recompute(tiny, batch3, cfg):
+    """Replays and tokens identical wherever the oracle's margins decide them (tests/numerics.py)."""
     vm = VedasModel(*tiny, cfg)
-    fast, slow = _run(vm, batch3), _run(vm, batch3, engine="recompute")
-    assert fast.latents.shape == (3, cfg.latents, vm.model.config.get_text_config().hidden_size)
-    assert (fast.latents - slow.latents).abs().max() <= 1e-4
-    assert fast.replay_indices == slow.replay_indices
-    assert fast.token_ids == slow.token_ids and fast.texts == slow.texts
-    assert fast.ar_steps == slow.ar_steps == [cfg.latents + len(t) for t in fast.token_ids]
+    slow, fast = traced(vm, batch3, engine="recompute"), traced(vm, batch3)
+    assert fast[0].latents.shape == (3, cfg.latents, vm.model.config.get_text_config().hidden_size)
+    agreement = assert_runs_agree(vm, slow, fast)
+    assert agreement.near_ties == 0  # float32: every choice of these inputs is decided
+    assert fast[0].texts == slow[0].texts
+    assert fast[0].ar_steps == slow[0].ar_steps == [cfg.latents + len(t) for t in fast[0].token_ids]
 
 
 def test_bf16_cached_and_recompute_pick_the_same_replays(arch, batch3):
     """The oracle's attention maps are float32 from the same q and k as the recorder's row, also in bf16.
 
-    Measured on this 4-layer bf16 model before (the oracle on eager attention, which rounds
-    q·Kᵀ and the probabilities to bf16): per-step replay overlap 100/88.9/88.9/94.4 % on
-    qwen2_vl and 88.9/83.3/77.8/94.4 % on qwen2_5_vl (whose answers then differed), latents
-    apart by up to 0.031 and 0.023. After: the same replays and answers, latents within 0.008.
+    In bf16 the two engines round differently (another kernel, another reduction order), so
+    replays and tokens are compared margin-aware (tests/numerics.py): identical wherever the
+    oracle's margin exceeds the numeric difference, near-ties rare. Before this rule the test
+    asserted identity outright and failed on CPUs other than the one it was written on (a
+    qwen3_vl token and a chameleon replay flipped at near-ties under AVX2 and AVX-512 kernels).
+    Measured first, with the oracle on eager attention (which rounds q·Kᵀ and the
+    probabilities to bf16): per-step replay overlap down to 77.8 %; with the float32 maps the
+    agreement rates in docs/testing.md.
     """
     model, processor = vedas.tiny_model(arch, hidden=64, layers=4, heads=4, kv_heads=2, seed=0)
     cfg = LatentConfig(latents=4, replay_k=6, max_new_tokens=4)
     vm = VedasModel(model.to(torch.bfloat16), processor, cfg)
-    fast, slow = _run(vm, batch3), _run(vm, batch3, engine="recompute")
-    assert fast.latents.dtype == torch.bfloat16
-    assert fast.replay_indices == slow.replay_indices
-    assert fast.token_ids == slow.token_ids
-    assert (fast.latents.float() - slow.latents.float()).abs().max() <= 2e-2
+    slow, fast = traced(vm, batch3, engine="recompute"), traced(vm, batch3)
+    assert fast[0].latents.dtype == torch.bfloat16
+    agreement = assert_runs_agree(vm, slow, fast)
+    assert agreement.decisive >= 2 * cfg.latents  # the comparison did compare
 
 
 def test_batched_equals_each_sample_alone(vm, batch3):
@@ -62,7 +67,14 @@ def test_batched_equals_each_sample_alone(vm, batch3):
         alone = vm.generate([images[i]], [questions[i]], [choices[i]], return_details=True)
         assert alone.replay_indices[0] == together.replay_indices[i]
         assert alone.token_ids[0] == together.token_ids[i]
-        assert (alone.latents[0] - together.latents[i]).abs().max() <= 1e-4
+        # padded in a batch vs alone: another shape, so other kernel blocking (tests/numerics.py)
+        assert_close(
+            alone.latents[0],
+            together.latents[i],
+            dtype=torch.float32,
+            depth=3 * 2,
+            width=model_width(vm.model),
+        )
 
 
 def test_replay_never_repeats_and_clips_to_what_is_left(tiny, batch3, arch):

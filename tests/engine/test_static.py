@@ -16,6 +16,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import vedas
+from numerics import assert_close, assert_runs_agree, model_width, traced
 from vedas.config import LatentConfig
 from vedas.engine.loop import LatentLoop
 from vedas.engine.runners import make_runner
@@ -25,28 +26,26 @@ from vedas.model import VedasModel
 
 
 def _pair(vm, batch, mode, settings=None, **kw):
-    images, questions, choices = batch
-    ref = vm.generate(images, questions, choices, mode=mode, return_details=True, **kw)
+    ref = traced(vm, batch, mode=mode, **kw)
     with compile_settings(settings):
-        ours = vm.generate(images, questions, choices, mode=mode, engine="static", return_details=True, **kw)
+        ours = traced(vm, batch, mode=mode, engine="static", **kw)
     return ref, ours
 
 
-def _assert_same(ref, ours):
-    assert ours.engine == "static"
-    assert ours.token_ids == ref.token_ids and ours.texts == ref.texts
-    assert ours.replay_indices == ref.replay_indices
-    assert ours.latents.shape == ref.latents.shape
-    if ref.latents.numel():
-        assert (ours.latents - ref.latents).abs().max() <= 1e-4
+def _assert_same(vm, ref, ours):
+    """Replays and tokens equal wherever the cached engine's margins decide them (tests/numerics.py)."""
+    assert ours[0].engine == "static"
+    assert ours[0].latents.shape == ref[0].latents.shape
+    return assert_runs_agree(vm, ref, ours)
 
 
 @pytest.mark.parametrize("mode", ["latent", "vedas", "cot"])
 def test_static_cache_equals_cached(vm, batch3, mode):
     """Three prompts of different lengths; topk replay clips on the smallest image."""
     ref, ours = _pair(vm, batch3, mode)
-    _assert_same(ref, ours)
-    assert any(len(t) > 1 for t in ref.token_ids)
+    assert _assert_same(vm, ref, ours).near_ties == 0  # float32: every choice of these inputs is decided
+    assert ours[0].texts == ref[0].texts
+    assert any(len(t) > 1 for t in ref[0].token_ids)
 
 
 def test_static_cache_soft_mix_and_original_positions(tiny, batch3):
@@ -54,7 +53,8 @@ def test_static_cache_soft_mix_and_original_positions(tiny, batch3):
         LatentConfig(latents=2, replay_k=40, replay_mode="soft_mix", replay_scale="unit", max_new_tokens=4),
         LatentConfig(latents=3, replay_k=5, replay_positions="original", max_new_tokens=4),
     ):
-        _assert_same(*_pair(VedasModel(*tiny, cfg), batch3, "vedas"))
+        vm = VedasModel(*tiny, cfg)
+        assert _assert_same(vm, *_pair(vm, batch3, "vedas")).near_ties == 0
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_compiled_equals_cached(arch, vm, batch3):
         )
     counters.clear()
     ref, ours = _pair(vm, batch3, "vedas", CompileSettings(backend="aot_eager"), max_new_tokens=4)
-    _assert_same(ref, ours)
+    _assert_same(vm, ref, ours)
     assert dict(counters["graph_break"]) == {}
     # latent chunk recording / last chunk not recording / one-token passes (<|latent_end|>, decoding)
     assert counters["stats"]["unique_graphs"] == 3
@@ -83,20 +83,22 @@ def test_static_cache_with_routing_equals_cached(tiny, batch3):
     without = vm.generate(*batch3, mode="latent", return_details=True)
     counters.clear()
     ref, ours = _pair(vm, batch3, "vedas", CompileSettings(backend="aot_eager"))
-    _assert_same(ref, ours)
-    assert (ref.latents - without.latents).abs().max() > 1e-3  # routing did change them
+    _assert_same(vm, ref, ours)
+    assert (ref[0].latents - without.latents).abs().max() > 1e-3  # routing did change them
     assert counters["stats"]["unique_graphs"] == 0  # nothing was compiled
 
 
 def test_static_cache_bf16_gives_the_same_tokens(arch, batch3):
+    """bf16: the static cache's kernel calls round differently from the cached engine's, so replays and
+    tokens agree where the margins decide them (tests/numerics.py); identity, asserted before, failed
+    on other CPUs (a chameleon replay flipped at a near-tie under AVX2 kernels)."""
     model, processor = vedas.tiny_model(arch, hidden=64, layers=4, heads=4, kv_heads=2, seed=0)
     vm = VedasModel(
         model.to(torch.bfloat16), processor, LatentConfig(latents=3, replay_k=6, max_new_tokens=4)
     )
     ref, ours = _pair(vm, batch3, "vedas")
-    assert ours.latents.dtype == torch.bfloat16
-    assert ours.token_ids == ref.token_ids and ours.replay_indices == ref.replay_indices
-    assert (ours.latents.float() - ref.latents.float()).abs().max() <= 2e-2
+    assert ours[0].latents.dtype == torch.bfloat16
+    assert _assert_same(vm, ref, ours).decisive >= 2 * 3  # the comparison did compare
 
 
 def test_static_restore_rolls_back(vm, batch3):
@@ -113,7 +115,7 @@ def test_static_restore_rolls_back(vm, batch3):
         again = loop.latent_steps(h, 3)
         expect = ref.latent_steps(h_ref, 3)
     assert torch.equal(first.latents, again.latents) and torch.equal(first.hidden, again.hidden)
-    assert (again.latents - expect.latents).abs().max() <= 1e-4
+    assert_close(again.latents, expect.latents, dtype=torch.float32, depth=3 * 2, width=model_width(vm.model))
 
 
 def test_static_refuses_autograd_and_overflow(vm, batch3):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import vedas
+from numerics import assert_close, model_depth, model_width
 from vedas.config import ConfigError, LatentConfig, from_dict
 from vedas.data import load as load_data
 from vedas.method import gap
@@ -327,7 +328,16 @@ def test_smollm2_transplant_gives_the_llama_logits():
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    assert torch.equal(out[..., : ref.shape[-1]], ref)
+    # Two module graphs (Llama's, Qwen2-VL's with 1-D positions) over the same weights: the same
+    # arithmetic in another order of kernel calls, so within float32's bound (tests/numerics.py),
+    # not bit-identical as asserted before (2.5562 vs 2.5563 on an AVX-512 machine).
+    assert_close(
+        out[..., : ref.shape[-1]],
+        ref,
+        dtype=torch.float32,
+        depth=model_depth(llama),
+        width=model_width(llama),
+    )
     vm = vedas.VedasModel(model, processor, LatentConfig(latents=2, replay_k=8, max_new_tokens=10))
     texts, _ = vm.generate([None], ["What is the capital of France?"], mode="no_cot")
     assert "Paris" in texts[0]

@@ -38,9 +38,16 @@ def local_vm(checkpoint):
     return vedas.load(checkpoint)
 
 
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """The one directory the shared server may read images from (--allowed-local-media-path)."""
+    return tmp_path_factory.mktemp("media")
+
+
 @pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
-    s = start_server(checkpoint, tmp_path_factory.mktemp("log") / "serve.log", "--max-body-mb", "1")
+def server(checkpoint, tmp_path_factory, media_dir):
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    s = start_server(checkpoint, log, "--max-body-mb", "1", "--allowed-local-media-path", str(media_dir))
     yield s
     stop_server(s)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vedas.serve.batcher import Batcher
+from vedas.serve.batcher import Batcher, QueueFull, ShuttingDown
 
 
 class Recorder:
@@ -88,16 +88,36 @@ def test_only_requests_with_the_same_key_share_a_batch():
     b.stop()
 
 
-def test_a_failing_batch_fails_its_own_requests_only():
+def test_a_failing_batch_is_rerun_row_by_row_so_only_the_bad_job_fails():
     rec = Recorder(fail_on="bad")
-    b = running(rec, max_batch_size=2, timeout_s=0.05)
-    bad_batch = [b.submit("bad", key="k"), b.submit("other", key="k")]
-    for f in bad_batch:
-        with pytest.raises(RuntimeError, match="broke its batch"):
-            f.result(5)
+    b = running(rec, max_batch_size=3, timeout_s=0.05)
+    bad, *good = [b.submit("bad", key="k"), b.submit("other", key="k"), b.submit("third", key="k")]
+    with pytest.raises(RuntimeError, match="broke its batch"):
+        bad.result(5)
+    assert [f.result(5) for f in good] == ["done other", "done third"]
+    assert rec.batches == [["bad", "other", "third"], ["bad"], ["other"], ["third"]]
     assert b.submit("after", key="k").result(5) == "done after"
-    assert b.stats.failed_batches == 1 and b.stats.batches == 2
+    assert b.stats.failed_batches == 1 and b.stats.failed_rows == 1 and b.stats.retried_rows == 3
     b.stop()
+
+
+def test_a_full_queue_refuses_and_stopping_fails_the_queued_jobs():
+    rec = Recorder(seconds=0.3)
+    b = running(rec, max_batch_size=1, timeout_s=0.0, max_queued=2)
+    running_job = b.submit("busy")
+    rec.started.wait(5)
+    queued = [b.submit("q1"), b.submit("q2")]
+    with pytest.raises(QueueFull, match="2 requests are queued"):
+        b.submit("q3")
+    b.begin_stop()
+    for f in queued:
+        with pytest.raises(ShuttingDown):
+            f.result(5)
+    assert running_job.result(5) == "done busy"  # the running batch finishes
+    with pytest.raises(ShuttingDown):
+        b.submit("late")
+    b.stop()
+    assert b.stats.refused_full == 1 and rec.batches == [["busy"]]
 
 
 def test_a_cancelled_request_is_dropped_before_its_batch_starts():

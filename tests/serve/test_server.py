@@ -54,14 +54,14 @@ def test_each_mode_answers_like_generate(server, client, local_vm, mode):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
-def test_file_paths_choices_system_text_and_two_images(server, client, local_vm, tmp_path):
+def test_file_paths_choices_system_text_and_two_images(server, client, local_vm, media_dir):
     a, b = random_image(112, 84, seed=5), random_image(56, 84, seed=6)
-    a.save(tmp_path / "a.png")
-    b.save(tmp_path / "b b.png")
-    file_url = "file://" + urllib.parse.quote(str(tmp_path / "b b.png"))
+    a.save(media_dir / "a.png")
+    b.save(media_dir / "b b.png")
+    file_url = "file://" + urllib.parse.quote(str(media_dir / "b b.png"))
     messages = [
         {"role": "system", "content": "Answer briefly."},
-        user(QUESTION, str(tmp_path / "a.png"), file_url),
+        user(QUESTION, str(media_dir / "a.png"), file_url),
     ]
     r = ask(client, server, messages, max_tokens=MAX_TOKENS, extra_body={"choices": ["1", "2", "3"]})
     question = f"Answer briefly.\n{QUESTION}"
@@ -185,26 +185,47 @@ def test_unknown_model_is_404_and_bad_json_is_400(server, client):
     assert status == 404 and "error" in body
 
 
-def test_a_failing_batch_fails_only_its_requests(server, client):
-    """A temperature this small overflows the logits to inf (NaN probabilities): the engine raises
-    inside that batch. Requests of other batches (greedy ones never share a batch with it) succeed."""
+# requests the parser used to accept and the engine refused, failing every request batched with them
+POISON = {
+    "extreme aspect ratio": ([user(QUESTION, random_image(28, 6000, 0))], {}, "image_url.url"),
+    "special token in the text": (
+        [user("What is <|image_pad|> here?", random_image(56, 56, 1))],
+        {},
+        "messages",
+    ),
+    "prompt over the context": ([user("x " * 3000, random_image(56, 56, 1))], {}, "messages"),
+    "tiny temperature": ([user(QUESTION)], {"temperature": 1e-45}, "temperature"),
+    "27 choices": ([user(QUESTION)], {"choices": [str(i) for i in range(27)]}, "choices"),
+}
+
+
+def test_a_poisoned_batch_fails_only_the_bad_requests(server, client):
+    """Bad requests sent among good ones get their 400 at arrival (naming the field, fast); the good ones
+    get 200 and the answer each gets alone."""
     image = random_image(56, 84, seed=4)
 
     def greedy():
         return ask(client, server, [user(QUESTION, image)], max_tokens=MAX_TOKENS).choices[0].message.content
 
-    def failing():
-        with pytest.raises(openai.InternalServerError) as e:
-            ask(client, server, [user(QUESTION, image)], max_tokens=MAX_TOKENS, temperature=1e-45)
+    def poisoned(name):
+        messages, extra, _ = POISON[name]
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(client, server, messages, max_tokens=MAX_TOKENS, extra_body=extra)
         return e.value
 
-    with ThreadPoolExecutor(6) as pool:
-        bad = [pool.submit(failing) for _ in range(2)]
-        good = [pool.submit(greedy) for _ in range(4)]
-        errors, texts = [f.result() for f in bad], [f.result() for f in good]
-    assert all(e.status_code == 500 and "batch" in e.body["message"] for e in errors)
-    assert len(set(texts)) == 1 and greedy() == texts[0]
-    assert health(server)["failed_batches"] >= 1
+    alone = greedy()
+    before = health(server)
+    with ThreadPoolExecutor(10) as pool:
+        good = [pool.submit(greedy) for _ in range(5)]
+        bad = {name: pool.submit(poisoned, name) for name in POISON}
+        texts = [f.result() for f in good]
+        errors = {name: f.result() for name, f in bad.items()}
+    assert texts == [alone] * 5
+    for name, e in errors.items():
+        assert e.body["param"].endswith(POISON[name][2]), (name, e.body)
+    after = health(server)
+    assert after["failed_batches"] == before["failed_batches"]  # refused at arrival: never queued
+    assert after["submitted"] - before["submitted"] == 5
 
 
 def _send_and_hang_up(url: str, body: bytes) -> None:
@@ -242,7 +263,16 @@ def test_clients_that_hang_up_do_not_stall_the_others(server, client):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--max-batch-size", "0"), ("--batch-timeout-ms", "-1"), ("--port", "-5")]
+    "flag, value",
+    [
+        ("--max-batch-size", "0"),
+        ("--batch-timeout-ms", "-1"),
+        ("--port", "-5"),
+        ("--max-queued", "0"),
+        ("--max-image-pixels", "-1"),
+        ("--allowed-local-media-path", "/nonexistent/dir"),
+        ("--request-timeout-s", "0"),
+    ],
 )
 def test_bad_flags_exit_2_before_the_model_loads(tmp_path, capsys, flag, value):
     from vedas.cli import main

@@ -22,7 +22,7 @@ import torch
 from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch
-from vedas.engine.loop import LatentLoop, LatentRun, LatentTransform, LoopState
+from vedas.engine.loop import LatentLoop, LatentRun, LatentTransform, LoopState, StepCallback
 from vedas.engine.runners import make_runner
 
 
@@ -112,13 +112,15 @@ def run(
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
     hook: LatentHook | None = None,
+    on_step: StepCallback | None = None,
 ) -> tuple[list[list[int]], Details]:
     """Generate for one prompt batch: prefill, ``steps`` latent passes (if ``latent_end_id``), greedy decode.
 
     ``latent_end_id=None`` means a plain prompt (modes ``cot``/``no_cot``): decoding starts from
     the prefill's last position. ``temperature``/``seeds``: sampling instead of greedy
     decoding (see :meth:`LatentLoop.greedy`); the default is greedy. ``hook`` runs between
-    the latent passes and decoding (see :class:`LatentHook`).
+    the latent passes and decoding (see :class:`LatentHook`). ``on_step`` is called after every
+    decoded token (:data:`vedas.engine.loop.StepCallback`: streaming, stop sequences).
     """
     steps = steps if latent_end_id is not None else 0
     if hook is not None:
@@ -141,7 +143,7 @@ def run(
         if latent_end_id is not None:
             end = torch.full((h.shape[0], 1), latent_end_id, dtype=torch.long, device=h.device)
             h = loop.feed_tokens(end)
-        tokens, _ = loop.greedy(h, cfg.max_new_tokens, eos_id, pad_id, temperature, seeds)
+        tokens, _ = loop.greedy(h, cfg.max_new_tokens, eos_id, pad_id, temperature, seeds, on_step)
         clock.mark("decode")
     replay_indices = [
         [[] if r is None else r.index[b][r.mask[b]].tolist() for r in latent.replays]

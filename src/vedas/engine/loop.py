@@ -48,6 +48,11 @@ from vedas.method.replay import VisualTokens
 LatentTransform = Callable[[int, torch.Tensor], torch.Tensor]
 """``transform(step, z) -> z'``: rewrites latent z^(step+1) (B, D) before it is fed back."""
 
+StepCallback = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+"""``on_step(tokens, finished) -> stop``: called after each decoded token (B,) with the rows finished
+so far (B,) bool; may return a (B,) bool of rows to end now (a stop sequence), or None. Serving
+streams tokens and applies ``stop`` through it."""
+
 
 @dataclass
 class LatentRun:
@@ -301,13 +306,15 @@ class LatentLoop:
         pad_id: int,
         temperature: float = 0.0,
         seeds: Sequence[int] | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[list[list[int]], torch.Tensor]:
         """Greedy decoding from the last hidden state ``h``; returns token ids per sample (EOS included) and counts.
 
         ``temperature > 0`` samples from softmax(logits / temperature) instead (e.g. the GAP
         difficulty split, :mod:`vedas.method.gap`). ``seeds`` (one per row) gives each row its own
         generator, so a row's samples do not depend on what else is in the batch; without
-        them the global torch RNG is used.
+        them the global torch RNG is used. ``on_step``: see :data:`StepCallback` (a row it ends keeps
+        the token just decoded).
         """
         if temperature < 0:
             raise ValueError(f"temperature: must be ≥ 0, got {temperature}")
@@ -339,6 +346,8 @@ class LatentLoop:
             out.append(tok)
             count += (~finished).long()
             finished = finished | (tok == eos_id)
+            if on_step is not None and (stop := on_step(tok, finished)) is not None:
+                finished = finished | stop.to(finished.device)
             if bool(finished.all()) or i == max_new_tokens - 1:
                 break
             h = self.feed_tokens(tok[:, None])

@@ -3,10 +3,11 @@
 | module     | the idea |
 |------------|----------|
 | `protocol` | the OpenAI chat format in and out: a request body becomes a `ChatJob`; errors name the field |
+| `media`    | where images may come from (no local files by default) and bounded decoding |
 | `batcher`  | dynamic batching: a queue and one worker thread that runs jobs in batches |
-| `runner`   | one batch of jobs through `VedasModel.generate`, with token counts |
+| `runner`   | the arrival checks (`admit`), one batch of jobs through `VedasModel.generate`, `stop`, streaming |
 | `app`      | the FastAPI app: routes, body limit, disconnects, error objects |
 | `cli`      | the `vedas serve` subcommand (binds the socket, runs uvicorn) |
 
-How to run it and what a request may hold: docs/serve.md. Needs the ``serve`` extra.
+How to run it, what a request may hold and the security model: docs/serve.md. Needs the ``serve`` extra.
 """

@@ -4,19 +4,24 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Routes: ``POST /v1/chat/completions`` (OpenAI format, :mod:`vedas.serve.protocol`),
-``GET /v1/models``, ``GET /health`` (status and the batcher's counters). Every error is an
-OpenAI error object: 4xx for a bad request (naming the field), 413 for a body over the
-limit, 500 when the batch that held the request failed (the server goes on serving), 503
-while shutting down.
+``GET /v1/models``, ``GET /health`` (status, the queue and the batcher's counters). Every
+error is an OpenAI error object: 400 for a bad request, checked at arrival against everything
+the engine would refuse (naming the field, before the request is queued), 401 without the
+``--api-key``, 413 for a body over the limit, 429 with ``Retry-After`` while ``--max-queued``
+requests wait, 500 when the engine failed on this request alone (a failed batch is re-run row
+by row, so one request never fails the others), 503 while shutting down, 504 past
+``--request-timeout-s``. With ``stream: true`` text is sent as it is decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,9 +31,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from vedas.serve.batcher import Batcher
-from vedas.serve.protocol import ApiError, ChatJob, JobResult, Limits, chunks, completion, parse_chat
-from vedas.serve.runner import run_jobs
+from vedas.errors import UserError
+from vedas.serve.batcher import Batcher, QueueFull, ShuttingDown
+from vedas.serve.protocol import (
+    ApiError,
+    ChatJob,
+    JobResult,
+    Limits,
+    completion,
+    parse_chat,
+    usage,
+    vedas_info,
+)
+from vedas.serve.runner import TextStream, admission, admit, run_jobs
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,9 @@ class Settings:
     batch_timeout_s: float = 0.010
     max_body_bytes: int = 32 * 2**20
     limits: Limits = field(default_factory=Limits)
+    max_queued: int = 256
+    request_timeout_s: float = 600.0
+    api_key: str | None = None
 
 
 class _ClientGone(Exception):
@@ -71,38 +89,103 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _answer(request: Request, batcher: Batcher, job: ChatJob) -> JobResult:
-    """Wait for the job's batch, or give up on the job when its client goes away."""
+def _submit(batcher: Batcher, job: ChatJob) -> Future:
     try:
-        future = batcher.submit(job, key=job.key)
-    except RuntimeError as e:
+        return batcher.submit(job, key=job.key)
+    except QueueFull as e:
+        raise ApiError(429, f"server: {e}; retry later", None, "rate_limit_error") from None
+    except ShuttingDown as e:
         raise ApiError(503, f"server: {e}", None, "server_error") from None
+
+
+def _failure(e: BaseException) -> ApiError:
+    """The error object for a job whose engine call raised (it ran alone: the fault is its own)."""
+    if isinstance(e, ShuttingDown):
+        return ApiError(503, f"server: {e}", None, "server_error")
+    if isinstance(e, UserError):  # the engine refused this request's input
+        return ApiError(400, f"messages: the engine refused this request: {e}", "messages")
+    return ApiError(
+        500, f"server: the engine failed on this request: {type(e).__name__}: {e}", None, "server_error"
+    )
+
+
+async def _answer(request: Request, future: Future, timeout_s: float) -> JobResult:
+    """Wait for the job's batch, or give up on the job when its client goes away or time runs out."""
     waiter = asyncio.wrap_future(future)
     gone = asyncio.ensure_future(_disconnected(request))
-    done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({waiter, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
     if waiter not in done:
         waiter.cancel()  # dropped if its batch has not started; else computed and thrown away
-        raise _ClientGone
-    gone.cancel()
+        if gone in done:
+            raise _ClientGone
+        raise ApiError(
+            504, f"server: no answer within {timeout_s:g} s (--request-timeout-s)", None, "server_error"
+        )
     try:
         return waiter.result()
     except Exception as e:
-        message = f"the batch holding this request failed: {type(e).__name__}: {e}"
-        raise ApiError(500, message, None, "server_error") from None
+        raise _failure(e) from None
 
 
-def _sse(objects: list[dict[str, Any]]) -> AsyncIterator[str]:
-    async def gen() -> AsyncIterator[str]:
-        for obj in objects:
-            yield f"data: {json.dumps(obj)}\n\n"
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+async def _stream(
+    future: Future, queue: asyncio.Queue, base: dict[str, Any], job: ChatJob, timeout_s: float
+) -> AsyncIterator[str]:
+    """The server-sent events of one streamed answer: a role chunk at once, text as it is decoded, the end."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    waiter = asyncio.wrap_future(future)
+    deadline = time.monotonic() + timeout_s
+    try:
+        # the role chunk goes out before the prefill and the latent phase, so a client sees the stream open
+        yield chunk({"role": "assistant", "content": ""})
+        while not (waiter.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            left = deadline - time.monotonic()
+            done, _ = await asyncio.wait(
+                {getter, waiter}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                yield chunk({"content": getter.result()})
+            else:
+                getter.cancel()
+            if not done:
+                raise ApiError(
+                    504,
+                    f"server: no answer within {timeout_s:g} s (--request-timeout-s)",
+                    None,
+                    "server_error",
+                )
+        try:
+            result = waiter.result()
+        except Exception as e:
+            raise _failure(e) from None
+        yield chunk({}, result.finish_reason)
+        if job.include_usage:
+            yield _sse({**base, "choices": [], "usage": usage(result), "vedas": vedas_info(job, result)})
         yield "data: [DONE]\n\n"
-
-    return gen()
+    except ApiError as e:  # the status line is sent already: the error goes in the stream, as OpenAI does
+        yield _sse(e.body())
+        yield "data: [DONE]\n\n"
+    finally:
+        waiter.cancel()  # the client went away: its job is dropped if still queued
 
 
 def create_app(vm: Any, settings: Settings) -> FastAPI:
     """The FastAPI app serving ``vm`` (a :class:`vedas.VedasModel`)."""
-    batcher = Batcher(lambda jobs: run_jobs(vm, jobs), settings.max_batch_size, settings.batch_timeout_s)
+    admission(vm)  # the arrival checks' own tokenizer, copied before the worker uses vm's
+    batcher = Batcher(
+        lambda jobs: run_jobs(vm, jobs),
+        settings.max_batch_size,
+        settings.batch_timeout_s,
+        settings.max_queued,
+    )
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -117,32 +200,74 @@ def create_app(vm: Any, settings: Settings) -> FastAPI:
     async def http_error(_: Any, exc: HTTPException) -> Any:
         return _error(ApiError(exc.status_code, str(exc.detail), None))
 
+    if settings.api_key is not None:
+        expected = f"Bearer {settings.api_key}".encode()
+
+        @app.middleware("http")
+        async def check_key(request: Request, call_next: Any) -> Any:
+            # /health stays open for load balancers; every /v1 route needs the key (compared in constant time)
+            if request.url.path.startswith("/v1"):
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return _error(
+                        ApiError(401, "authorization: missing or wrong API key", None, "authentication_error")
+                    )
+            return await call_next(request)
+
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.served, "queued": batcher.queued(), **asdict(batcher.stats)}
+    async def health() -> Any:
+        body = {
+            "status": "shutting_down" if batcher.stopping else "ok",
+            "model": settings.served,
+            "queued": batcher.queued(),
+            "max_queued": settings.max_queued,
+            **asdict(batcher.stats),
+        }
+        return JSONResponse(body, status_code=503 if batcher.stopping else 200)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": settings.served, "object": "model", "created": int(time.time()), "owned_by": "vedas"}
         return {"object": "list", "data": [card]}
 
+    def parse(body: Any) -> ChatJob:
+        job = parse_chat(body, settings.limits, settings.served, settings.default_mode)
+        admit(vm, job)
+        return job
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         try:
+            if batcher.stopping:
+                raise ShuttingDown("the server is shutting down")
             body = await _read_body(request, settings.max_body_bytes)
-            # decoding images is CPU work: off the event loop
-            job = await run_in_threadpool(
-                parse_chat, body, settings.limits, settings.served, settings.default_mode
-            )
-            result = await _answer(request, batcher, job)
+            # decoding images and tokenising are CPU work: off the event loop, and before the queue
+            job = await run_in_threadpool(parse, body)
+            job_id = f"chatcmpl-{uuid.uuid4().hex}"
+            if job.stream:
+                loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+                job.text_stream = TextStream(
+                    lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), job.stop
+                )
+                future = _submit(batcher, job)
+                base = {
+                    "id": job_id,
+                    "object": "chat.completion.chunk",
+                    "created": job.created,
+                    "model": settings.served,
+                }
+                events = _stream(future, queue, base, job, settings.request_timeout_s)
+                return StreamingResponse(events, media_type="text/event-stream")
+            result = await _answer(request, _submit(batcher, job), settings.request_timeout_s)
+        except ShuttingDown as e:
+            return _error(ApiError(503, f"server: {e}", None, "server_error"))
         except ApiError as e:
-            return _error(e)
+            response = _error(e)
+            if e.status == 429:
+                response.headers["Retry-After"] = "1"
+            return response
         except _ClientGone:
             return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
-        job_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if job.stream:
-            objects = chunks(job_id, settings.served, job, result)
-            return StreamingResponse(_sse(objects), media_type="text/event-stream")
         return JSONResponse(completion(job_id, settings.served, job, result))
 
     return app

@@ -16,12 +16,16 @@ How a batch is formed (see docs/design.md#serving):
 - A request cancelled before its batch starts (its client went away) is dropped; one that
   is cancelled while its batch runs is computed and its result thrown away, so a client that
   disconnects never stalls the others.
-- If the batch function raises, that batch's futures get the exception and the worker goes
-  on with the next batch.
+- If the batch function raises, each of that batch's jobs is run again alone, so only the
+  job at fault gets the exception and the others their results; then the worker goes on.
+- At most ``max_queued`` jobs wait: :meth:`Batcher.submit` raises :class:`QueueFull` past it
+  (the app answers 429). :meth:`Batcher.stop` lets the running batch finish and fails every
+  queued job with :class:`ShuttingDown` (the app answers 503).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
+log = logging.getLogger("vedas.serve")
+
+
+class QueueFull(RuntimeError):
+    """``max_queued`` jobs are waiting already."""
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped before this job ran, or was stopping when it was submitted."""
 
 
 @dataclass
@@ -49,6 +62,9 @@ class Stats:
     batches: int = 0
     rows: int = 0  # jobs that went through the batch function
     failed_batches: int = 0
+    retried_rows: int = 0  # jobs run again alone after their batch raised
+    failed_rows: int = 0  # jobs that raised alone too
+    refused_full: int = 0  # submissions refused because the queue was full
     dropped: int = 0  # cancelled before their batch started
     sizes: list[int] = field(default_factory=list)  # every batch's size, in order (bounded)
 
@@ -58,7 +74,11 @@ class Batcher:
 
     SIZES_KEPT = 4096
 
-    def __init__(self, fn: BatchFn, max_batch_size: int = 16, timeout_s: float = 0.010) -> None:
+    def __init__(
+        self, fn: BatchFn, max_batch_size: int = 16, timeout_s: float = 0.010, max_queued: int = 1024
+    ) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued: must be ≥ 1, got {max_queued}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be ≥ 1, got {max_batch_size}")
         if timeout_s < 0:
@@ -66,6 +86,7 @@ class Batcher:
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
+        self.max_queued = max_queued
         self.stats = Stats()
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -76,13 +97,22 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Finish the running batch, fail what is still queued, end the worker."""
+    def begin_stop(self) -> None:
+        """Refuse new jobs and fail the queued ones now; the running batch finishes."""
         with self._cond:
             self._stopping = True
+            self._fail_queued()
             self._cond.notify_all()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the running batch, fail what is still queued, end the worker."""
+        self.begin_stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def queued(self) -> int:
         with self._cond:
@@ -92,7 +122,10 @@ class Batcher:
         fut: Future = Future()
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
+            if len(self._queue) >= self.max_queued:
+                self.stats.refused_full += 1
+                raise QueueFull(f"{len(self._queue)} requests are queued already (--max-queued)")
             self._queue.append(_Item(job, key, fut))
             self.stats.submitted += 1
             self._cond.notify_all()
@@ -137,10 +170,14 @@ class Batcher:
             with self._cond:
                 self._free_since = time.monotonic()
         with self._cond:
-            for it in self._queue:
-                if it.future.set_running_or_notify_cancel():
-                    it.future.set_exception(RuntimeError("the server shut down before this request ran"))
-            self._queue.clear()
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """Fail every queued job (the lock is held)."""
+        for it in self._queue:
+            if it.future.set_running_or_notify_cancel():
+                it.future.set_exception(ShuttingDown("the server shut down before this request ran"))
+        self._queue.clear()
 
     def _run(self, batch: list[_Item]) -> None:
         self.stats.batches += 1
@@ -153,10 +190,27 @@ class Batcher:
                 raise RuntimeError(
                     f"the batch function returned {len(results)} results for {len(batch)} jobs"
                 )
-        except Exception as e:  # one failed batch fails its own requests only
+        except Exception as e:
             self.stats.failed_batches += 1
-            for it in batch:
-                it.future.set_exception(e)
+            if len(batch) == 1:
+                self.stats.failed_rows += 1
+                batch[0].future.set_exception(e)
+            else:  # one job at fault must not fail the others: each runs again alone
+                log.warning(
+                    "a batch of %d failed (%s: %s): its rows run again alone", len(batch), type(e).__name__, e
+                )
+                self.stats.retried_rows += len(batch)
+                for it in batch:
+                    self._run_alone(it)
             return
         for it, res in zip(batch, results):
             it.future.set_result(res)
+
+    def _run_alone(self, it: _Item) -> None:
+        try:
+            (res,) = self.fn([it.job])
+        except Exception as e:
+            self.stats.failed_rows += 1
+            it.future.set_exception(e)
+            return
+        it.future.set_result(res)

@@ -3,6 +3,8 @@
     requests = [{"messages": [...], "max_tokens": 8, "extra_body": {"mode": "vedas"}}, ...]
     r = run_load("http://127.0.0.1:8000/v1", "tiny", requests, concurrency=32)
     r.throughput, r.percentile(50), r.percentile(99), r.answers   # answers in request order
+    s = run_load(url, "tiny", requests, concurrency=8, stream=True)
+    s.ttft_s                                                      # time to the first text, per request
 
 Each request is sent exactly once (the client never retries), by ``concurrency`` threads
 sharing one official ``openai`` client, and the run ends when every request has been
@@ -31,6 +33,7 @@ class LoadResult:
     ids: list[str]  # the response ids
     batch_sizes: list[int]  # the size of the engine batch each answer came from
     errors: list[str] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)  # streamed runs: time to the first text chunk
 
     @property
     def n(self) -> int:
@@ -58,17 +61,42 @@ def check_loopback(base_url: str) -> None:
         )
 
 
+def _streamed(client: Any, model: str, request: dict[str, Any], t0: float) -> tuple[str, str, int, float]:
+    """One streamed request: its text, id, batch size and the time its first text chunk arrived."""
+    stream = client.chat.completions.create(
+        model=model, stream=True, stream_options={"include_usage": True}, **request
+    )
+    parts, rid, size, first = [], "", 0, 0.0
+    for chunk in stream:
+        rid = chunk.id
+        if chunk.usage is not None:
+            size = int((chunk.model_extra or {}).get("vedas", {}).get("batch_size", 0))
+        for c in chunk.choices:
+            if c.delta.content:
+                first = first or time.perf_counter() - t0
+                parts.append(c.delta.content)
+    return "".join(parts), rid, size, first
+
+
 def run_load(
-    base_url: str, model: str, requests: Sequence[dict[str, Any]], concurrency: int, timeout_s: float = 300.0
+    base_url: str,
+    model: str,
+    requests: Sequence[dict[str, Any]],
+    concurrency: int,
+    timeout_s: float = 300.0,
+    stream: bool = False,
 ) -> LoadResult:
-    """Send every request once, ``concurrency`` at a time; ``requests`` are ``chat.completions.create`` kwargs."""
+    """Send every request once, ``concurrency`` at a time; ``requests`` are ``chat.completions.create`` kwargs.
+
+    ``stream``: as streamed requests, recording each one's time to its first text (``ttft_s``).
+    """
     import openai
 
     check_loopback(base_url)
     if concurrency < 1:
         raise ValueError(f"concurrency: must be ≥ 1, got {concurrency}")
     n = len(requests)
-    latencies, answers, ids = [0.0] * n, [""] * n, [""] * n
+    latencies, answers, ids, ttft = [0.0] * n, [""] * n, [""] * n, [0.0] * n
     sizes, errors = [0] * n, []
     next_index = iter(range(n))
     lock = threading.Lock()
@@ -82,14 +110,17 @@ def run_load(
                 return
             t0 = time.perf_counter()
             try:
-                r = client.chat.completions.create(model=model, **requests[i])
+                if stream:
+                    answers[i], ids[i], sizes[i], ttft[i] = _streamed(client, model, requests[i], t0)
+                else:
+                    r = client.chat.completions.create(model=model, **requests[i])
+                    answers[i], ids[i] = r.choices[0].message.content or "", r.id
+                    sizes[i] = int((r.model_extra or {}).get("vedas", {}).get("batch_size", 0))
             except openai.APIError as e:
                 with lock:
                     errors.append(f"request {i}: {e}")
                 continue
             latencies[i] = time.perf_counter() - t0
-            answers[i], ids[i] = r.choices[0].message.content or "", r.id
-            sizes[i] = int((r.model_extra or {}).get("vedas", {}).get("batch_size", 0))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, n))]
     t0 = time.perf_counter()
@@ -99,4 +130,4 @@ def run_load(
         t.join()
     wall = time.perf_counter() - t0
     client.close()
-    return LoadResult(concurrency, wall, latencies, answers, ids, sizes, errors)
+    return LoadResult(concurrency, wall, latencies, answers, ids, sizes, errors, ttft if stream else [])

@@ -2,7 +2,7 @@
 
     server = start_server("runs/demo/vedas/final", "serve.log", "--max-batch-size", "16")
     server.url, server.name        # "http://127.0.0.1:PORT", the served model id
-    stop_server(server)            # SIGTERM: uvicorn finishes the requests in flight, then exits
+    stop_server(server)            # SIGTERM: the running batch finishes, queued requests get 503, exit 0
 
 The server binds ``--port 0`` (the OS picks a free port) and says which port on its first
 stdout line, so runs at the same time on one machine never collide.

@@ -8,10 +8,13 @@ A request is one user question with its images, as the batched engine takes it:
 
 - ``messages``: ``system`` messages and ``user`` messages; every text part of them, in
   order, makes the question (system text first); every ``image_url`` part is an image, given
-  as a ``data:`` URL (base64) or a local file (``file://`` URL or an absolute path). An
-  ``assistant`` turn is refused: the latent engine answers one question, it is not a chat.
+  as a ``data:`` URL (base64), or a local file (``file://`` URL or an absolute path) only under
+  ``--allowed-local-media-path`` (:mod:`vedas.serve.media`). An ``assistant`` turn is refused:
+  the latent engine answers one question, it is not a chat.
 - ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 is greedy), ``seed``,
-  ``stream``, ``stream_options.include_usage``, ``n`` (1 only).
+  ``stop`` (a string or up to 4), ``stream``, ``stream_options.include_usage``, ``n`` (1 only).
+  Fields the engine cannot honour (``logprobs``, ``response_format`` other than text,
+  ``tools``…) are refused with a 400 naming them, never silently ignored.
 - vedas fields, sent as extra body fields: ``mode`` (a method name), ``latents`` (T_r, an int
   ≥ 0; latent modes only) and ``choices`` (options, lettered (A), (B), … in the prompt exactly
   as ``vedas eval`` renders them).
@@ -23,20 +26,34 @@ OpenAI error object (``{"error": {"message", "type", "param", "code"}}``).
 from __future__ import annotations
 
 import base64
-import binascii
 import io
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from vedas.data.images import DECODE_ERRORS, open_rgb
+from vedas.engine.prompts import LETTERS
 from vedas.methods import LATENT_METHODS, METHODS
 
+if TYPE_CHECKING:
+    from vedas.serve.media import MediaPolicy
+
 MAX_TEMPERATURE = 2.0  # OpenAI's range for temperature
+# below this, logits / temperature overflow float32 to inf and sampling fails: 0 is the greedy answer
+MIN_TEMPERATURE = 1e-4
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+# fields of the OpenAI request the engine cannot honour: refused, so a harness never trusts an ignored one
+UNSUPPORTED = {
+    "logprobs": "token log-probabilities are not returned",
+    "top_logprobs": "token log-probabilities are not returned",
+    "response_format": "only plain text answers (response_format type 'text')",
+    "tools": "tool calls are not supported",
+    "tool_choice": "tool calls are not supported",
+    "functions": "function calls are not supported",
+    "function_call": "function calls are not supported",
+    "logit_bias": "logit bias is not supported",
+}
 
 
 class ApiError(Exception):
@@ -66,8 +83,14 @@ class Limits:
 
     max_images: int = 4
     max_tokens: int = 2048
-    min_image_side: int = 28  # one merged patch: the engine refuses smaller images
     default_max_tokens: int = 64
+    media: MediaPolicy = field(default_factory=lambda: _default_media())
+
+
+def _default_media() -> MediaPolicy:
+    from vedas.serve.media import MediaPolicy  # media imports this module's errors
+
+    return MediaPolicy()
 
 
 @dataclass(frozen=True)
@@ -89,9 +112,12 @@ class ChatJob:
     choices: list[str] | None
     key: BatchKey
     seed: int | None = None
+    stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    text_stream: Any = None
+    """A :class:`vedas.serve.runner.TextStream` the app attaches to a streamed job: new text as it is decoded."""
 
 
 @dataclass
@@ -102,7 +128,7 @@ class JobResult:
     prompt_tokens: int
     generated_tokens: int  # EOS included
     latent_steps: int
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
     batch_size: int
     timings_ms: dict[str, float]
 
@@ -121,48 +147,9 @@ def _temperature(value: Any) -> float:
         raise bad("temperature", f"must be a number, got {value!r}")
     if not 0 <= value <= MAX_TEMPERATURE:
         raise bad("temperature", f"must be in 0..{MAX_TEMPERATURE:g}, got {value}")
+    if 0 < value < MIN_TEMPERATURE:
+        raise bad("temperature", f"must be 0 (greedy) or ≥ {MIN_TEMPERATURE:g}, got {value}")
     return float(value)
-
-
-def _image_from_data_url(url: str, param: str) -> Image.Image:
-    head, sep, data = url.partition(",")
-    if not sep or not head.endswith(";base64"):
-        raise bad(param, "a data URL must be base64: data:image/<type>;base64,<data>")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise bad(param, f"bad base64 in the data URL: {e}") from None
-    return _open(io.BytesIO(raw), param, "the data URL")
-
-
-def _open(source: Any, param: str, what: str) -> Image.Image:
-    # the same conversion as every other path (transparency on white, 16-bit grey scaled)
-    try:
-        return open_rgb(source)
-    except DECODE_ERRORS as e:
-        raise bad(param, f"cannot read an image from {what}: {e}") from None
-
-
-def load_image(url: Any, param: str, limits: Limits) -> Image.Image:
-    """An ``image_url.url``: a base64 ``data:`` URL, a ``file://`` URL or an absolute local path."""
-    if not isinstance(url, str) or not url:
-        raise bad(param, f"must be a data URL or a local file path, got {url!r}")
-    if url.startswith("data:"):
-        image = _image_from_data_url(url, param)
-    else:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("", "file"):
-            raise bad(param, f"{parsed.scheme}:// images are not fetched; send a data URL or a local path")
-        path = unquote(parsed.path) if parsed.scheme == "file" else url
-        if not os.path.isabs(path):
-            raise bad(param, f"a local image path must be absolute, got {path!r}")
-        image = _open(path, param, f"file {path!r}")
-    if min(image.size) < limits.min_image_side:
-        side = limits.min_image_side
-        raise bad(
-            param, f"{image.size[0]}×{image.size[1]} px is smaller than one merged patch ({side}×{side} px)"
-        )
-    return image
 
 
 def _content_parts(content: Any, where: str) -> list[tuple[str, Any, str]]:
@@ -208,7 +195,7 @@ def parse_messages(messages: Any, limits: Limits) -> tuple[str, list[Image.Image
             elif len(images) >= limits.max_images:
                 raise bad(param, f"more than {limits.max_images} images in one request (--max-images)")
             else:
-                images.append(load_image(value, param, limits))
+                images.append(limits.media.load(value, param))
     question = "\n".join(t.strip() for _, t in sorted(texts, key=lambda x: x[0]) if t.strip())
     if not any(r == 1 and t.strip() for r, t in texts):
         raise bad("messages", "no user text: the question is empty")
@@ -220,7 +207,32 @@ def _choices(value: Any) -> list[str] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
         raise bad("choices", "must be a list of non-empty strings")
+    if len(value) > len(LETTERS):
+        raise bad("choices", f"{len(value)} options, over the {len(LETTERS)} letters (A)..(Z)")
     return value or None
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops):
+        raise bad("stop", "must be a non-empty string or a list of them")
+    if len(stops) > MAX_STOP:
+        raise bad("stop", f"at most {MAX_STOP} stop sequences, got {len(stops)}")
+    return stops
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name, why in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is None or value is False or value == [] or value == {}:
+            continue  # an explicit "off" asks for what the server does anyway
+        if name == "response_format" and isinstance(value, dict) and value.get("type") == "text":
+            continue
+        if name == "tool_choice" and value == "none":
+            continue
+        raise bad(name, f"not supported by this server: {why}")
 
 
 def _key(body: dict[str, Any], limits: Limits, default_mode: str) -> BatchKey:
@@ -250,6 +262,7 @@ def parse_chat(body: Any, limits: Limits, served: str, default_mode: str) -> Cha
     n = body.get("n")
     if n is not None and _int(n, "n", 1) != 1:
         raise bad("n", "only n=1 is supported")
+    _refuse_unsupported(body)
     question, images = parse_messages(body.get("messages"), limits)
     seed = body.get("seed")
     stream_options = body.get("stream_options") or {}
@@ -261,6 +274,7 @@ def parse_chat(body: Any, limits: Limits, served: str, default_mode: str) -> Cha
         choices=_choices(body.get("choices")),
         key=_key(body, limits, default_mode),
         seed=None if seed is None else _int(seed, "seed", -(2**63)),
+        stop=_stop(body.get("stop")),
         stream=bool(body.get("stream", False)),
         include_usage=bool(stream_options.get("include_usage", False)),
     )
@@ -282,7 +296,7 @@ def usage(r: JobResult) -> dict[str, Any]:
     }
 
 
-def _vedas_info(job: ChatJob, r: JobResult) -> dict[str, Any]:
+def vedas_info(job: ChatJob, r: JobResult) -> dict[str, Any]:
     return {"mode": job.key.mode, "batch_size": r.batch_size, "timings_ms": r.timings_ms}
 
 
@@ -301,29 +315,8 @@ def completion(job_id: str, served: str, job: ChatJob, r: JobResult) -> dict[str
             }
         ],
         "usage": usage(r),
-        "vedas": _vedas_info(job, r),
+        "vedas": vedas_info(job, r),
     }
-
-
-def chunks(job_id: str, served: str, job: ChatJob, r: JobResult) -> list[dict[str, Any]]:
-    """The ``chat.completion.chunk`` objects of a streamed reply: the whole answer in one content chunk.
-
-    The engine decodes a batch in lockstep and returns when the batch is done, so the answer
-    is sent when it exists; nothing is split up to look incremental.
-    """
-    base = {"id": job_id, "object": "chat.completion.chunk", "created": job.created, "model": served}
-    out = [
-        {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": r.text}, "finish_reason": None}
-            ],
-        },
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
-    ]
-    if job.include_usage:
-        out.append({**base, "choices": [], "usage": usage(r), "vedas": _vedas_info(job, r)})
-    return out
 
 
 def data_url(image: Image.Image) -> str:
