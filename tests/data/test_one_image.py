@@ -8,6 +8,7 @@ transparency (black on some, white on others), and a 16-bit grey PNG came out 99
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PIL import Image
 from vedas.data.images import ImageReader, to_rgb
 from vedas.data.rows import Row
 from vedas.model import open_image
-from vedas.serve.protocol import Limits, data_url, load_image
+from vedas.serve.media import MediaPolicy
 
 
 def _rgba(path: Path) -> Path:
@@ -37,6 +38,7 @@ def _grey16(path: Path) -> Path:
 def _every_path(path: Path) -> dict[str, np.ndarray]:
     raw = path.read_bytes()
     row = Row({"id": "r"}, source="test", where="row 0")
+    serve = MediaPolicy(allowed_dir=path.parent.resolve(), min_side=1)
     with Image.open(path) as f:
         f.load()
         lmms = to_rgb(f)  # what the lmms-eval tasks do with doc_to_visual's PIL image
@@ -48,12 +50,11 @@ def _every_path(path: Path) -> dict[str, np.ndarray]:
         "eval (embedded bytes)": ImageReader()({"bytes": raw, "path": path.name}, row),
         "infer / generate(path)": open_image(path, "--image"),
         "generate(PIL)": open_image(pil, "images[0]"),
-        "serve (local path)": load_image(str(path), "messages[0]", Limits(min_image_side=1)),
+        "serve (local path)": serve.load(str(path), "messages[0]"),
         "lmms-eval": lmms,
     }
-    images["serve (data URL)"] = load_image(
-        data_url(images["eval (file)"]), "messages[0]", Limits(min_image_side=1)
-    )
+    url = "data:image/png;base64," + base64.b64encode(raw).decode()  # the file's own bytes
+    images["serve (data URL)"] = serve.load(url, "messages[0]")
     for name, image in images.items():
         assert image.mode == "RGB", name
     return {name: np.asarray(image) for name, image in images.items()}

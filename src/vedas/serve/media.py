@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
+from vedas.data.images import to_rgb
 from vedas.serve.protocol import bad
 
 NOT_ALLOWED = "local file not allowed or not found"
@@ -103,9 +104,10 @@ class MediaPolicy:
             factor = math.isqrt(image.width * image.height // (4 * self.keep_pixels))
             if factor >= 2:  # still far over what the processor keeps: the queue holds the reduced copy
                 if image.mode not in _REDUCIBLE:
-                    image = image.convert("RGB")
+                    image = to_rgb(image)
                 image = image.reduce(factor)
-            return image if image.mode == "RGB" else image.convert("RGB")
+            # every path's rule (vedas.data.images.to_rgb): transparency on white, 16-bit grey scaled
+            return image if image.mode == "RGB" else to_rgb(image)
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
             raise bad(param, f"cannot read an image from {what}: {e}") from None
 
