@@ -125,7 +125,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
-    from vedas.engine.prompts import answer_target, format_question
+    from vedas.prompts import answer_target, format_question
 
     name, path = split_spec(args.dataset)
     try:

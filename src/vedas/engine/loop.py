@@ -39,11 +39,11 @@ import torch
 
 from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
+from vedas.engine import replay
 from vedas.engine.inputs import PromptBatch, embed_prompt
+from vedas.engine.replay import VisualTokens
 from vedas.engine.runners import Runner
 from vedas.engine.sources import VisualSources
-from vedas.method import replay
-from vedas.method.replay import VisualTokens
 
 LatentTransform = Callable[[int, torch.Tensor], torch.Tensor]
 """``transform(step, z) -> z'``: rewrites latent z^(step+1) (B, D) before it is fed back."""

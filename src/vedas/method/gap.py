@@ -55,7 +55,7 @@ from vedas import extras
 from vedas.config import ConfigError, LatentConfig
 from vedas.engine.inputs import PromptBatch, embed_prompt
 from vedas.engine.loop import LatentTransform
-from vedas.method.replay import VisualTokens
+from vedas.engine.replay import VisualTokens
 
 NORM_EXTRA = "latent_norm"
 HEAD_EXTRA = "latent_head"

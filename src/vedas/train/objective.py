@@ -30,10 +30,10 @@ from torch import nn
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentLoop, random_generator
+from vedas.engine.replay import Replay
 from vedas.engine.runners import make_runner
 from vedas.method import gap, scfvr
 from vedas.method.curriculum import LATENT_METHODS, Layout
-from vedas.method.replay import Replay
 
 
 @dataclass

@@ -199,7 +199,7 @@ def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]
 
 def corpus(records: Any) -> list[str]:
     """The text a tiny model's BPE is trained on: questions, options, rationales and answer sentences."""
-    from vedas.engine.prompts import answer_target, format_question
+    from vedas.prompts import answer_target, format_question
 
     return [
         f"{format_question(r.question, r.choices or None, r.context or None)}\n{r.rationale}\n{answer_target(r.answer)}"
