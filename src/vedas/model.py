@@ -38,7 +38,7 @@ from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform
 from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.errors import CheckpointError, InputError
-from vedas.method import gap, routing
+from vedas.method import gap, replay, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
 from vedas.prompts import build_messages
@@ -329,6 +329,7 @@ class VedasModel:
             temperature=temperature,
             seeds=seeds,
             hook=None if tto is None else TTOHook(tto),
+            policy=replay.policy(cfg),  # a fresh one per call: `random` picks restart from replay_seed
         )
 
     # --- dataset records (vedas.data.Record) ---------------------------------------------

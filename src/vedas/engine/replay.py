@@ -17,6 +17,7 @@ chunk is ``[pads…, replayed tokens…, z]`` and left padding stays on the left
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -77,6 +78,19 @@ def select(
 
 SELECTIONS = ("attention", "random")
 """How a step chooses its tokens (``LatentConfig.replay_select``)."""
+
+
+class ReplayPolicy(Protocol):
+    """The extension point of token choice: the loop asks it for keys each latent step.
+
+    The method's own choice (by attention) is no policy at all (``None``); a control that chooses
+    otherwise (:class:`vedas.method.replay.RandomReplay`) returns keys whose top-K among the free
+    tokens is its pick. The weights stay softmax over the attention of the picked tokens.
+    """
+
+    def keys(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Keys (B, N) that choose this step's tokens instead of ``scores`` (B, N), or None."""
+        ...
 
 
 def random_keys(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -29,11 +29,12 @@ from torch import nn
 
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch
-from vedas.engine.loop import LatentLoop, random_generator
+from vedas.engine.loop import LatentLoop
 from vedas.engine.replay import Replay
 from vedas.engine.runners import make_runner
 from vedas.method import gap, scfvr
 from vedas.method.curriculum import LATENT_METHODS, Layout
+from vedas.method.replay import policy as replay_policy
 
 
 @dataclass
@@ -102,16 +103,14 @@ class LatentObjective(nn.Module):
         self.gap = nn.ModuleDict(gap.modules(vm))
         # the routers too: as submodules of the wrapped objective, DDP all-reduces their gradients
         self.routing = vm.extras.get("routing")
-        # replay_select: random draws from one generator for the whole run (a fresh one per batch
-        # would give every batch the same picks)
-        self._replay_generator: torch.Generator | None = None
+        # replay_select: random draws from one policy (one generator) for the whole run: a fresh one
+        # per batch would give every batch the same picks
+        self._replay_policy = replay_policy(latent)
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
         bb = vm.backbone
-        if self.latent.replay_select == "random" and self._replay_generator is None:
-            self._replay_generator = random_generator(self.latent, batch.target_ids.device)
-        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), generator=self._replay_generator)
+        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), policy=self._replay_policy)
         latent = self.method in LATENT_METHODS
         steps = int(batch.latents.max()) if latent else 0
         h = loop.prefill(batch.prompt, record=None if steps else False)
