@@ -128,6 +128,7 @@ def main() -> int:
     import vedas
     from vedas.data import load, synth
     from vedas.dev.demo import FULL, QUICK, machine, train_config
+    from vedas.evaluation import difficulty
     from vedas.evaluation.evaluate import device_name
     from vedas.method import gap
     from vedas.method.tto import TTOConfig
@@ -187,7 +188,7 @@ def main() -> int:
         diff_s = split["seconds"]
     else:
         t0 = time.perf_counter()
-        split = gap.sample_difficulty(
+        split = difficulty.sample_difficulty(
             cot, train_recs, samples=args.samples, temperature=1.0, seed=SEED, mode="cot", batch_size=64
         )
         diff_s = split["seconds"] = time.perf_counter() - t0

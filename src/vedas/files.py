@@ -1,4 +1,5 @@
-"""Writing a file so that a reader (or a run killed half-way) never sees half of it."""
+"""Files every layer shares: writing one so that a reader (or a run killed half-way) never sees half of
+it, and finding the newest training checkpoint (``vedas.load`` and ``vedas train`` both look)."""
 
 from __future__ import annotations
 
@@ -17,4 +18,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["atomic_write_text"]
+def latest_step(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint under ``checkpoints`` (``step-N`` directories), if any."""
+    if not checkpoints.is_dir():
+        return None
+    done = [p for p in checkpoints.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+__all__ = ["atomic_write_text", "latest_step"]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import vedas
 from vedas.config import ConfigError, LatentConfig, from_dict
 from vedas.data import load as load_data
+from vedas.evaluation import difficulty
 from vedas.method import gap
 from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig
@@ -159,10 +160,10 @@ def test_pca_head_keeps_fed_latents_in_the_visual_subspace(records, tmp_path):
 def test_difficulty_split_is_deterministic_for_a_seed(records):
     vm = _vm()
     kw = dict(samples=2, temperature=1.0, max_new_tokens=5)
-    a = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
-    b = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
-    solo = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=1, **kw)
-    other = gap.sample_difficulty(vm, records[:3], seed=1, batch_size=4, **kw)
+    a = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
+    b = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
+    solo = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=1, **kw)
+    other = difficulty.sample_difficulty(vm, records[:3], seed=1, batch_size=4, **kw)
     assert a == b
     assert a["per_question"] == solo["per_question"]  # per-sample seeds: batching does not matter
     preds = lambda r: [p for q in r["per_question"].values() for p in q["predictions"]]  # noqa: E731

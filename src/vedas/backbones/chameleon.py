@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor
 
-from vedas.engine.attention import oracle_maps
+from vedas.backbones.base import oracle_maps
 
 if TYPE_CHECKING:
     from vedas.engine.sources import VisualSources
@@ -84,7 +84,7 @@ class OneDimDecoder(nn.Module):
     ``rotary_emb`` is wrapped the same way (routing computes rope embeddings from (3, B, n) ranks).
     ``ChameleonAttention`` takes ``output_attentions`` as an argument and does not pass it to the
     attention kernel, so a call asking for attentions tells the recompute oracle's kernel directly
-    (:class:`vedas.engine.attention.oracle_maps`).
+    (:class:`vedas.backbones.base.oracle_maps`).
     """
 
     def __init__(self, inner: nn.Module) -> None:
