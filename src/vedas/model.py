@@ -36,12 +36,12 @@ from vedas.engine.attention import install_recorder
 from vedas.engine.generate import Details
 from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform
-from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.errors import CheckpointError, InputError
 from vedas.method import gap, replay, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
 from vedas.prompts import build_messages
+from vedas.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 
 # the inference modes are the method names
 MODES = METHODS

@@ -9,8 +9,8 @@ from transformers import AutoModelForImageTextToText
 
 import vedas
 from vedas.backbones import backbone_for
-from vedas.dev.tiny import _mrope_section
-from vedas.engine.tokens import INIT_FROM, LATENT_TOKENS, add_latent_tokens
+from vedas.backbones.tiny import _mrope_section
+from vedas.tokens import INIT_FROM, LATENT_TOKENS, add_latent_tokens
 
 
 def qwen_only(arch: str) -> None:

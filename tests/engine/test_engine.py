@@ -9,8 +9,8 @@ import torch
 
 import vedas
 from vedas.config import LatentConfig
-from vedas.engine.tokens import LATENT_END, LATENT_START
 from vedas.model import VedasModel
+from vedas.tokens import LATENT_END, LATENT_START
 
 
 def _run(vm, batch, engine="cached", **kw):

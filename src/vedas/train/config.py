@@ -66,7 +66,7 @@ class ModelConfig:
         if (
             self.tiny
         ):  # importing the tiny model's module costs seconds: only when there is something to check
-            from vedas.dev.tiny import tiny_model
+            from vedas.backbones.tiny import tiny_model
 
             self.tiny = keyword_args(tiny_model, self.tiny, "tiny", skip=TINY_SET_BY_RECIPE)
 

@@ -5,7 +5,7 @@
 with a small VQ-VAE and a vocabulary map of its image codes) built from a config, a processor
 (the Qwen ones without the video part), a byte-level tokenizer (or a small BPE trained on the spot from a
 corpus), a Qwen-style chat template, and the latent special tokens added the same way as
-for a real checkpoint (:func:`vedas.engine.tokens.add_latent_tokens`). Nothing is downloaded.
+for a real checkpoint (:func:`vedas.tokens.add_latent_tokens`). Nothing is downloaded.
 
     >>> model, processor = tiny_model("qwen2_vl", hidden=64, layers=2, seed=0)
     >>> model, processor = tiny_model("chameleon", image_size=64)   # 8×8 VQ grid, 64 codes
@@ -22,7 +22,7 @@ from transformers.models.chameleon.image_processing_pil_chameleon import Chamele
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vedas.backbones import arch_module
-from vedas.engine.tokens import add_latent_tokens
+from vedas.tokens import add_latent_tokens
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
