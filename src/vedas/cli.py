@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     from vedas.analysis import cli as analysis_cli
     from vedas.data import cli as data_cli
     from vedas.dev import bench, demo
-    from vedas.evaluation import evaluate, infer
+    from vedas.analysis import infer
+    from vedas.evaluation import evaluate
     from vedas.serve import cli as serve_cli
     from vedas.train import recipe as train
 
