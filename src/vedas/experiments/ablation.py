@@ -49,7 +49,7 @@ from vedas.analysis.latent_use import pooled as latent_use_row
 from vedas.analysis.latent_use import probe as latent_use
 from vedas.errors import UserError
 from vedas.evaluation import bootstrap
-from vedas.experiments import demo
+from vedas.experiments import sizes
 from vedas.experiments.jobs import run_graph
 from vedas.files import atomic_write_text
 
@@ -157,10 +157,10 @@ def atomic_write(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
-def variant_config(name: str, size: demo.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
+def variant_config(name: str, size: sizes.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
     """The training config of variant ``name``: the demo's recipe with the variant's switches."""
     v = ALL_VARIANTS[name]
-    cfg = demo.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
+    cfg = sizes.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
     latent = dataclasses.replace(
         cfg.latent,
         replay_select=v.replay_select,  # type: ignore[arg-type]
@@ -199,7 +199,7 @@ def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
     return json.loads(report.read_text())
 
 
-def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
+def run_unit(name: str, seed: int, size: sizes.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
     """Train, evaluate and probe one (variant, seed), or load its saved result."""
     seed_dir = out / f"seed{seed}"
     unit_dir = seed_dir / name
@@ -303,7 +303,7 @@ def run_remedy(name: str, seed: int, out: Path, checkpoint: Path) -> dict[str, A
 # --------------------------------------------------------------------------- settings
 
 
-def settings(size: demo.DemoSize) -> dict[str, Any]:
+def settings(size: sizes.DemoSize) -> dict[str, Any]:
     return {
         "size": json.loads(json.dumps(dataclasses.asdict(size))),
         "synth": dataclasses.asdict(size.synth_config()),
@@ -513,7 +513,7 @@ def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], 
 def run(args: argparse.Namespace) -> int:
     from vedas.data import synth
 
-    size = demo.sized(args)
+    size = sizes.sized(args)
     out = Path(args.out)
     wanted, remedies_wanted, seeds, mine = _chosen(args)
     check_settings(out, settings(size))
@@ -569,7 +569,7 @@ def write_report(
     out: Path,
     results: dict[str, dict[int, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]],
-    size: demo.DemoSize,
+    size: sizes.DemoSize,
     seeds: list[int],
     t0: float,
     load_start: float,
@@ -577,7 +577,7 @@ def write_report(
     """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
     summary = summarise(results, remedies)
     meta = {
-        "machine": demo.machine(),
+        "machine": sizes.machine(),
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "preset": size.preset,
