@@ -40,6 +40,7 @@ from vedas.errors import CheckpointError, InputError
 from vedas.method import gap, replay, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
+from vedas.methods import method as method_of
 from vedas.prompts import build_messages
 from vedas.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 
@@ -291,7 +292,7 @@ class VedasModel:
             )
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
-        with routing.allowed(mode == "vedas" and self.use_routing):
+        with routing.allowed(method_of(mode).routing and self.use_routing):
             # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
             transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
             seeds = driver.row_seeds(seed, len(questions))

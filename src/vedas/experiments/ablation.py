@@ -52,37 +52,47 @@ from vedas.evaluation import bootstrap
 from vedas.experiments import sizes
 from vedas.experiments.jobs import run_graph
 from vedas.files import atomic_write_text
+from vedas.methods import PRESETS, Method
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the ablation: what is trained from ``cot``, and how it is evaluated."""
+    """One row of the ablation: the method preset trained from ``cot`` (and evaluated in its mode)."""
 
-    method: str  # the recipe's method (and the evaluation mode)
-    routing: bool = False
-    scfvr: bool = False
-    replay_select: str = "attention"
-    replay_k: int | None = None  # None: the size's K
+    preset: Method
     latent: tuple[tuple[str, Any], ...] = ()  # LatentConfig fields set on top (a trained remedy)
     help: str = ""
 
+    @property
+    def method(self) -> str:
+        """The recipe's method and the evaluation mode."""
+        return self.preset.mode
+
 
 VARIANTS: dict[str, Variant] = {
-    "cot": Variant("cot", help="explicit CoT, from the tiny random model: the source of every other row"),
-    "latent": Variant("latent", help="curriculum + attention-guided replay (the base)"),
-    "latent+rds": Variant("vedas", routing=True, help="+ routing depth scaling"),
-    "latent+scfvr": Variant("vedas", scfvr=True, help="+ SCF-VR loss"),
-    "vedas": Variant("vedas", routing=True, scfvr=True, help="+ both (the paper's method)"),
-    "random_replay": Variant("latent", replay_select="random", help="K random unvisited tokens replayed"),
-    "no_replay": Variant("latent", replay_k=0, help="no replay (K = 0)"),
+    name: Variant(PRESETS[name], help=help)
+    for name, help in (
+        ("cot", "explicit CoT, from the tiny random model: the source of every other row"),
+        ("latent", "curriculum + attention-guided replay (the base)"),
+        ("latent+rds", PRESETS["latent+rds"].help),
+        ("latent+scfvr", PRESETS["latent+scfvr"].help),
+        ("vedas", "+ both (the paper's method)"),
+        ("random_replay", PRESETS["random_replay"].help),
+        ("no_replay", PRESETS["no_replay"].help),
+    )
 }
+"""The paper's Table 3 grid and the two replay controls: rows of the method preset table."""
 LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.method != "cot")
 TRAINED_REMEDIES: dict[str, Variant] = {
     "latent_nograd": Variant(
-        "latent", latent=(("latent_grad", "none"),), help="latent trained with each fed-back latent detached"
+        PRESETS["latent"],
+        latent=(("latent_grad", "none"),),
+        help="latent trained with each fed-back latent detached",
     ),
     "latent+gap": Variant(
-        "latent", latent=(("latent_norm", "ema"),), help="latent trained with GAP norm calibration on"
+        PRESETS["latent"],
+        latent=(("latent_norm", "ema"),),
+        help="latent trained with GAP norm calibration on",
     ),
 }
 """Remedies that change training: variants of ``latent``, run only when named in ``--variants``."""
@@ -159,19 +169,14 @@ def atomic_write(path: Path, obj: Any) -> None:
 
 def variant_config(name: str, size: sizes.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
     """The training config of variant ``name``: the demo's recipe with the variant's switches."""
+    from vedas.train.config import for_method
+
     v = ALL_VARIANTS[name]
     cfg = sizes.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
-    latent = dataclasses.replace(
-        cfg.latent,
-        replay_select=v.replay_select,  # type: ignore[arg-type]
-        replay_k=size.replay_k if v.replay_k is None else v.replay_k,
-        **dict(v.latent),
-    )
+    cfg = for_method(cfg, v.preset)
     return dataclasses.replace(
         cfg,
-        latent=latent,
-        routing=cfg.routing if v.routing else None,
-        scfvr=cfg.scfvr if v.scfvr or v.method != "vedas" else dataclasses.replace(cfg.scfvr, weight=0.0),
+        latent=dataclasses.replace(cfg.latent, **dict(v.latent)),
         run=dataclasses.replace(cfg.run, output_dir=str(seed_dir / name)),
     )
 

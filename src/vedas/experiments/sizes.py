@@ -180,6 +180,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
     from vedas.method.curriculum import CurriculumConfig
     from vedas.method.routing import RoutingConfig
     from vedas.method.scfvr import SCFVRConfig
+    from vedas.methods import method as method_of
     from vedas.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
     return TrainConfig(
@@ -195,7 +196,7 @@ def train_config(method: str, size: DemoSize, data: Path, out: Path, seed: int, 
         latent=LatentConfig(latents=size.latents, replay_k=size.replay_k, max_new_tokens=size.max_new_tokens),
         curriculum=CurriculumConfig(epochs_per_stage=1),
         scfvr=SCFVRConfig(window=3, weight=1.0),
-        routing=RoutingConfig(**size.routing) if method == "vedas" else None,
+        routing=RoutingConfig(**size.routing) if method_of(method).routing else None,
         optim=OptimConfig(
             lr=size.lr,
             epochs=size.epochs if base is None else size.latent_epochs,

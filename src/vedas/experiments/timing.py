@@ -66,8 +66,9 @@ def forced_generate(vm, images, questions, choices, length: int, mode: str = "ve
     """``vm.generate`` with EOS suppressed so every sample generates exactly ``length`` tokens."""
     from vedas.config import LatentConfig, to_dict
     from vedas.engine import generate
+    from vedas.methods import method as method_of
 
-    latent = mode in ("vedas", "latent")
+    latent = method_of(mode).latent
     batch = vm.prepare(images, questions, choices, mode=mode)
     cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
     eos = vm.eos_id

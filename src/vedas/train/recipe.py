@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from vedas.config import ConfigError, to_dict
-from vedas.method.curriculum import LATENT_METHODS, layout, max_steps, record_steps, stage_for_epoch
+from vedas.method.curriculum import layout, max_steps, record_steps, stage_for_epoch
+from vedas.methods import method as method_of
 from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
@@ -356,7 +357,7 @@ def drop_unusable(vm: Any, cfg: TrainConfig, data: TrainData, say: Callable[[str
 
     if not cfg.data.skip_bad:
         return 0
-    mode = "vedas" if cfg.method in LATENT_METHODS else "no_cot"
+    mode = "vedas" if method_of(cfg.method).latent else "no_cot"
     bad: dict[str, tuple[str, str]] = {}
     for r in data.records:
         try:
@@ -414,7 +415,7 @@ def main(cfg: TrainConfig) -> Path:
 
 def stage_of(cfg: TrainConfig, epoch: int) -> int:
     """The curriculum stage of ``epoch`` (0 for the methods without latents)."""
-    if cfg.method not in LATENT_METHODS:
+    if not method_of(cfg.method).latent:
         return 0
     return stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum)
 
