@@ -397,10 +397,37 @@ def supervision(method: str, record_id: str, hard: set[str] | None) -> str:
     return method if hard is None or record_id in hard else "cot"
 
 
+class TrainingHooks:
+    """GAP's part in a training run, through the recipe's extension points (:data:`vedas.method.TRAINING_HOOKS`):
+    the difficulty split, the modules fit before training, what each record is supervised with, and
+    the norm EMA saved with (and restored from) every checkpoint."""
+
+    def difficulty_split(self, path: str | None, record_ids: Sequence[str]) -> set[str] | None:
+        """The hard question ids (``data.difficulty``), or None without a split."""
+        return hard_ids(path, record_ids) if path else None
+
+    def prepare(self, vm: Any, records: Sequence[Any], cfg: LatentConfig) -> list[str]:
+        """Fit the modules ``cfg`` asks for (PCA latent head, norm EMA); the lines to print."""
+        return prepare_training(vm, records, cfg)
+
+    def supervision(self, method: str, record_id: str, hard: set[str] | None) -> str:
+        return supervision(method, record_id, hard)
+
+    def save_state(self, modules: Mapping[str, nn.Module], directory: Path) -> None:
+        save_buffers(modules, directory / BUFFERS_FILE)  # the norm EMA is state, not a parameter
+
+    def load_state(self, modules: Mapping[str, nn.Module], directory: Path) -> str | None:
+        """Restore the saved state; a line to print when the checkpoint has none."""
+        if load_buffers(modules, directory / BUFFERS_FILE):
+            return None
+        return f"{directory} has no {BUFFERS_FILE}: the GAP norm EMA starts afresh"
+
+
 __all__ = [
     "EXTRAS",
     "NormEMA",
     "PCAHead",
+    "TrainingHooks",
     "calibrate_norms",
     "compose",
     "enable_norm_calibration",
