@@ -82,7 +82,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 """The paper's Table 3 grid and the two replay controls: rows of the method preset table."""
-LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.method != "cot")
+LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.preset.latent)
 TRAINED_REMEDIES: dict[str, Variant] = {
     "latent_nograd": Variant(
         PRESETS["latent"],
@@ -394,7 +394,7 @@ def summarise(
     return {
         "methods": [summary_row(n, results[n]) for n in names],
         "comparisons": comparisons,
-        "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].method != "cot"],
+        "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].preset.latent],
         "remedies": [
             {**latent_use_row(r, reps), "remedy": r, "applied_to": REMEDY_BASE, "help": REMEDIES[r]}
             for r in REMEDIES
