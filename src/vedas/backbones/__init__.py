@@ -16,7 +16,10 @@ from vedas.backbones.base import Backbone
 
 
 def _discover() -> dict[str, ModuleType]:
-    found = (importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__)))
+    found = (
+        importlib.import_module(f"{__name__}.{m.name}")
+        for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+    )
     return {m.MODEL_TYPE: m for m in found if hasattr(m, "MODEL_TYPE") and hasattr(m, "ADAPTER")}
 
 
