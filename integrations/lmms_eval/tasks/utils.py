@@ -14,8 +14,8 @@ from typing import Any
 
 from vedas.data.images import to_rgb
 from vedas.data.record import Record
-from vedas.prompts import LETTERS, format_question
 from vedas.evaluation.scoring import score
+from vedas.prompts import LETTERS, format_question
 
 
 def _images(doc: dict[str, Any]) -> list[Any]:
