@@ -31,6 +31,8 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	# the layers and acyclic-siblings contracts of .importlinter (the source of truth of docs/design.md#layers)
+	$(BIN)/lint-imports
 	@out="$$($(BIN)/radon cc -n D src)"; if [ -n "$$out" ]; then echo "$$out"; \
 		echo "radon: the functions above are too complex (grade D or worse)"; exit 1; fi
 

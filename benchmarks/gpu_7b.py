@@ -168,8 +168,8 @@ def samples(n: int, side: int) -> tuple[list[Any], list[str]]:
 
 
 def call(vm: Any, images: list[Any], questions: list[str], mode: str, engine: str, length: int, args):
-    from vedas.dev.bench import forced_generate
     from vedas.engine.static import CompileSettings, compile_settings
+    from vedas.experiments.bench import forced_generate
 
     settings = None
     if engine != "static_eager":
@@ -185,7 +185,7 @@ def call(vm: Any, images: list[Any], questions: list[str], mode: str, engine: st
 
 
 def measure(vm: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from vedas.dev.bench import sync
+    from vedas.experiments.bench import sync
 
     rows: dict[str, Any] = {}
     for b in [int(x) for x in args.batches.split(",")]:

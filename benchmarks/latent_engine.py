@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latent_engine.py [--quick] [--json out.json]
 
-One run on one tiny random Qwen2-VL (real architecture; sizes in ``vedas.dev.bench.SIZES``) with a
+One run on one tiny random Qwen2-VL (real architecture; sizes in ``vedas.experiments.bench.SIZES``) with a
 prompt of ≥ 300 tokens of which ≥ 128 are visual tokens, T_r = 4, K = 32, at batch 1 and 8,
 printing side by side:
 
@@ -11,7 +11,7 @@ printing side by side:
 - the recording overhead: a prefill forward with the last-query recorder on vs off — target ≤ 10 %;
 - the peak memory of one prefill that yields the attention row: recorder vs eager maps.
 
-The measuring code is shared with ``vedas bench`` (:mod:`vedas.dev.bench`).
+The measuring code is shared with ``vedas bench`` (:mod:`vedas.experiments.bench`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from vedas.dev import bench
+from vedas.experiments import bench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/preset_cost.py            # ~2-4 CPU minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/preset_cost.py --steps 4  # shorter
 
-For each preset: the demo's full-size tiny Qwen2-VL and recipe (:mod:`vedas.dev.demo`), method
+For each preset: the demo's full-size tiny Qwen2-VL and recipe (:mod:`vedas.experiments.demo`), method
 ``cot`` (the demo's longest training), trained twice from scratch on the same data, for ``a`` and
 for ``a + steps`` optimizer steps; the difference of the two runs' process CPU time over ``steps``
 is the CPU cost of one step (setup cancels). Process CPU time, not wall time, so other load on the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def cpu_seconds(preset: str, steps: int, root: Path) -> float:
     from vedas.data import synth
-    from vedas.dev.demo import FULL, train_config
+    from vedas.experiments.demo import FULL, train_config
     from vedas.train.recipe import main as train_main
 
     size = dataclasses.replace(FULL.with_preset(preset), train=16 * steps, test=0)

@@ -3,7 +3,7 @@ last decoder layer refining every selected row instead of only what is read, sid
 
     .venv/bin/python benchmarks/rds.py [--quick] [--json out.json] [--device cpu|cuda]
 
-The benchmark model of ``vedas.dev.bench`` (tiny random Qwen2-VL, hidden 256, 4 layers; the
+The benchmark model of ``vedas.experiments.bench`` (tiny random Qwen2-VL, hidden 256, 4 layers; the
 prompt of ``benchmarks/latent_engine.py``, ≈450 tokens of which 128 are visual), T_r = 4
 latent steps, K = 32 replayed tokens, batch 1 and 8. RDS runs with α = 32, D = 1 in every
 layer. One model carries the routers; the three variants are the same ``vm.generate`` call
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from vedas.dev import bench
+from vedas.experiments import bench
 from vedas.method.routing import RoutingConfig, RoutingDepthScaling, enable_routing
 
 ALPHA, DEPTH = 32, 1

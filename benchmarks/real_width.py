@@ -20,7 +20,7 @@ use 4 and 3420 units).
 - ``table`` (not part of ``all``; the same as ``vedas bench --size real-width``): every training
   variant (``cot``, ``latent``, routing only, SCF-VR only, full, full + gradient checkpointing, and
   SCF-VR only / full with the old crop default) and generation, at both widths, batch 2, side by
-  side in one run: :mod:`vedas.dev.bench_width`.
+  side in one run: :mod:`vedas.experiments.bench_width`.
 - ``bf16``: greedy ``vedas``-mode generation in bf16 on the cached engine and on the recompute
   oracle, at both widths, batch 2 (a 336×336 and a 224×336 image: 144 and 96 visual tokens;
   T_r = 4, K = 16; 2 answer tokens, since bf16 matmuls are slow on CPU): per latent step, the share of
@@ -45,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step
-from vedas.dev import bench, bench_width
-from vedas.dev.bench_width import WIDTHS
+from vedas.experiments import bench, bench_width
+from vedas.experiments.bench_width import WIDTHS
 
 IMAGE, LATENTS, REPLAY_K = 448, 4, 32
 CKPT = {"no_ckpt": "off", "ckpt": "vedas", "ckpt_hf_tower": "transformers' switch on the tower"}

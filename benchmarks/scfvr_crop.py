@@ -24,8 +24,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     import vedas
     from vedas.data import load, synth
-    from vedas.dev import demo
     from vedas.evaluation.evaluate import evaluate
+    from vedas.experiments import demo
     from vedas.train.recipe import main as train_main
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

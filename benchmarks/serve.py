@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/serve.py [--quick] [--rounds 3] [--json out.json]
 
-One tiny random Qwen2-VL of ``vedas bench``'s sizes (``vedas.dev.bench.SIZES``: a 450-token
+One tiny random Qwen2-VL of ``vedas bench``'s sizes (``vedas.experiments.bench.SIZES``: a 450-token
 prompt with 128 visual tokens, T_r = 4, K = 32) is saved as a checkpoint and served by a real
 ``vedas serve --port 0`` process on loopback (``--max-batch-size 16``). Each round measures,
 side by side:
 
 - the engine alone, in this process: ``vedas bench``'s part (c), batch 16 vs batch 1
-  throughput (its own measuring code, :func:`vedas.dev.bench.interleaved`);
+  throughput (its own measuring code, :func:`vedas.experiments.bench.interleaved`);
 - the server: the same 64 requests (the bench's prompt and choices, one image each, sent as
   data URLs) at concurrency 1, 8 and 32 through the official ``openai`` client
   (:func:`vedas.serve.load.run_load`), with throughput and p50/p99 latency.
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from vedas.dev import bench
+from vedas.experiments import bench
 from vedas.serve.load import run_load
 from vedas.serve.process import start_server, stop_server
 from vedas.serve.protocol import data_url, user_message

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--quick] [--json benchmarks/results/train_step_cpu.json]
 
-One run, one tiny random Qwen2-VL (real architecture, sizes of ``vedas.dev.bench.SIZES``), the same
+One run, one tiny random Qwen2-VL (real architecture, sizes of ``vedas.experiments.bench.SIZES``), the same
 8 synthetic-benchmark samples (336-px images: 144 visual tokens each) for every variant:
 
 - ``cot``: explicit-CoT SFT, one teacher-forced pass over prompt + rationale + answer;
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from vedas.dev import bench, bench_width
+from vedas.experiments import bench, bench_width
 
 VARIANTS = {
     # name: (method, engine, routing, gradient checkpointing)
@@ -92,7 +92,7 @@ def final_stage_step(
 
 
 def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:
-    from vedas.dev.bench import sync
+    from vedas.experiments.bench import sync
 
     device = batch.target_ids.device
     sync(device)
@@ -108,7 +108,7 @@ def step(objective: Any, batch: Any, optimizer: torch.optim.Optimizer) -> float:
 def probe(variant: str, device: str) -> int:
     """Bytes one step adds to the peak (after a warm-up step that allocated the optimizer state)."""
     objective, batch, optimizer = setup(variant, records(), device)
-    from vedas.dev.bench import peak_rise
+    from vedas.experiments.bench import peak_rise
 
     step(objective, batch, optimizer)
     return peak_rise(lambda: step(objective, batch, optimizer), device)

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from vedas.data.synth import make_sample
-from vedas.engine.prompts import answer_target, format_question
+from vedas.prompts import answer_target, format_question
 
 ROOT = Path(__file__).resolve().parents[1]
 

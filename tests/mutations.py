@@ -114,12 +114,10 @@ def static_slot_masked() -> None:
 
 def static_routing_off() -> None:
     """The static engine runs its passes without routing segments: Routing Depth Scaling silently off."""
-    from types import SimpleNamespace
-
     from vedas.engine import static
 
-    routing = static.routing
-    static.routing = SimpleNamespace(**{**vars(routing), "segments": lambda _seg: routing.segments(None)})
+    segments = static.segments
+    static.segments = lambda _seg: segments(None)
 
 
 def deepstack_rows_dropped() -> None:
@@ -145,7 +143,7 @@ def deepstack_rows_dropped() -> None:
 
 def transplant_rope_theta() -> None:
     """The SmolLM2 → Qwen2-VL transplant builds its rope with the default θ = 1e4 instead of the model's 1e5."""
-    from vedas.dev import smollm
+    from vedas.experiments import smollm
 
     def make(transplant):
         def wrong(llama, tokenizer, *args, **kwargs):

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vedas.method import replay
+from vedas.engine import replay
 
 NEAR_TIE_SHARE = 0.25
 """The most near-ties :func:`assert_runs_agree` accepts, as a share of the choices it compared."""
@@ -264,5 +264,7 @@ def assert_runs_agree(vm, ref_run, ours_run) -> Agreement:
         width=model_width(vm.model),
     )
     choices = agreement.decisive + agreement.near_ties
-    assert agreement.near_ties <= NEAR_TIE_SHARE * choices, f"near-ties are not rare on these inputs: {agreement}"
+    assert agreement.near_ties <= NEAR_TIE_SHARE * choices, (
+        f"near-ties are not rare on these inputs: {agreement}"
+    )
     return agreement

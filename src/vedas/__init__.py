@@ -21,13 +21,13 @@ _LAZY = {
     "LatentConfig": "vedas.config",
     "VedasModel": "vedas.model",
     "load": "vedas.model",
-    "tiny_model": "vedas.dev.tiny",
+    "tiny_model": "vedas.backbones.tiny",
 }
 __all__ = ["LatentConfig", "VedasModel", "__version__", "load", "tiny_model"]
 
 if TYPE_CHECKING:
+    from vedas.backbones.tiny import tiny_model
     from vedas.config import LatentConfig
-    from vedas.dev.tiny import tiny_model
     from vedas.model import VedasModel, load
 
 

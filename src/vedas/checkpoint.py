@@ -219,9 +219,9 @@ def _run_dir(directory: Path) -> Checkpoint:
     """A ``vedas train`` output directory: its ``final/``, or the newest checkpoint named when there is none."""
     if (directory / "final").exists():
         return _vedas(directory / "final")
-    from vedas.train import state as train_state
+    from vedas.files import latest_step
 
-    last = train_state.latest(directory / "checkpoints")
+    last = latest_step(directory / "checkpoints")
     hint = f"load its newest checkpoint, {last}, or resume the run" if last else "it saved no checkpoint"
     raise CheckpointError(
         f"{directory} is a training run without final/ (still running, or stopped early); {hint}"

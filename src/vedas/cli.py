@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 from collections.abc import Sequence
+
+from vedas.cli_args import plain
 
 EXPECTED: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 """Besides :class:`~vedas.errors.UserError`: the path errors a user causes (a missing file or folder)."""
@@ -34,7 +35,7 @@ EXPECTED: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryErr
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "vedas.dev.demo",
+        "vedas.experiments.demo",
         "run the main job on the embedded default: synthetic data, tiny Qwen2-VL (or --arch), 4 methods, report",
     ),
     "data": (
@@ -42,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "data tools: write the synthetic benchmark, show any dataset as records, split by difficulty",
     ),
     "bench": (
-        "vedas.dev.bench",
+        "vedas.experiments.bench",
         "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording",
     ),
     "eval": (
@@ -53,7 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vedas.train.recipe",
         "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many",
     ),
-    "infer": ("vedas.evaluation.infer", "answer one question about one image with a checkpoint"),
+    "infer": ("vedas.analysis.infer", "answer one question about one image with a checkpoint"),
     "analyze": (
         "vedas.analysis.cli",
         "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use",
@@ -66,16 +67,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Subcommand -> (module, one-line help). A module is imported only when its subcommand runs (or shows
 its own --help), so ``vedas --help`` imports no torch; moving a module changes only its string here.
 Each module defines ``add_arguments(parser)``, and ``HELP`` equal to the line here (a test checks)."""
-
-_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
-
-
-def plain(doc: str | None) -> str | None:
-    """A module docstring as help text: reStructuredText markup (``x``, :func:`~a.b`) as plain text."""
-    if doc is None:
-        return None
-    doc = _ROLE.sub(lambda m: m.group(1).strip(), doc)  # :func:`~vedas.x.f` -> vedas.x.f
-    return doc.replace("``", "`")
 
 
 def _invoked(argv: Sequence[str]) -> str | None:

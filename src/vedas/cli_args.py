@@ -217,3 +217,14 @@ def resolve_device(arg: str | None) -> str:
         return _device_arg(arg)
     except argparse.ArgumentTypeError as e:
         raise ValueError(f"--device: {e}") from None
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+
+def plain(doc: str | None) -> str | None:
+    """A module docstring as help text: reStructuredText markup (``x``, :func:`~a.b`) as plain text."""
+    if doc is None:
+        return None
+    doc = _ROLE.sub(lambda m: m.group(1).strip(), doc)  # :func:`~vedas.x.f` -> vedas.x.f
+    return doc.replace("``", "`")

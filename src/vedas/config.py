@@ -49,7 +49,7 @@ class LatentConfig:
     replay_select: Literal["attention", "random"] = "attention"
     """Which unvisited tokens a step replays: the K most attended (the method), or K drawn uniformly
     at random among the unvisited ones (a control: same block weights softmax(a_I), only the choice
-    differs; :func:`vedas.method.replay.random_keys`)."""
+    differs; :func:`vedas.engine.replay.random_keys`)."""
     replay_seed: int = 0
     """Seed of ``replay_select: random``: one generator per generate call (and one per training run)."""
     replay_positions: Literal["sequential", "original"] = "sequential"

@@ -38,13 +38,14 @@ from vedas.engine.attention import install_recorder
 from vedas.engine.generate import Details
 from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform, StepCallback
-from vedas.engine.prompts import build_messages
-from vedas.engine.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 from vedas.errors import CheckpointError, InputError
 from vedas.files import honour_umask
-from vedas.method import gap, routing
+from vedas.method import gap, replay, routing
 from vedas.method.tto import TTOConfig, TTOHook
 from vedas.methods import LATENT_METHODS, METHODS
+from vedas.methods import method as method_of
+from vedas.prompts import build_messages
+from vedas.tokens import LATENT_START, add_latent_tokens, latent_token_ids
 
 # the inference modes are the method names
 MODES = METHODS
@@ -353,7 +354,7 @@ class VedasModel:
             )
         self.model.eval()
         # the IVT-LR-style `latent` baseline never routes; `vedas` routes when routers are installed
-        with routing.allowed(mode == "vedas" and self.use_routing):
+        with routing.allowed(method_of(mode).routing and self.use_routing):
             # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
             transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
             seeds = driver.row_seeds(seed, len(questions))
@@ -395,6 +396,7 @@ class VedasModel:
             seeds=seeds,
             hook=None if tto is None else TTOHook(tto),
             on_step=on_step,
+            policy=replay.policy(cfg),  # a fresh one per call: `random` picks restart from replay_seed
         )
 
     # --- dataset records (vedas.data.Record) ---------------------------------------------

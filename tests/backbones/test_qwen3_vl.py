@@ -241,7 +241,7 @@ def test_demo_and_bench_take_the_arch(tmp_path):
     """``vedas demo/bench --arch qwen3_vl``: the same job on a tiny Qwen3-VL, 36 (demo, fine preset) and 128
     (bench) visual tokens per image as on Qwen2-VL (the runs themselves: docs/results.md)."""
     from vedas.cli import build_parser
-    from vedas.dev import bench, demo
+    from vedas.experiments import bench, demo
 
     args = build_parser().parse_args(["demo", "--quick", "--arch", "qwen3_vl"])
     size = demo.sized(args)

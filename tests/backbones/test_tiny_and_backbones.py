@@ -9,8 +9,8 @@ from transformers import AutoModelForImageTextToText
 
 import vedas
 from vedas.backbones import backbone_for
-from vedas.dev.tiny import _mrope_section
-from vedas.engine.tokens import INIT_FROM, LATENT_TOKENS, add_latent_tokens
+from vedas.backbones.tiny import _mrope_section
+from vedas.tokens import INIT_FROM, LATENT_TOKENS, add_latent_tokens
 
 
 def qwen_only(arch: str) -> None:
@@ -127,3 +127,21 @@ def test_encode_crops_uses_the_vision_tower(vm, arch):
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"arch='llava' is not supported"):
         vedas.tiny_model("llava")
+
+
+def test_a_backbone_is_one_file(tmp_path, monkeypatch):
+    """A module in the package naming MODEL_TYPE and ADAPTER is a backbone: nothing else to register.
+    Here a copy of qwen2_vl.py under another model_type, in a folder added to the package's path."""
+    import inspect
+
+    import vedas.backbones as backbones
+    from vedas.backbones import qwen2_vl
+
+    source = inspect.getsource(qwen2_vl).replace('MODEL_TYPE = "qwen2_vl"', 'MODEL_TYPE = "qwen2_vl_copy"')
+    (tmp_path / "qwen2_vl_copy.py").write_text(source)
+    monkeypatch.setattr(backbones, "__path__", [*backbones.__path__, str(tmp_path)])
+    found = backbones._discover()
+    assert set(found) == {"chameleon", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_vl_copy"}
+    assert found["qwen2_vl_copy"].ADAPTER.__name__ == "Qwen2VLBackbone"
+    # the helpers (base, qwen_vl, tiny) name no MODEL_TYPE/ADAPTER: not backbones
+    assert set(backbones._discover()) - {"qwen2_vl_copy"} == set(backbones.ARCHS)

@@ -248,7 +248,7 @@ def test_fine_preset_makes_replay_choose_and_detail_matter() -> None:
     balanced letters."""
     import vedas
     from vedas.data.synth import MERGED_CELL_PX, PRESETS, merged_tokens, preset
-    from vedas.dev.demo import FULL, QUICK
+    from vedas.experiments.demo import FULL, QUICK
 
     cfg = preset("fine")
     size = FULL.with_preset("fine")

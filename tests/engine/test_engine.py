@@ -10,8 +10,8 @@ import torch
 import vedas
 from numerics import assert_close, assert_runs_agree, model_width, traced
 from vedas.config import LatentConfig
-from vedas.engine.tokens import LATENT_END, LATENT_START
 from vedas.model import VedasModel
+from vedas.tokens import LATENT_END, LATENT_START
 
 
 def _run(vm, batch, engine="cached", **kw):

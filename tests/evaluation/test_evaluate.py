@@ -185,7 +185,7 @@ def test_bench_quick_writes_every_ratio(tmp_path):
 def test_bench_interleaves_variants_and_takes_ratios_within_a_round():
     from types import SimpleNamespace
 
-    from vedas.dev import bench
+    from vedas.experiments import bench
 
     order: list[str] = []
 

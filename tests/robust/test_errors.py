@@ -91,8 +91,8 @@ def test_debug_shows_the_traceback(vedas_cli, tmp_path):
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
     """A bug is not a user error: it is not reduced to a line."""
+    from vedas.analysis import infer
     from vedas.cli import main
-    from vedas.evaluation import infer
 
     def broken(args):
         raise RuntimeError("a bug")

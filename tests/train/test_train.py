@@ -243,7 +243,7 @@ def test_recon_target_is_stop_gradient_and_embeddings_are_not_pulled(records):
     assert any(differs[:n]), "recon_target_grad=True should add a gradient path into the vision tower"
     # the replayed embeddings themselves get no recon gradient: with the replay weights' attention
     # path cut (weights detached), nothing reaches the tower at all
-    from vedas.method import replay as replay_mod
+    from vedas.engine import replay as replay_mod
 
     original = replay_mod.build
 

@@ -2,7 +2,7 @@
 
 A doc is a row in the M3CoT parquet schema (``id, question, choices, context, answer`` (a
 letter)``, image``, ...), which the shipped fixture has and ``export_parquet.py`` writes for any vedas
-dataset. The prompt is :func:`vedas.engine.prompts.format_question` of the question, the
+dataset. The prompt is :func:`vedas.prompts.format_question` of the question, the
 options and the context, exactly what ``vedas eval`` sends; images are converted to RGB as
 vedas' loaders do (transparency composited on white); a prediction is scored by the named
 rule of :mod:`vedas.evaluation.scoring`, the function ``vedas eval --scoring`` uses.
@@ -14,8 +14,8 @@ from typing import Any
 
 from vedas.data.images import to_rgb
 from vedas.data.record import Record
-from vedas.engine.prompts import LETTERS, format_question
 from vedas.evaluation.scoring import score
+from vedas.prompts import LETTERS, format_question
 
 
 def _images(doc: dict[str, Any]) -> list[Any]:

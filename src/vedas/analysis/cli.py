@@ -26,7 +26,7 @@ ANALYSES: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vedas.cli import plain
+    from vedas.cli_args import plain
 
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     for name, module in ANALYSES.items():

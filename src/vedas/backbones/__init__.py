@@ -1,23 +1,30 @@
-"""Backbone adapters, one file per architecture, looked up by ``config.model_type``."""
+"""Backbone adapters, one file per architecture, looked up by ``config.model_type``.
+
+Every module of this package that names a ``MODEL_TYPE`` and an ``ADAPTER`` is a backbone (found
+when the package loads), so adding one is adding its file: the adapter (:class:`Backbone`),
+``MODEL_CLASS``/``PROCESSOR_CLASS``, and for :func:`vedas.tiny_model` its tiny parts.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 from typing import Any
 
-from vedas.backbones import chameleon, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe
 from vedas.backbones.base import Backbone
 
-ARCHS: dict[str, ModuleType] = {
-    m.MODEL_TYPE: m for m in (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, chameleon)
-}
-_ADAPTERS = {
-    qwen2_vl.MODEL_TYPE: qwen2_vl.Qwen2VLBackbone,
-    qwen2_5_vl.MODEL_TYPE: qwen2_5_vl.Qwen2_5_VLBackbone,
-    qwen3_vl.MODEL_TYPE: qwen3_vl.Qwen3VLBackbone,
-    qwen3_vl_moe.MODEL_TYPE: qwen3_vl_moe.Qwen3VLMoeBackbone,
-    chameleon.MODEL_TYPE: chameleon.ChameleonBackbone,
-}
+
+def _discover() -> dict[str, ModuleType]:
+    found = (
+        importlib.import_module(f"{__name__}.{m.name}")
+        for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+    )
+    return {m.MODEL_TYPE: m for m in found if hasattr(m, "MODEL_TYPE") and hasattr(m, "ADAPTER")}
+
+
+ARCHS: dict[str, ModuleType] = _discover()
+_ADAPTERS = {arch: m.ADAPTER for arch, m in ARCHS.items()}
 
 
 def arch_module(arch: str) -> ModuleType:

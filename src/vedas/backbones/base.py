@@ -10,6 +10,7 @@ implements it.
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -109,3 +110,24 @@ class Backbone(Protocol):
     def suppressed_token_ids(self) -> list[int]:
         """Tokens greedy decoding must never emit (image/video placeholders, vision markers)."""
         ...
+
+
+# The oracle attention (vedas.engine.attention.ORACLE) returns its maps inside this context even where
+# a backbone's attention module drops ``output_attentions``; it lives here, not in the engine, because
+# the backbone that needs it (Chameleon) sets it and the engine reads it.
+_ORACLE_MAPS: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_oracle_maps", default=False)
+
+
+class oracle_maps:
+    """Context manager: the oracle returns its maps even where the attention module does not pass
+    ``output_attentions`` down to the kernel (Chameleon's takes it as an argument and drops it)."""
+
+    def __enter__(self) -> None:
+        self._token = _ORACLE_MAPS.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _ORACLE_MAPS.reset(self._token)
+
+
+def oracle_maps_wanted() -> bool:
+    return _ORACLE_MAPS.get()

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor
+from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-from vedas.engine.attention import oracle_maps
+from vedas.backbones.base import oracle_maps
 
 if TYPE_CHECKING:
     from vedas.engine.sources import VisualSources
@@ -84,7 +85,7 @@ class OneDimDecoder(nn.Module):
     ``rotary_emb`` is wrapped the same way (routing computes rope embeddings from (3, B, n) ranks).
     ``ChameleonAttention`` takes ``output_attentions`` as an argument and does not pass it to the
     attention kernel, so a call asking for attentions tells the recompute oracle's kernel directly
-    (:class:`vedas.engine.attention.oracle_maps`).
+    (:class:`vedas.backbones.base.oracle_maps`).
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -288,3 +289,43 @@ def tiny_config(
         num_res_blocks=1,
     )
     return ChameleonConfig(**text, vq_config=vq, vocabulary_map=vocabulary_map)
+
+
+# --- the tiny random model (vedas.tiny_model) -----------------------------------------------------
+
+TINY_SPECIAL = ["<image>", "<racm3:break>", "<eoss>"]
+QWEN_IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def tiny_processor(
+    tok: Any, chat_template: str, image_size: int, vq_codes: int, vq_levels: int, **_: Any
+) -> Any:
+    """The processor of :func:`vedas.tiny_model`: the Chameleon processor over ``tok`` (its special tokens and
+    one ``IMGIMG…`` token per VQ code added) with ``chat_template``'s image slot as ``<image>``."""
+    codes, levels = vq_codes, vq_levels
+    side = image_size // 2 ** (levels - 1)
+    if side * 2 ** (levels - 1) != image_size:
+        raise ValueError(f"image_size={image_size} must divide by 2^(vq_levels-1) = {2 ** (levels - 1)}")
+    tok.add_special_tokens(
+        {"additional_special_tokens": TINY_SPECIAL + [image_code_token(i) for i in range(codes)]},
+        replace_extra_special_tokens=False,
+    )
+    image_processor = ChameleonImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = PROCESSOR_CLASS(image_processor=image_processor, tokenizer=tok, image_seq_length=side * side)
+    processor.chat_template = chat_template.replace(
+        QWEN_IMAGE_SLOT, "<image>"
+    )  # its __init__ takes no chat_template
+    return processor
+
+
+def tiny_model_config(
+    text: dict[str, Any], tok: Any, image_size: int, vq_codes: int, vq_levels: int, **_: Any
+) -> ChameleonConfig:
+    """The config of :func:`vedas.tiny_model`: the text sizes ``text`` with plain RoPE, a small VQ-VAE."""
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4}
+    return tiny_config(text, dict(tok.get_vocab()), image_size, vq_codes, vq_levels)
+
+
+ADAPTER = ChameleonBackbone

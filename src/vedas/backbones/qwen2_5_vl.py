@@ -36,3 +36,6 @@ def tiny_config(text: dict[str, Any], vision_depth: int, vision_hidden: int, vis
         fullatt_block_indexes=[vision_depth - 1],
     )
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+
+
+ADAPTER = Qwen2_5_VLBackbone

@@ -30,3 +30,6 @@ def tiny_config(text: dict[str, Any], vision_depth: int, vision_hidden: int, vis
         temporal_patch_size=2,
     )
     return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+
+
+ADAPTER = Qwen2VLBackbone

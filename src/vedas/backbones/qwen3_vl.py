@@ -101,3 +101,6 @@ def tiny_config(text: dict[str, Any], vision_depth: int, vision_hidden: int, vis
     """A Qwen3VLConfig: interleaved M-RoPE, patch 16, DeepStack after the first decoder layer(s)."""
     text, vision = tiny_parts(text, vision_depth, vision_hidden, vision_heads)
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+
+
+ADAPTER = Qwen3VLBackbone

@@ -42,3 +42,6 @@ def tiny_config(text: dict[str, Any], vision_depth: int, vision_hidden: int, vis
         "decoder_sparse_step": 1,
     }
     return Qwen3VLMoeConfig(text_config=text, vision_config=vision, **ids)
+
+
+ADAPTER = Qwen3VLMoeBackbone

@@ -125,7 +125,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
-    from vedas.engine.prompts import answer_target, format_question
+    from vedas.prompts import answer_target, format_question
 
     name, path = split_spec(args.dataset)
     try:
@@ -155,7 +155,7 @@ def _difficulty(args: argparse.Namespace) -> int:
     import vedas
     from vedas.data import DataError, load
     from vedas.data.registry import split_spec
-    from vedas.method.gap import sample_difficulty
+    from vedas.evaluation.difficulty import sample_difficulty
 
     name, path = split_spec(args.data)
     try:

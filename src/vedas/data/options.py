@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from vedas.data.rows import Row
-from vedas.engine.prompts import LETTERS, option_letter
+from vedas.prompts import LETTERS, option_letter
 
 _OPTIONS_MARKER = re.compile(r"\boptions?\s*:", re.IGNORECASE)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from PIL import Image
 
-from vedas.engine.prompts import option_letter
 from vedas.errors import UserError
+from vedas.prompts import option_letter
 
 
 class DataError(UserError):

@@ -197,11 +197,12 @@ class SynthConfig:
 
 # Named presets of the knobs (``vedas data synth --preset NAME``; explicit flags override them).
 # ``easy`` is the demo's earlier benchmark: 112-px images (16 merged visual tokens) of clean 12-px
-# squares, one 3-step question. ``fine`` (docs/design.md#fine-preset) is built so that replay has to
-# choose and detail matters: 224-px images (64 merged tokens of 28 px, so T_r·K = 4·4 replays a
-# quarter of them), 8-px squares (under a third of a merged cell: a zoomed crop resolves what one
-# merged token blurs), up to 14 shapes, counts up to 4, and 3- or 4-step questions (difference of two
-# counts, or two counts added and a third subtracted).
+# squares, one 3-step question. ``fine`` (docs/design.md#fine-preset; the demo's) is built so that
+# replay has to choose and detail matters: 168-px images (36 merged tokens of 28 px, of which the
+# demo's T_r·K = 4·2 replays 8), 14-px squares (half a merged cell, each alone in its cell), up to
+# 12 shapes, counts up to 3, and 3- or 4-step questions (difference of two counts, or two counts
+# added and a third subtracted). The first ``fine`` (224 px, 8-px shapes) was abandoned: the
+# design note says why.
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": dict(
         image_size=112,

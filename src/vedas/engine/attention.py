@@ -35,6 +35,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
+from vedas.backbones.base import oracle_maps_wanted
+
 _ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextVar(
     "vedas_recorder", default=None
 )
@@ -220,23 +222,9 @@ ORACLE = "vedas_oracle"
 """The recompute oracle's attention implementation (see the module docstring)."""
 
 
-_ORACLE_MAPS: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_oracle_maps", default=False)
-
-
-class oracle_maps:
-    """Context manager: the oracle returns its maps even where the attention module does not pass
-    ``output_attentions`` down to the kernel (Chameleon's takes it as an argument and drops it)."""
-
-    def __enter__(self) -> None:
-        self._token = _ORACLE_MAPS.set(True)
-
-    def __exit__(self, *exc: object) -> None:
-        _ORACLE_MAPS.reset(self._token)
-
-
 def _oracle_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     # popped: the SDPA wrapper warns that it cannot return attentions; we return our own
-    want_maps = kwargs.pop("output_attentions", False) or _ORACLE_MAPS.get()
+    want_maps = kwargs.pop("output_attentions", False) or oracle_maps_wanted()
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     return out, (attention_probs(query, key, attention_mask, scaling) if want_maps else None)
 

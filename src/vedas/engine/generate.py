@@ -23,6 +23,7 @@ from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentLoop, LatentRun, LatentTransform, LoopState, StepCallback
+from vedas.engine.replay import ReplayPolicy
 from vedas.engine.runners import make_runner
 
 
@@ -113,6 +114,7 @@ def run(
     seeds: Sequence[int] | None = None,
     hook: LatentHook | None = None,
     on_step: StepCallback | None = None,
+    policy: ReplayPolicy | None = None,
 ) -> tuple[list[list[int]], Details]:
     """Generate for one prompt batch: prefill, ``steps`` latent passes (if ``latent_end_id``), greedy decode.
 
@@ -120,14 +122,15 @@ def run(
     the prefill's last position. ``temperature``/``seeds``: sampling instead of greedy
     decoding (see :meth:`LatentLoop.greedy`); the default is greedy. ``hook`` runs between
     the latent passes and decoding (see :class:`LatentHook`). ``on_step`` is called after every
-    decoded token (:data:`vedas.engine.loop.StepCallback`: streaming, stop sequences).
+    decoded token (:data:`vedas.engine.loop.StepCallback`: streaming, stop sequences). ``policy``: how replay chooses its
+    tokens (None: by attention; :func:`vedas.method.replay.policy` makes the one a config asks for).
     """
     steps = steps if latent_end_id is not None else 0
     if hook is not None:
         hook.check(engine, steps)
     # what the passes after the prefill can add: T_r chunks of ≤ K+1 tokens, <|latent_end|>, the answer
     reserve = steps * (cfg.replay_k + 1) + int(latent_end_id is not None) + cfg.max_new_tokens
-    loop = LatentLoop(backbone, cfg, make_runner(engine, backbone, reserve), suppress)
+    loop = LatentLoop(backbone, cfg, make_runner(engine, backbone, reserve), suppress, policy)
     report = None
     with torch.no_grad():
         clock = _Clock(batch.input_ids.device)

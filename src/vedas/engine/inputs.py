@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vedas.backbones.base import Backbone
-from vedas.method.replay import VisualTokens
+from vedas.engine.replay import VisualTokens
 
 
 @dataclass

@@ -39,11 +39,11 @@ import torch
 
 from vedas.backbones.base import Backbone
 from vedas.config import LatentConfig
+from vedas.engine import replay
 from vedas.engine.inputs import PromptBatch, embed_prompt
+from vedas.engine.replay import VisualTokens
 from vedas.engine.runners import Runner
 from vedas.engine.sources import VisualSources
-from vedas.method import replay
-from vedas.method.replay import VisualTokens
 
 LatentTransform = Callable[[int, torch.Tensor], torch.Tensor]
 """``transform(step, z) -> z'``: rewrites latent z^(step+1) (B, D) before it is fed back."""
@@ -99,11 +99,6 @@ def chunk_positions(
     return pos, z + 1
 
 
-def random_generator(cfg: LatentConfig, device: torch.device) -> torch.Generator:
-    """The generator of ``replay_select: random``, seeded with ``cfg.replay_seed``."""
-    return torch.Generator(device=device).manual_seed(cfg.replay_seed)
-
-
 class LatentLoop:
     """Runs prefill, T_r latent chunk passes and greedy decoding over one :class:`Runner`."""
 
@@ -113,14 +108,14 @@ class LatentLoop:
         cfg: LatentConfig,
         runner: Runner,
         suppress: list[int] | None = None,
-        generator: torch.Generator | None = None,
+        policy: replay.ReplayPolicy | None = None,
     ) -> None:
-        """``generator`` draws the picks of ``replay_select: random`` (default: a fresh one seeded with
-        ``cfg.replay_seed`` at the first prefill; training passes one that lives across steps)."""
+        """``policy`` chooses the replayed tokens instead of the attention (a control such as
+        :class:`vedas.method.replay.RandomReplay`; training passes one that lives across steps)."""
         self.backbone = backbone
         self.cfg = cfg
         self._runner = runner
-        self._generator = generator
+        self._policy = policy
         self._suppress = backbone.suppressed_token_ids() + list(suppress or [])
         self._visual: VisualTokens | None = None
         self._k = 0
@@ -177,8 +172,6 @@ class LatentLoop:
         self._k = self.cfg.replay_k if has_image else 0
         self._next_pos = positions.max(dim=2).values[0] + 1  # (B,)
         self._visited = torch.zeros_like(visual.valid)
-        if self.cfg.replay_select == "random" and self._generator is None:
-            self._generator = random_generator(self.cfg, visual.valid.device)
         record = self._k > 0 if record is None else record and has_image
         sources = VisualSources.prompt(visual, embeds.shape[1])
         hidden, self._attn = self._runner(
@@ -241,10 +234,7 @@ class LatentLoop:
         assert self._attn is not None and self._visited is not None
         visual, cfg = self.visual, self.cfg
         scores = self._attn.gather(1, visual.seq_index)
-        keys = None
-        if cfg.replay_select == "random":
-            assert self._generator is not None
-            keys = replay.random_keys(scores.shape, self._generator)
+        keys = None if self._policy is None else self._policy.keys(scores)
         return replay.build(scores, visual, self._visited, k, cfg.replay_mode, cfg.replay_scale, keys)
 
     def _chunk(

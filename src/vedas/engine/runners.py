@@ -27,8 +27,8 @@ from transformers import DynamicCache
 
 from vedas.backbones.base import Backbone
 from vedas.engine.attention import ORACLE, LastQueryRecorder, decoder_config_key
+from vedas.engine.passes import decoder_pass, segment_ids, segments
 from vedas.engine.sources import VisualSources
-from vedas.method import routing
 
 
 class Runner(Protocol):
@@ -63,36 +63,6 @@ class Runner(Protocol):
         ...
 
 
-def _segment_ids(new_mask: torch.Tensor, implicit: bool, index: int) -> torch.Tensor:
-    """Routing segment ids of one pass's tokens: ``index`` where routable, -1 for padding or explicit text."""
-    if not implicit:
-        return torch.full(new_mask.shape, -1, dtype=torch.long, device=new_mask.device)
-    return torch.where(new_mask.bool(), index, -1)
-
-
-def decoder_pass(
-    decoder: Any,
-    embeds: torch.Tensor,
-    mask: torch.Tensor,
-    positions: torch.Tensor,
-    cache: Any,
-    **extra: Any,
-) -> torch.Tensor:
-    """One decoder forward over new tokens with a KV cache: the final-norm hidden states (B, n, D).
-
-    The one call both cache-keeping engines make (the static engine compiles it); ``extra`` is
-    what :meth:`Backbone.decoder_inputs` adds for the pass (Qwen3-VL's DeepStack rows).
-    """
-    return decoder(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        **extra,
-    ).last_hidden_state
-
-
 class CachedRunner:
     """Each pass sees only its new tokens; the history lives in the KV cache."""
 
@@ -107,7 +77,7 @@ class CachedRunner:
         new = new_mask.long()
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         rec = LastQueryRecorder() if record else contextlib.nullcontext()
-        with rec, routing.segments(_segment_ids(new_mask, implicit, 0) if implicit else None):
+        with rec, segments(segment_ids(new_mask, implicit, 0) if implicit else None):
             hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache, **extra)
         return hidden, (rec.mean() if record else None)
 
@@ -175,7 +145,7 @@ class RecomputeRunner:
         self.passes = 0
 
     def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
-        seg = _segment_ids(new_mask, implicit, self.passes)
+        seg = segment_ids(new_mask, implicit, self.passes)
         self.passes += 1
         if sources is None:
             sources = VisualSources.none(embeds.shape[0], embeds.shape[1], embeds.device)
@@ -191,7 +161,7 @@ class RecomputeRunner:
             self.sources = self.sources.cat(sources)
         extra = self.backbone.decoder_inputs(self.sources)  # the same rows, over the whole prefix
         routed = self.segments if bool((self.segments >= 0).any()) else None
-        with text_attention(self.model, self.attention), routing.segments(routed):
+        with text_attention(self.model, self.attention), segments(routed):
             out = self.decoder(
                 inputs_embeds=self.embeds,
                 attention_mask=self.mask,

@@ -4,7 +4,7 @@ The engine feeds the decoder embeddings only; an architecture that also injects 
 visual inputs at the image positions (Qwen3-VL's DeepStack) needs to know, for every pass,
 where the visual tokens sit and whose rows they carry. :class:`VisualSources` says it in one
 general form: position j of row b is the weighted sum over ``m`` source tokens
-``index[b, j, :]`` (indices into the prompt's :class:`~vedas.method.replay.VisualTokens`),
+``index[b, j, :]`` (indices into the prompt's :class:`~vedas.engine.replay.VisualTokens`),
 with ``weight`` and ``mask`` of the same shape (no source where ``mask`` is all False).
 
 - the prompt's image tokens: one source each, weight 1 (:meth:`VisualSources.prompt`);
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vedas.method.replay import Replay, VisualTokens
+from vedas.engine.replay import Replay, VisualTokens
 
 
 @dataclass

@@ -47,8 +47,7 @@ from transformers import StaticCache
 
 from vedas.backbones.base import Backbone
 from vedas.engine.attention import ModuleRecorder, attention_implementation, attention_modules
-from vedas.engine.runners import _segment_ids, decoder_pass
-from vedas.method import routing
+from vedas.engine.passes import decoder_pass, hooked, segment_ids, segments
 
 LENGTH_BUCKET = 64
 """The static cache's length is rounded up to a multiple of this (fewer distinct compiled shapes)."""
@@ -134,7 +133,7 @@ def _pooled_cache(runner: StaticRunner, key: tuple[Any, ...], max_len: int) -> S
 
 def _routing_installed(backbone: Backbone) -> bool:
     """Whether an enabled Routing Depth Scaling module hooks one of the decoder layers."""
-    return any(routing.installed_on(layer) for layer in backbone.decoder_layers())
+    return any(hooked(layer) for layer in backbone.decoder_layers())
 
 
 class StaticRunner:
@@ -183,7 +182,7 @@ class StaticRunner:
                 f"prefill (prompt + reserve={self.reserve})"
             )
         self.mask[:, self._length : end] = new_mask.long()
-        seg = _segment_ids(new_mask, implicit, 0) if implicit else None
+        seg = segment_ids(new_mask, implicit, 0) if implicit else None
         extra = {} if sources is None else self.backbone.decoder_inputs(sources)
         run = decoder_pass
         if not first and self.settings is not None:
@@ -192,7 +191,7 @@ class StaticRunner:
                 torch.compiler.cudagraph_mark_step_begin()
         with (
             ModuleRecorder(self.attn, on=record) as rec,
-            routing.segments(seg),
+            segments(seg),
             torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
         ):
             hidden = run(self.decoder, embeds, self.mask, positions, self.cache, **extra)

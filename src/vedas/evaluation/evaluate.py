@@ -407,7 +407,7 @@ def output_names(out: str | Path) -> tuple[Path, Path, Path]:
 def lock_output(out: str | Path) -> Any:
     """One ``vedas eval`` at a time per output (its three files): a second one into the same ``--out``
     used to finish too, leaving the report of one and the per-batch log of the other."""
-    from vedas.train.output_dir import lock_file
+    from vedas.files import lock_file
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ import string
 from collections.abc import Callable, Sequence
 
 from vedas.data.record import Record
-from vedas.engine.prompts import ANSWER_PREFIX, option_letter
 from vedas.errors import UserError
+from vedas.prompts import ANSWER_PREFIX, option_letter
 
 Rule = Callable[[str, Sequence[str]], str | None]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from vedas.config import _check
 from vedas.data.steps import split_steps
-from vedas.engine.prompts import answer_target
 from vedas.methods import LATENT_METHODS, METHODS  # noqa: F401  (re-exported)
+from vedas.prompts import answer_target
 
 
 @dataclass

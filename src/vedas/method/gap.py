@@ -26,7 +26,7 @@ untrained head is a meaningful inference-time option too. It is the checkpoint e
 head runs first, then the norm calibration.
 
 **Difficulty-aware latent supervision** (``data.difficulty: FILE`` in ``vedas train``).
-:func:`sample_difficulty` (``vedas data difficulty``) samples the base model N times per
+:func:`vedas.evaluation.difficulty.sample_difficulty` (``vedas data difficulty``) samples the base model N times per
 training question at a temperature; questions it never answers correctly are *hard*. The
 trainer gives hard questions the configured latent method and trains the rest as plain CoT:
 in a latent batch a CoT sample is a 0-latent sample with every step explicit
@@ -42,7 +42,6 @@ the split does not depend on batching.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -55,7 +54,7 @@ from vedas import extras
 from vedas.config import ConfigError, LatentConfig
 from vedas.engine.inputs import PromptBatch, embed_prompt
 from vedas.engine.loop import LatentTransform
-from vedas.method.replay import VisualTokens
+from vedas.engine.replay import VisualTokens
 
 NORM_EXTRA = "latent_norm"
 HEAD_EXTRA = "latent_head"
@@ -374,85 +373,6 @@ def load_buffers(modules: Mapping[str, nn.Module], path: str | Path) -> bool:
 # --- difficulty-aware supervision ----------------------------------------------------------
 
 
-def sample_seed(seed: int, record_id: str, sample: int) -> int:
-    """The sampling seed of sample ``sample`` of question ``record_id``: independent of batching."""
-    digest = hashlib.blake2b(f"{seed}/{record_id}/{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def sample_difficulty(
-    vm: Any,
-    records: Sequence[Any],
-    samples: int = 8,
-    temperature: float = 1.0,
-    seed: int = 0,
-    mode: str = "cot",
-    batch_size: int = 8,
-    scoring: str = "vedas",
-    max_new_tokens: int | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Sample ``vm`` ``samples`` times per question; questions with no correct sample are hard.
-
-    Returns ``{"samples", "temperature", "seed", "mode", "scoring", "n", "hard", "hard_ids",
-    "per_question": {id: {"correct": c, "predictions": [...]}}}``.
-    """
-    from tqdm.auto import tqdm
-
-    from vedas.evaluation.scoring import score
-
-    _check_sampling(records, samples, temperature, batch_size, scoring)
-    rows = [(r, j) for r in records for j in range(samples)]
-    per: dict[str, dict[str, Any]] = {r.id: {"correct": 0, "predictions": []} for r in records}
-    bar = tqdm(total=len(rows), disable=not progress, desc="difficulty")
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        texts, _ = vm.generate_records(
-            [r for r, _ in chunk],
-            mode=mode,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=[sample_seed(seed, r.id, j) for r, j in chunk],
-        )
-        for (r, _), text in zip(chunk, texts):
-            per[r.id]["predictions"].append(text)
-            per[r.id]["correct"] += int(score(text, r, scoring))
-        bar.update(len(chunk))
-    bar.close()
-    hard = [r.id for r in records if per[r.id]["correct"] == 0]
-    return {
-        "samples": samples,
-        "temperature": temperature,
-        "seed": seed,
-        "mode": mode,
-        "scoring": scoring,
-        "n": len(records),
-        "hard": len(hard),
-        "hard_ids": hard,
-        "per_question": per,
-    }
-
-
-def _check_sampling(
-    records: Sequence[Any], samples: int, temperature: float, batch_size: int, scoring: str
-) -> None:
-    """The arguments of :func:`sample_difficulty`, checked before any compute; errors name the argument."""
-    from vedas.evaluation.scoring import get_rule
-
-    get_rule(scoring)
-    if samples < 1:
-        raise ValueError(f"samples: must be ≥ 1, got {samples}")
-    if temperature <= 0:
-        raise ValueError(f"temperature: must be > 0 to sample, got {temperature}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
-    if not records:
-        raise ValueError("records: no questions to sample")
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError("records: ids must be unique to name the hard questions")
-
-
 def hard_ids(path: str | Path, record_ids: Sequence[str]) -> set[str]:
     """The all-fail question ids of a ``vedas data difficulty`` file, checked against the training ids."""
     p = Path(path)
@@ -477,10 +397,37 @@ def supervision(method: str, record_id: str, hard: set[str] | None) -> str:
     return method if hard is None or record_id in hard else "cot"
 
 
+class TrainingHooks:
+    """GAP's part in a training run, through the recipe's extension points (:data:`vedas.method.TRAINING_HOOKS`):
+    the difficulty split, the modules fit before training, what each record is supervised with, and
+    the norm EMA saved with (and restored from) every checkpoint."""
+
+    def difficulty_split(self, path: str | None, record_ids: Sequence[str]) -> set[str] | None:
+        """The hard question ids (``data.difficulty``), or None without a split."""
+        return hard_ids(path, record_ids) if path else None
+
+    def prepare(self, vm: Any, records: Sequence[Any], cfg: LatentConfig) -> list[str]:
+        """Fit the modules ``cfg`` asks for (PCA latent head, norm EMA); the lines to print."""
+        return prepare_training(vm, records, cfg)
+
+    def supervision(self, method: str, record_id: str, hard: set[str] | None) -> str:
+        return supervision(method, record_id, hard)
+
+    def save_state(self, modules: Mapping[str, nn.Module], directory: Path) -> None:
+        save_buffers(modules, directory / BUFFERS_FILE)  # the norm EMA is state, not a parameter
+
+    def load_state(self, modules: Mapping[str, nn.Module], directory: Path) -> str | None:
+        """Restore the saved state; a line to print when the checkpoint has none."""
+        if load_buffers(modules, directory / BUFFERS_FILE):
+            return None
+        return f"{directory} has no {BUFFERS_FILE}: the GAP norm EMA starts afresh"
+
+
 __all__ = [
     "EXTRAS",
     "NormEMA",
     "PCAHead",
+    "TrainingHooks",
     "calibrate_norms",
     "compose",
     "enable_norm_calibration",
@@ -492,8 +439,6 @@ __all__ = [
     "load_buffers",
     "prepare_training",
     "rescale",
-    "sample_difficulty",
-    "sample_seed",
     "save_buffers",
     "supervision",
     "visual_embeddings",

@@ -1,124 +1,36 @@
-"""Visual replay (docs/design.md#visual-replay): pick the most-attended unvisited visual tokens and weight them.
+"""Replay policies: the plug-ins for the engine's token choice (:class:`vedas.engine.replay.ReplayPolicy`).
 
-At latent step t the last query's attention a^(t) over each sample's visual tokens picks
-I^(t) = top-K among tokens not replayed before (the visited set grows every step, per
-sample). The replayed block is B^(t) = Diag(softmax(a^(t)_I)) · V_I, with V the visual input
-embeddings (after the merger). Everything is batched over a padded (B, N_max) layout; no
-Python loop over samples; one host sync per step for the chunk width.
-
-A control (``replay_select: random``, :func:`random_keys`) picks K unvisited tokens uniformly at
-random instead of by attention; the block's weights are still softmax(a_I) over the picked ones,
-so only the choice differs from the method.
-
-Selected tokens are emitted in their original (raster) order, invalid slots first, so a
-chunk is ``[pads…, replayed tokens…, z]`` and left padding stays on the left.
+The paper's visual replay chooses by attention, the engine's default (no policy). The ablation's
+control ``replay_select: random`` (:class:`RandomReplay`) picks K unvisited tokens uniformly at
+random; only the choice differs, the weights are still softmax over the picked tokens' attention.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class VisualTokens:
-    """Each sample's visual tokens in a padded layout (N_max = the most any sample has)."""
-
-    seq_index: torch.Tensor  # (B, N) position of each visual token in the prompt sequence (0 where invalid)
-    valid: torch.Tensor  # (B, N) bool
-    features: torch.Tensor  # (B, N, D) visual input embeddings
-    positions: torch.Tensor  # (3, B, N) their (t, h, w) rope positions in the prompt
-    image: torch.Tensor | None = None  # (B, N) index of the token's image in the batch's image list
-    row: torch.Tensor | None = None  # (B, N) row on that image's merged grid
-    col: torch.Tensor | None = None  # (B, N) column on that image's merged grid
-    side: torch.Tensor | None = None
-    """(S, B, N, D) per-layer rows the decoder adds at each token's position (Qwen3-VL's DeepStack), or None."""
-
-    @property
-    def count(self) -> torch.Tensor:
-        return self.valid.sum(1)
+from vedas.config import LatentConfig
+from vedas.engine.replay import ReplayPolicy, random_keys
 
 
-@dataclass
-class Replay:
-    """One step's selection: indices into each sample's visual tokens and the replay block."""
+class RandomReplay:
+    """K random unvisited tokens per step, from one generator seeded with ``seed`` on the scores'
+    device at the first step (training keeps one policy for the run: a fresh one per batch would
+    give every batch the same picks)."""
 
-    index: torch.Tensor  # (B, k) visual-token indices; arbitrary where ~mask
-    mask: torch.Tensor  # (B, k) bool, invalid slots first
-    weights: torch.Tensor  # (B, k) softmax(a_I) × scale, 0 where ~mask
-    tokens: torch.Tensor  # (B, k, D) for topk or (B, 1, D) for soft_mix
-    token_mask: torch.Tensor  # (B, k) or (B, 1) bool
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.generator: torch.Generator | None = None
 
-
-def select(
-    scores: torch.Tensor, valid: torch.Tensor, visited: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` among valid, unvisited tokens, per sample (k clipped to what is left).
-
-    Returns ``(index, mask)`` of shape (B, k_max), sorted so invalid slots come first and the
-    selected tokens follow in ascending index order.
-    """
-    free = valid & ~visited
-    left = free.sum(1)
-    k_max = int(torch.clamp(left, max=k).max()) if scores.shape[1] else 0
-    b = scores.shape[0]
-    if k_max == 0:
-        empty = torch.zeros(b, 0, dtype=torch.long, device=scores.device)
-        return empty, empty.bool()
-    masked = scores.float().masked_fill(~free, float("-inf"))
-    _, top = masked.topk(k_max, dim=1)
-    mask = torch.arange(k_max, device=scores.device)[None] < torch.clamp(left, max=k)[:, None]
-    key = torch.where(mask, top, torch.full_like(top, -1))
-    key, order = key.sort(dim=1)
-    index = torch.where(key >= 0, key, torch.zeros_like(key))
-    return index, mask.gather(1, order)
+    def keys(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        return random_keys(scores.shape, self.generator)
 
 
-SELECTIONS = ("attention", "random")
-"""How a step chooses its tokens (``LatentConfig.replay_select``)."""
+def policy(cfg: LatentConfig) -> ReplayPolicy | None:
+    """The replay policy ``cfg`` asks for (``replay_select``): None chooses by attention."""
+    return RandomReplay(cfg.replay_seed) if cfg.replay_select == "random" else None
 
 
-def random_keys(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Uniform keys (B, N) on the generator's device: their top-K among the free tokens is a
-    uniformly random K-subset of them (``replay_select: random``)."""
-    return torch.rand(shape, generator=generator, device=generator.device)
-
-
-def build(
-    scores: torch.Tensor,
-    visual: VisualTokens,
-    visited: torch.Tensor,
-    k: int,
-    mode: str = "topk",
-    scale: str = "paper",
-    keys: torch.Tensor | None = None,
-) -> Replay:
-    """Select I^(t) and build B^(t) for a batch; ``visited`` is updated in place by the caller.
-
-    ``keys`` (B, N), when given, choose the tokens instead of ``scores`` (:func:`random_keys`);
-    the weights are still softmax over ``scores`` of the chosen tokens.
-    """
-    index, mask = select(scores if keys is None else keys, visual.valid, visited, k)
-    a = scores.float().gather(1, index).masked_fill(~mask, float("-inf"))
-    w = torch.nan_to_num(a.softmax(1), nan=0.0) * mask  # a sample with nothing selected gets all zeros
-    if scale == "unit":
-        w = w * mask.sum(1, keepdim=True)
-    feats = visual.features.gather(1, index[..., None].expand(-1, -1, visual.features.shape[-1]))
-    weighted = feats * w[..., None].to(feats.dtype)
-    if mode == "soft_mix":
-        tokens = weighted.sum(1, keepdim=True)
-        token_mask = mask.any(1, keepdim=True)
-    else:
-        tokens, token_mask = weighted, mask
-    return Replay(index=index, mask=mask, weights=w, tokens=tokens, token_mask=token_mask)
-
-
-def mark_visited(visited: torch.Tensor, replay: Replay) -> torch.Tensor:
-    """The visited set after this step (a new tensor)."""
-    if replay.index.shape[1] == 0:
-        return visited
-    # scatter_add, not scatter: invalid slots point at index 0 and must not overwrite a hit there
-    hit = torch.zeros(visited.shape, dtype=torch.long, device=visited.device)
-    hit.scatter_add_(1, replay.index, replay.mask.long())
-    return visited | (hit > 0)
+__all__ = ["RandomReplay", "policy"]

@@ -62,9 +62,7 @@ Decisions, where the paper is loose:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -76,45 +74,10 @@ from vedas import extras
 from vedas.config import _check, _check_literal, from_dict, to_dict
 from vedas.engine.attention import paused
 
-_SEGMENTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
-    "vedas_segments", default=None
-)
-_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_routing_allowed", default=True)
-
-
-@contextlib.contextmanager
-def allowed(on: bool) -> Iterator[None]:
-    """Switch routing on or off for the enclosed work (mode ``latent`` and ablations run without it)."""
-    token = _ALLOWED.set(on)
-    try:
-        yield
-    finally:
-        _ALLOWED.reset(token)
-
-
-def is_allowed() -> bool:
-    return _ALLOWED.get()
-
-
-@contextlib.contextmanager
-def segments(ids: torch.Tensor | None) -> Iterator[None]:
-    """Route the queries of the enclosed forward by ``ids`` (B, L_query); None turns routing off."""
-    token = _SEGMENTS.set(ids)
-    try:
-        yield
-    finally:
-        _SEGMENTS.reset(token)
-
-
-def current_segments() -> torch.Tensor | None:
-    return _SEGMENTS.get()
-
-
-def installed_on(layer: nn.Module) -> bool:
-    """Whether an enabled :class:`RoutingDepthScaling` hooks ``layer`` (the static engine then does not compile)."""
-    module = _INSTALLED.get(layer)
-    return module is not None and module.enabled
-
+# the pass context (segments, the allowed switch, which layers are hooked) is the engine's: its
+# runners set it around each pass; routing reads it and re-exports it under its old names
+from vedas.engine.passes import LAYER_HOOKS as _INSTALLED
+from vedas.engine.passes import allowed, current_segments, is_allowed, segments
 
 # --- configuration -------------------------------------------------------------------------
 
@@ -281,9 +244,6 @@ def _no_output_capture() -> Iterator[None]:
 
 
 # --- the module ----------------------------------------------------------------------------
-
-# decoder layer -> the RoutingDepthScaling hooked onto it (a layer is routed by at most one module)
-_INSTALLED: weakref.WeakKeyDictionary[nn.Module, RoutingDepthScaling] = weakref.WeakKeyDictionary()
 
 
 def _backbone(target: Any) -> Any:

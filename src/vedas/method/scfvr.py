@@ -33,7 +33,7 @@ from torch import nn
 
 from vedas.backbones.base import Backbone
 from vedas.config import _check, _check_literal
-from vedas.method.replay import Replay, VisualTokens
+from vedas.engine.replay import Replay, VisualTokens
 
 # --- window search -----------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ from vedas.config import ConfigError, _check, from_dict
 
 if TYPE_CHECKING:  # the engine pulls in transformers; `vedas --help` only needs the flags below
     from vedas.engine.loop import LatentLoop, LatentRun, LoopState
-    from vedas.method.replay import Replay, VisualTokens
+    from vedas.engine.replay import Replay, VisualTokens
 
 STAGES = ("stage1", "stage2")
 

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from vedas.data.images import to_rgb
-from vedas.serve.protocol import bad
+from vedas.serve.errors import bad
 
 NOT_ALLOWED = "local file not allowed or not found"
 _REDUCIBLE = ("L", "LA", "RGB", "RGBA")  # modes PIL's reduce() takes

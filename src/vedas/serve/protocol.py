@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from vedas.engine.prompts import LETTERS
 from vedas.methods import LATENT_METHODS, METHODS
+from vedas.prompts import LETTERS
+from vedas.serve.errors import ApiError, bad
 
 if TYPE_CHECKING:
     from vedas.serve.media import MediaPolicy
@@ -54,27 +55,6 @@ UNSUPPORTED = {
     "function_call": "function calls are not supported",
     "logit_bias": "logit bias is not supported",
 }
-
-
-class ApiError(Exception):
-    """A refused request: HTTP ``status`` and an OpenAI error object naming ``param``."""
-
-    def __init__(
-        self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.kind = kind
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
-
-
-def bad(param: str, message: str) -> ApiError:
-    """A 400 naming ``param``; the message starts with the field, as every error of vedas does."""
-    return ApiError(400, f"{param}: {message}", param)
 
 
 @dataclass(frozen=True)

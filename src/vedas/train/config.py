@@ -10,6 +10,7 @@ field, before any data is read.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +27,8 @@ from vedas.config import (
 from vedas.method.curriculum import CurriculumConfig
 from vedas.method.routing import RoutingConfig
 from vedas.method.scfvr import SCFVRConfig
-from vedas.methods import LATENT_METHODS, METHODS, Method
+from vedas.methods import METHODS, Method, MethodName
+from vedas.methods import method as method_of
 
 LORA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -66,7 +68,7 @@ class ModelConfig:
         if (
             self.tiny
         ):  # importing the tiny model's module costs seconds: only when there is something to check
-            from vedas.dev.tiny import tiny_model
+            from vedas.backbones.tiny import tiny_model
 
             self.tiny = keyword_args(tiny_model, self.tiny, "tiny", skip=TINY_SET_BY_RECIPE)
 
@@ -177,7 +179,7 @@ class RunConfig:
 class TrainConfig:
     """Everything ``vedas train`` reads; every field can be overridden as ``--section.field value``."""
 
-    method: Method = "vedas"
+    method: MethodName = "vedas"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
@@ -197,15 +199,30 @@ class TrainConfig:
             f"must be a RoutingConfig or None, got {self.routing!r}",
         )
         _check(
-            self.routing is None or self.method == "vedas",
+            self.routing is None or method_of(self.method).routing,
             "routing",
             f"routing depth scaling belongs to method 'vedas', not {self.method!r}",
         )
         _check(
-            self.data.difficulty is None or self.method in LATENT_METHODS,
+            self.data.difficulty is None or method_of(self.method).latent,
             "data.difficulty",
             f"difficulty-aware latent supervision needs method 'latent' or 'vedas', not {self.method!r}",
         )
+
+
+def for_method(cfg: TrainConfig, preset: Method) -> TrainConfig:
+    """``cfg`` set up to train ``preset`` (:data:`vedas.methods.PRESETS`): its mode as ``method`` and the
+    fields it switches (:meth:`~vedas.methods.Method.train_fields`: replay, SCF-VR weight, routing)."""
+    latent, scfvr, top = {}, {}, {"method": preset.mode}
+    for key, value in preset.train_fields().items():
+        section, _, name = key.rpartition(".")
+        {"latent": latent, "scfvr": scfvr, "": top}[section][name] = value
+    return dataclasses.replace(
+        cfg,
+        latent=dataclasses.replace(cfg.latent, **latent),
+        scfvr=dataclasses.replace(cfg.scfvr, **scfvr),
+        **top,
+    )
 
 
 def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
@@ -223,5 +240,6 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
+    "for_method",
     "load_config",
 ]

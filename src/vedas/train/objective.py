@@ -29,11 +29,13 @@ from torch import nn
 
 from vedas.config import LatentConfig
 from vedas.engine.inputs import PromptBatch
-from vedas.engine.loop import LatentLoop, random_generator
+from vedas.engine.loop import LatentLoop
+from vedas.engine.replay import Replay
 from vedas.engine.runners import make_runner
 from vedas.method import gap, scfvr
-from vedas.method.curriculum import LATENT_METHODS, Layout
-from vedas.method.replay import Replay
+from vedas.method.curriculum import Layout
+from vedas.method.replay import policy as replay_policy
+from vedas.methods import method as method_of
 
 
 @dataclass
@@ -50,7 +52,7 @@ class TrainBatch:
 
 def collate(vm: Any, records: list[Any], layouts: list[Layout], method: str) -> TrainBatch:
     """Tokenise prompts (the inference prompt builder) and targets for one batch."""
-    mode = "vedas" if method in LATENT_METHODS else "no_cot"
+    mode = "vedas" if method_of(method).latent else "no_cot"
     prompt = vm.prepare_records(records, mode=mode)
     tok = vm.tokenizer
     eos = vm.eos_id
@@ -96,23 +98,21 @@ class LatentObjective(nn.Module):
         self.latent = latent
         self.recon_cfg = recon
         dim = vm.model.config.get_text_config().hidden_size
-        use_recon = method == "vedas" and recon is not None and recon.weight > 0
+        use_recon = method_of(method).scfvr and recon is not None and recon.weight > 0
         self.sr = scfvr.TokenSR(dim, recon.sr) if use_recon else None
         # GAP modules (PCA latent head, norm EMA) live here too, so DDP/accelerate sync them
         self.gap = nn.ModuleDict(gap.modules(vm))
         # the routers too: as submodules of the wrapped objective, DDP all-reduces their gradients
         self.routing = vm.extras.get("routing")
-        # replay_select: random draws from one generator for the whole run (a fresh one per batch
-        # would give every batch the same picks)
-        self._replay_generator: torch.Generator | None = None
+        # replay_select: random draws from one policy (one generator) for the whole run: a fresh one
+        # per batch would give every batch the same picks
+        self._replay_policy = replay_policy(latent)
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
         bb = vm.backbone
-        if self.latent.replay_select == "random" and self._replay_generator is None:
-            self._replay_generator = random_generator(self.latent, batch.target_ids.device)
-        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), generator=self._replay_generator)
-        latent = self.method in LATENT_METHODS
+        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), policy=self._replay_policy)
+        latent = method_of(self.method).latent
         steps = int(batch.latents.max()) if latent else 0
         h = loop.prefill(batch.prompt, record=None if steps else False)
         text, tmask = batch.target_ids, batch.target_mask

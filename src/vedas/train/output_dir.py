@@ -22,13 +22,12 @@ they fail alike.
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from vedas.config import ConfigError
+from vedas.files import Lock, lock_file
 
 LOCK_FILE = ".vedas-train.lock"
 
@@ -49,19 +48,6 @@ DEFINING = (
 in which order. ``run.*`` (where, how often, how long) and the rest of ``optim`` may change."""
 
 
-class Lock:
-    """An exclusive ``flock`` on ``<output_dir>/.vedas-train.lock``; :meth:`release` (or process exit) frees it."""
-
-    def __init__(self, path: Path, handle: IO[str] | None) -> None:
-        self.path = path
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the descriptor drops the flock
-            self._handle = None
-
-
 def acquire(out_dir: Path) -> Lock:
     """Lock ``out_dir`` for this process, or raise a ConfigError naming the lock file and its owner."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,28 +59,6 @@ def acquire(out_dir: Path) -> Lock:
             f"{path}); wait for it or choose another --run.output_dir"
         ),
     )
-
-
-def lock_file(path: Path, in_use: Callable[[str], str]) -> Lock:
-    """An exclusive ``flock`` on ``path`` (created; it holds the owner's pid), or a ConfigError
-    ``in_use(owner pid)`` when another process holds it. The lock dies with its process, even by SIGKILL."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): run unlocked rather than not at all
-        return Lock(path, None)
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
-        raise ConfigError(in_use(owner)) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return Lock(path, handle)
 
 
 def contents(out_dir: Path) -> list[str]:

@@ -46,14 +46,9 @@ import numpy as np
 import torch
 
 from vedas.config import ConfigError, to_dict
-from vedas.method.curriculum import (
-    LATENT_METHODS,
-    layout,
-    max_steps,
-    num_stages,
-    record_steps,
-    stage_for_epoch,
-)
+from vedas.method import training_hooks
+from vedas.method.curriculum import layout, max_steps, num_stages, record_steps, stage_for_epoch
+from vedas.methods import method as method_of
 from vedas.train import output_dir
 from vedas.train import state as train_state
 from vedas.train.config import TrainConfig, load_config
@@ -162,7 +157,6 @@ def setup_data(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainDat
     are skipped and counted (``data.skip_bad``) or train on the answer alone (``data.answer_only``);
     a difficulty file must cover the records."""
     from vedas.data import load as load_data
-    from vedas.method import gap
 
     d = cfg.data
     records = load_data(d.name, path=d.path, split=d.split, limit=d.limit, skip_bad=d.skip_bad)
@@ -172,7 +166,9 @@ def setup_data(cfg: TrainConfig, say: Callable[[str], None] = print) -> TrainDat
         say(f"skipped {row['id']}: {row['reason']}")
     if not records:
         raise ConfigError(f"data: no training records left in {d.path or d.name} ({records.describe()})")
-    hard = gap.hard_ids(d.difficulty, [r.id for r in records]) if d.difficulty else None
+    hard = None
+    for hook in training_hooks():  # the first hook with a split decides
+        hard = hard if hard is not None else hook.difficulty_split(d.difficulty, [r.id for r in records])
     if hard is not None:
         n_hard = sum(r.id in hard for r in records)
         say(f"difficulty split: {n_hard} hard questions get latent supervision, {len(records) - n_hard} CoT")
@@ -206,7 +202,7 @@ def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]
 
 def corpus(records: Any) -> list[str]:
     """The text a tiny model's BPE is trained on: questions, options, rationales and answer sentences."""
-    from vedas.engine.prompts import answer_target, format_question
+    from vedas.prompts import answer_target, format_question
 
     return [
         f"{format_question(r.question, r.choices or None, r.context or None)}\n{r.rationale}\n{answer_target(r.answer)}"
@@ -273,13 +269,14 @@ def lora_target(vm: Any, names: list[str]) -> str:
 def setup_objective(
     cfg: TrainConfig, vm: Any, records: Any, device: Any, say: Callable[[str], None] = print
 ) -> Any:
-    """``vm`` on ``device`` with the GAP modules the config asks for, and the objective that trains it."""
-    from vedas.method import gap
+    """``vm`` on ``device`` with the modules the training hooks fit (GAP's, as the config asks), and the
+    objective that trains it."""
     from vedas.train.objective import LatentObjective
 
     vm.model.to(device)
-    for line in gap.prepare_training(vm, records, cfg.latent):
-        say(line)
+    for hook in training_hooks():
+        for line in hook.prepare(vm, records, cfg.latent):
+            say(line)
     return LatentObjective(vm, cfg.method, cfg.latent, cfg.scfvr).to(device)
 
 
@@ -363,7 +360,7 @@ def drop_unusable(vm: Any, cfg: TrainConfig, data: TrainData, say: Callable[[str
 
     if not cfg.data.skip_bad:
         return 0
-    mode = "vedas" if cfg.method in LATENT_METHODS else "no_cot"
+    mode = "vedas" if method_of(cfg.method).latent else "no_cot"
     bad: dict[str, tuple[str, str]] = {}
     for r in data.records:
         try:
@@ -379,8 +376,6 @@ def drop_unusable(vm: Any, cfg: TrainConfig, data: TrainData, say: Callable[[str
 
 def resume(run: Run) -> train_state.TrainState:
     """Load the newest checkpoint under ``run.checkpoints`` into ``run``; returns where training stood."""
-    from vedas.method import gap
-
     assert run.checkpoints is not None
     say = print if run.acc.is_main_process else _silent
     last = train_state.latest(run.checkpoints)
@@ -388,8 +383,10 @@ def resume(run: Run) -> train_state.TrainState:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
     output_dir.check_resume(last, to_dict(run.cfg))
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
-    if not gap.load_buffers(run.modules, last / gap.BUFFERS_FILE):
-        say(f"{last} has no {gap.BUFFERS_FILE}: the GAP norm EMA starts afresh")
+    for hook in training_hooks():
+        missing = hook.load_state(run.modules, last)
+        if missing:
+            say(missing)
     say(f"resumed from {last} (epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step})")
     return state
 
@@ -421,7 +418,7 @@ def main(cfg: TrainConfig) -> Path:
 
 def stage_of(cfg: TrainConfig, epoch: int) -> int:
     """The curriculum stage of ``epoch`` (0 for the methods without latents)."""
-    if cfg.method not in LATENT_METHODS:
+    if not method_of(cfg.method).latent:
         return 0
     return stage_for_epoch(epoch, cfg.latent.latents, cfg.curriculum)
 
@@ -442,13 +439,14 @@ def collate_records(
     """The TrainBatch of ``records`` at curriculum ``stage``; with a difficulty split (``hard``) only the
     hard questions get latent supervision, the others train as CoT; ``answer_only`` ids train as
     ``no_cot`` (the answer alone, 0 latents) in the same batch."""
-    from vedas.method import gap
     from vedas.train.objective import collate
+
+    hooks = training_hooks()
 
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
     lays = [
         layout(
-            "no_cot" if r.id in answer_only else gap.supervision(cfg.method, r.id, hard),
+            "no_cot" if r.id in answer_only else supervised(hooks, cfg.method, r.id, hard),
             record_steps(r.steps, r.rationale, limit),
             r.answer,
             stage,
@@ -458,6 +456,14 @@ def collate_records(
         for r in records
     ]
     return collate(vm, records, lays, cfg.method)
+
+
+def supervised(hooks: list[Any], method: str, record_id: str, hard: set[str] | None) -> str:
+    """What a record is supervised with: ``method``, as each hook in turn may change it (GAP: CoT for
+    the questions outside the difficulty split)."""
+    for hook in hooks:
+        method = hook.supervision(method, record_id, hard)
+    return method
 
 
 def micro_batch(run: Run, order: list[int], batch: int) -> list[Any]:
@@ -602,8 +608,6 @@ def check_finite(
 def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path | None:
     """``checkpoints/step-N`` from the main process (returned; None elsewhere); none under DeepSpeed,
     whose optimizer states are its own (pickled) format, so no resume there."""
-    from vedas.method import gap
-
     if not run.acc.is_main_process or run.cfg.run.deepspeed or run.checkpoints is None:
         return None
     snap = train_state.TrainState(**vars(state))
@@ -617,7 +621,8 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
         snap,
         to_dict(run.cfg),
     )
-    gap.save_buffers(run.modules, directory / gap.BUFFERS_FILE)  # the norm EMA is state, not a parameter
+    for hook in training_hooks():
+        hook.save_state(run.modules, directory)
     output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
     return directory
 
@@ -663,7 +668,7 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
 def trained_record(cfg: TrainConfig, stage: int) -> dict[str, Any]:
     """What a run trained, for the checkpoint (``VedasModel.trained``): the last curriculum stage reached,
     and the latent steps that stage trains (eval and infer warn when asked for more)."""
-    if cfg.method not in LATENT_METHODS:
+    if not method_of(cfg.method).latent:
         return {"method": cfg.method, "stage": 0, "last_stage": 0, "latents": 0}
     last = num_stages(cfg.latent.latents, cfg.curriculum)
     latents = cfg.latent.latents if stage >= last else stage * cfg.curriculum.latents_per_step
@@ -711,7 +716,6 @@ def load_step(directory: Path, device: Any = None) -> Any:
     import yaml
 
     from vedas.config import from_dict
-    from vedas.method import gap
 
     cfg = from_dict(TrainConfig, yaml.safe_load((directory / "config.yaml").read_text()))
     cfg.optim.gradient_checkpointing = False  # a training-memory setting; the weights are the same
@@ -721,7 +725,8 @@ def load_step(directory: Path, device: Any = None) -> Any:
     objective = setup_objective(cfg, vm, records, torch.device(device or "cpu"), _silent)
     modules = torch.nn.ModuleDict({"objective": objective, **vm.extras.modules()})
     train_state.load_weights(directory, modules)
-    gap.load_buffers(modules, directory / gap.BUFFERS_FILE)
+    for hook in training_hooks():
+        hook.load_state(modules, directory)
     out = merged(vm, cfg)
     out.model.eval()
     state = json.loads((directory / "state.json").read_text())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vedas.method import replay
-from vedas.method.replay import VisualTokens
+from vedas.engine import replay
+from vedas.engine.replay import VisualTokens
 
 
 def _visual(b: int, n: int, d: int, counts: list[int], seed: int) -> VisualTokens:

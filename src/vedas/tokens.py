@@ -34,7 +34,7 @@ def latent_token_ids(tokenizer: Any) -> LatentTokenIds:
     missing = [t for t, i in zip(LATENT_TOKENS, ids) if i is None or (unk is not None and i == unk)]
     if missing:
         raise ValueError(
-            f"tokenizer lacks the latent tokens {missing}: call vedas.engine.tokens.add_latent_tokens first"
+            f"tokenizer lacks the latent tokens {missing}: call vedas.tokens.add_latent_tokens first"
         )
     return LatentTokenIds(*ids)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vedas.dev.ablation import COMPARISONS, LATENT_VARIANTS, REMEDIES, RESULT_FILE, VARIANTS
+from vedas.experiments.ablation import COMPARISONS, LATENT_VARIANTS, REMEDIES, RESULT_FILE, VARIANTS
 
 SMOKE = ["--quick", "--preset", "fine", "--train", "16", "--test", "8", "--epochs", "1",
          "--latent-epochs", "1", "--max-new-tokens", "12"]  # fmt: skip
@@ -77,8 +77,8 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
 def test_trained_remedies_are_latent_with_one_latent_field_changed(tmp_path: Path) -> None:
     import dataclasses
 
-    from vedas.dev import demo
-    from vedas.dev.ablation import TRAINED_REMEDIES, variant_config
+    from vedas.experiments import demo
+    from vedas.experiments.ablation import TRAINED_REMEDIES, variant_config
 
     size, cot = demo.QUICK.with_preset("fine"), tmp_path / "cot" / "final"
     base = variant_config("latent", size, tmp_path / "data", tmp_path, 0, cot)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vedas.dev import demo
-from vedas.dev.jobs import run_graph
+from vedas.experiments import demo
+from vedas.experiments.jobs import run_graph
 
 ROOTS = [("a", operator.add, (1, 2)), ("b", operator.mul, (3, 4))]
 

@@ -3,7 +3,7 @@
     vedas bench [--quick] [--arch qwen3_vl|chameleon|…] [--checkpoints runs/demo/report.json] --json bench.json
     vedas bench --size real-width [--quick]     # training steps and generation at real widths
 
-``--size real-width`` runs :mod:`vedas.dev.bench_width` instead (its docstring says what it measures).
+``--size real-width`` runs :mod:`vedas.experiments.bench_width` instead (its docstring says what it measures).
 
 On one model (a tiny random model of ``--arch``; the same text decoder sizes for every arch) and one set of samples it measures:
 
@@ -37,13 +37,24 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from vedas import cli_args
 from vedas.cli_args import add_arch
+
+# the timing helpers, re-exported: benchmarks/*.py read them as `bench.sync`, `bench.interleaved`…
+from vedas.experiments.timing import (  # noqa: F401
+    forced_generate,
+    generate_call,
+    interleaved,
+    medians,
+    peak_rise,
+    ratio,
+    sync,
+    write_json,
+)
 
 HELP = "speed/memory ratios side by side: cached vs recompute, vedas vs no_cot vs cot, batching, recording"
 
@@ -79,11 +90,6 @@ def arch_options(arch: str) -> dict[str, Any]:
     return {**SIZES, "max_pixels": hw[0] * hw[1]}
 
 
-def sync(device: torch.device | str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def build(
     device: str = "cpu", n: int = 16, latents: int = 4, replay_k: int = 32, arch: str = "qwen2_vl"
 ) -> tuple[Any, list, list, list]:
@@ -107,76 +113,10 @@ def build(
     return vm, images, questions, [CHOICES] * n
 
 
-def generate_call(
-    vm, images, questions, choices, forced_length: int | None = None, **kw
-) -> Callable[[], Any]:
-    """One ``vm.generate`` call with details; ``forced_length`` generates exactly that many tokens (EOS
-    suppressed) instead of stopping at EOS."""
-    if forced_length is None:
-        return lambda: vm.generate(images, questions, choices, return_details=True, **kw)
-    return lambda: forced_generate(vm, images, questions, choices, forced_length, **kw)
-
-
-def interleaved(
-    calls: dict[str, Callable[[], Any]], device: Any, repeats: int
-) -> dict[str, list[dict[str, float]]]:
-    """Per-round wall times (ms) of prefill / latent / decode / total and mean AR steps of each call.
-
-    Every call runs once untimed (warm-up), then once per round; the order rotates from round to
-    round so that drift on a busy machine hits every variant alike. Ratios are then taken within a
-    round (:func:`ratio`), as in ``benchmarks/train_step.py``.
-    """
-    for call in calls.values():
-        call()
-    names = list(calls)
-    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            t0 = time.perf_counter()
-            d = calls[name]()
-            sync(device)
-            total = (time.perf_counter() - t0) * 1e3
-            runs[name].append({**d.timings_ms, "total": total, "ar_steps": sum(d.ar_steps) / len(d.ar_steps)})
-    return runs
-
-
-def medians(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-def ratio(runs: dict[str, list[dict[str, float]]], num: str, den: str, key: str = "total") -> float:
-    """Median over rounds of ``num``'s / ``den``'s time measured in the same round."""
-    return statistics.median(a[key] / b[key] for a, b in zip(runs[num], runs[den]))
-
-
 def generate_times(vm, images, questions, choices, repeats: int, forced_length: int | None = None, **kw):
     """Median per-call wall times (ms) of prefill / latent / decode / total, and mean AR steps, after a warm-up."""
     call = generate_call(vm, images, questions, choices, forced_length, **kw)
     return medians(interleaved({"call": call}, vm.device, repeats)["call"])
-
-
-def forced_generate(vm, images, questions, choices, length: int, mode: str = "vedas", engine: str = "cached"):
-    """``vm.generate`` with EOS suppressed so every sample generates exactly ``length`` tokens."""
-    from vedas.config import LatentConfig, to_dict
-    from vedas.engine import generate
-
-    latent = mode in ("vedas", "latent")
-    batch = vm.prepare(images, questions, choices, mode=mode)
-    cfg = LatentConfig(**{**to_dict(vm.config), "max_new_tokens": length})
-    eos = vm.eos_id
-    _, details = generate.run(
-        vm.backbone,
-        batch,
-        cfg,
-        steps=cfg.latents if latent else 0,
-        latent_end_id=vm.token_ids.end if latent else None,
-        eos_id=eos,
-        pad_id=vm.tokenizer.pad_token_id,
-        engine=engine,
-        suppress=[eos, *vars(vm.token_ids).values()],
-    )
-    return details
 
 
 def prefill_inputs(vm, images, questions, choices):
@@ -253,36 +193,6 @@ def memory_probe(variant: str, batch: int, device: str, arch: str = "qwen2_vl") 
     return peak_rise(forward, device)
 
 
-def write_json(path: str | None, result: dict[str, Any]) -> None:
-    """The benchmark scripts' ``--json``: write ``result`` there (if a path was given) and say so."""
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {path}")
-
-
-def peak_rise(work: Any, device: str) -> int:
-    """Bytes that one call of ``work()`` adds to the peak: ``max_memory_allocated`` on CUDA; on CPU the
-    peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        work()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-
-    def status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = status("VmRSS:")
-    work()
-    return status("VmHWM:") - base
-
-
 def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, int]:
     if device.startswith("cuda"):
         return {v: memory_probe(v, batch, device, arch) for v in ("recording", "eager")}
@@ -294,7 +204,7 @@ def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, in
             [
                 sys.executable,
                 "-m",
-                "vedas.dev.bench",
+                "vedas.experiments.bench",
                 "--probe",
                 v,
                 "--batch",
@@ -316,7 +226,7 @@ def peak_memory(batch: int, device: str, arch: str = "qwen2_vl") -> dict[str, in
 def target_lengths(vm: Any, n: int = 64) -> dict[str, int]:
     """Mean token counts of each method's target text on the demo's synthetic benchmark (EOS included)."""
     from vedas.data.synth import SynthConfig, make_sample
-    from vedas.dev.demo import DEMO_SYNTH
+    from vedas.experiments.demo import DEMO_SYNTH
     from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 
     cc, out, cfg = CurriculumConfig(), {}, SynthConfig(**DEMO_SYNTH)
@@ -471,7 +381,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the demo's report.json (its 'checkpoints': method -> dir) for part (b)",
     )
     cli_args.add_device(parser)
-    from vedas.dev import bench_width
+    from vedas.experiments import bench_width
 
     bench_width.add_arguments(parser.add_argument)
     parser.set_defaults(func=run)
@@ -479,7 +389,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.size == "real-width":
-        from vedas.dev import bench_width
+        from vedas.experiments import bench_width
 
         write_json(args.json, bench_width.run(args, cli_args.resolve_device(args.device)))
         return 0

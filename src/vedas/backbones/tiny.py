@@ -5,7 +5,7 @@
 with a small VQ-VAE and a vocabulary map of its image codes) built from a config, a processor
 (the Qwen ones without the video part), a byte-level tokenizer (or a small BPE trained on the spot from a
 corpus), a Qwen-style chat template, and the latent special tokens added the same way as
-for a real checkpoint (:func:`vedas.engine.tokens.add_latent_tokens`). Nothing is downloaded.
+for a real checkpoint (:func:`vedas.tokens.add_latent_tokens`). Nothing is downloaded.
 
     >>> model, processor = tiny_model("qwen2_vl", hidden=64, layers=2, seed=0)
     >>> model, processor = tiny_model("chameleon", image_size=64)   # 8×8 VQ grid, 64 codes
@@ -18,11 +18,9 @@ from typing import Any
 
 import torch
 from transformers import Qwen2Tokenizer
-from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from vedas.backbones import arch_module
-from vedas.engine.tokens import add_latent_tokens
+from vedas.tokens import add_latent_tokens
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
@@ -30,8 +28,6 @@ CHAT_TEMPLATE = (
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CHAMELEON_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
-CHAMELEON_SPECIAL = ["<image>", "<racm3:break>", "<eoss>"]
 """The placeholder and the image start/end tokens the Chameleon processor uses by default."""
 QWEN_SPECIAL = [
     "<|im_start|>",
@@ -145,6 +141,8 @@ def tiny_model(
             the VQ-VAE's resolutions (grid side = image_size / 2^(vq_levels−1); 64 px, 4 levels: 8×8).
             ``vision_*`` and ``min/max_pixels`` are Qwen-only.
     """
+    from vedas.backbones import arch_module  # here: the package imports this module while it loads
+
     mod = arch_module(arch)
     if hidden % heads or heads % kv_heads:
         raise ValueError(
@@ -154,8 +152,20 @@ def tiny_model(
     if head_dim % 8:
         raise ValueError(f"head_dim = hidden/heads = {head_dim} must be a multiple of 8 for M-RoPE sections")
     tok = build_tokenizer(bpe_corpus, bpe_vocab)
-    if arch == "chameleon":
-        processor = _chameleon_processor(mod, tok, image_size, vq_codes, vq_levels)
+    # a backbone module with its own tiny parts (tiny_processor, tiny_model_config) builds them from
+    # these; the Qwen-VL family shares the defaults below
+    options = dict(
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        vision_depth=vision_depth,
+        vision_hidden=vision_hidden,
+        vision_heads=vision_heads,
+        image_size=image_size,
+        vq_codes=vq_codes,
+        vq_levels=vq_levels,
+    )
+    if hasattr(mod, "tiny_processor"):
+        processor = mod.tiny_processor(tok, CHAT_TEMPLATE, **options)
     else:
         processor = _qwen_processor(mod, tok, min_pixels, max_pixels)
     c = tok.convert_tokens_to_ids
@@ -172,9 +182,8 @@ def tiny_model(
         tie_word_embeddings=False,
         bos_token_id=None,
     )
-    if arch == "chameleon":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4}
-        cfg = mod.tiny_config(text, dict(tok.get_vocab()), image_size, vq_codes, vq_levels)
+    if hasattr(mod, "tiny_model_config"):
+        cfg = mod.tiny_model_config(text, tok, **options)
     else:
         text["rope_parameters"] = {
             "rope_type": "default",
@@ -208,22 +217,3 @@ def _qwen_processor(mod: Any, tok: Qwen2Tokenizer, min_pixels: int, max_pixels: 
         **norm,
     )
     return mod.PROCESSOR_CLASS(image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE)
-
-
-def _chameleon_processor(mod: Any, tok: Qwen2Tokenizer, image_size: int, codes: int, levels: int) -> Any:
-    """The Chameleon processor over ``tok`` with its special tokens and one ``IMGIMG…`` token per VQ code."""
-    side = image_size // 2 ** (levels - 1)
-    if side * 2 ** (levels - 1) != image_size:
-        raise ValueError(f"image_size={image_size} must divide by 2^(vq_levels-1) = {2 ** (levels - 1)}")
-    tok.add_special_tokens(
-        {"additional_special_tokens": CHAMELEON_SPECIAL + [mod.image_code_token(i) for i in range(codes)]},
-        replace_extra_special_tokens=False,
-    )
-    image_processor = ChameleonImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor = mod.PROCESSOR_CLASS(
-        image_processor=image_processor, tokenizer=tok, image_seq_length=side * side
-    )
-    processor.chat_template = CHAMELEON_CHAT_TEMPLATE  # its __init__ takes no chat_template
-    return processor

