@@ -167,12 +167,16 @@ class RunConfig:
     """Stop after this many optimizer steps (0 = run all epochs)."""
     deepspeed: str | None = None
     """A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); needs the ``deepspeed`` extra."""
+    fsdp: str | None = None
+    """An FSDP2 settings file (e.g. configs/fsdp/decoder_layers.yaml): shard through accelerate's FSDP2,
+    decoder layers as units (:mod:`vedas.train.fsdp`); launch under torchrun."""
     progress: bool = True
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 0, "keep_last", f"must be ≥ 0, got {self.keep_last}")
         _check(self.save_every >= 0, "save_every", f"must be ≥ 0, got {self.save_every}")
         _check(self.log_every >= 1, "log_every", f"must be ≥ 1, got {self.log_every}")
+        _check(not (self.fsdp and self.deepspeed), "fsdp", "run.fsdp and run.deepspeed exclude each other")
 
 
 @dataclass

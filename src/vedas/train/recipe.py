@@ -11,7 +11,7 @@ when a ``routing`` section is given, routing depth scaling). The config is
 :func:`main` only calls the steps below, each usable on its own (``vedas analyze gradients``
 and ``benchmarks/train_step.py`` build their runs from them):
 
-- :func:`setup_accelerator`: accelerate on CPU or CUDA, DDP under torchrun, DeepSpeed;
+- :func:`setup_accelerator`: accelerate on CPU or CUDA, DDP under torchrun, DeepSpeed, FSDP2;
 - :func:`setup_data`: the records (data first: a bad row fails before the model is built), the
   rationale check and GAP's difficulty split;
 - :func:`setup`: :func:`batch_plan`, :func:`setup_model` (tiny or a real checkpoint, LoRA, what
@@ -127,12 +127,18 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 
-    ds = bool(cfg.run.deepspeed)
+    ds, sharded = bool(cfg.run.deepspeed), bool(cfg.run.fsdp)
+    fsdp_plugin = None
+    if sharded:
+        from vedas.train import fsdp
+
+        fsdp_plugin = fsdp.plugin(cfg.run.fsdp)
     acc = Accelerator(
         cpu=not torch.cuda.is_available() and not ds,
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         deepspeed_plugin=_deepspeed_plugin(cfg) if ds else None,
+        fsdp_plugin=fsdp_plugin,
         # F_SR (and routers) sit idle at stage 0 and on image-less batches
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -140,6 +146,15 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
         raise ConfigError(
             f"run.deepspeed: accelerate did not start DeepSpeed (distributed type {acc.distributed_type}); "
             "launch with torchrun/accelerate and check the deepspeed install"
+        )
+    if sharded and acc.distributed_type == DistributedType.MULTI_CPU:
+        from vedas.train import fsdp
+
+        fsdp.on_cpu(acc, fsdp_plugin)
+    if sharded and acc.distributed_type != DistributedType.FSDP:
+        raise ConfigError(
+            f"run.fsdp: accelerate did not start FSDP (distributed type {acc.distributed_type}); "
+            "launch with torchrun --nproc_per_node N -m vedas.cli train ..."
         )
     if ds:  # the shipped config says "auto": our config decides
         ds_config = acc.state.deepspeed_plugin.deepspeed_config
@@ -405,12 +420,31 @@ def main(cfg: TrainConfig) -> Path:
         data = setup_data(cfg, print if acc.is_main_process else _silent)
         run = setup(cfg, acc, data)
         state = resume(run) if cfg.run.resume else train_state.TrainState()
-        run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+        prepare(run)
         fit(run, state)
         return finish(run, state)
     finally:
         if lock is not None:
             lock.release()
+
+
+def prepare(run: Run) -> None:
+    """Wrap the objective and optimizer for the accelerator (DDP, DeepSpeed or FSDP2). FSDP2 shards the
+    objective in place, replacing its parameters: the optimizer's list is taken again, and a resumed
+    run's optimizer state, loaded whole before, is loaded again and sharded like its parameters."""
+    acc = run.acc
+    if run.cfg.run.fsdp:
+        from vedas.train import fsdp
+
+        fsdp.wrap_decoder_layers(acc, run.vm)
+    run.wrapped, run.optimizer = acc.prepare(run.objective, run.optimizer)
+    if run.cfg.run.fsdp:
+        fsdp.keep_through_backward(run.wrapped)
+        run.params = trainable_parameters(run.objective, run.vm)
+        last = train_state.latest(run.checkpoints) if run.cfg.run.resume and run.checkpoints else None
+        if last is not None:
+            train_state.load_optimizer(last, run.optimizer, run.acc.device)
+            fsdp.shard_optimizer_state(getattr(run.optimizer, "optimizer", run.optimizer))
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -491,6 +525,10 @@ def train_step(
             out = run.wrapped(batch)
             check_finite(out["loss"], acc, run.checkpoints, step, epoch, b, recs)
             acc.backward(out["loss"])
+            if run.cfg.run.fsdp:
+                from vedas.train.fsdp import reshard
+
+                reshard(run.wrapped)
             if acc.sync_gradients and o.clip > 0:
                 norm = acc.clip_grad_norm_(run.params, o.clip)
                 check_finite(norm, acc, run.checkpoints, step, epoch, b, recs, what="gradient norm")
@@ -608,7 +646,9 @@ def check_finite(
 def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path | None:
     """``checkpoints/step-N`` from the main process (returned; None elsewhere); none under DeepSpeed,
     whose optimizer states are its own (pickled) format, so no resume there."""
-    if not run.acc.is_main_process or run.cfg.run.deepspeed or run.checkpoints is None:
+    main = run.acc.is_main_process
+    # under FSDP every rank takes part in gathering the full tensors; the main process writes them
+    if not (main or run.cfg.run.fsdp) or run.cfg.run.deepspeed or run.checkpoints is None:
         return None
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
@@ -620,7 +660,10 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
         run.scheduler,
         snap,
         to_dict(run.cfg),
+        write=main,
     )
+    if directory is None:
+        return None
     for hook in training_hooks():
         hook.save_state(run.modules, directory)
     output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
@@ -646,6 +689,12 @@ def start_logging(run: Run, resumed_at: int | None = None) -> MetricLogger:
 def finish(run: Run, state: train_state.TrainState) -> Path:
     """After :func:`fit`: check the ranks agree, write the last checkpoint and export ``<output_dir>/final``."""
     acc = run.acc
+    if run.cfg.run.fsdp:  # the last checkpoint while the states are sharded (all ranks), then whole weights
+        from vedas.train import fsdp
+
+        save_checkpoint(run, state, state.epoch)
+        fsdp.gather_in_place(run.objective)
+        run.params = trainable_parameters(run.objective, run.vm)
     if acc.num_processes > 1:
         flat = torch.cat([p.detach().flatten().double() for p in run.params])
         sums = acc.gather(torch.stack([flat.sum(), (flat * flat).sum()])[None].to(acc.device))
@@ -654,7 +703,8 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
             print(f"processes: {acc.num_processes}, parameters identical across ranks: {same}")
     final = Path(run.cfg.run.output_dir) / "final"
     if acc.is_main_process:
-        save_checkpoint(run, state, state.epoch)
+        if not run.cfg.run.fsdp:
+            save_checkpoint(run, state, state.epoch)
         trained = trained_record(run.cfg, state.stage)
         export(run.vm, run.cfg, final, trained)
         print(f"wrote {final}")
@@ -810,6 +860,7 @@ __all__ = [
     "load_config",
     "load_step",
     "main",
+    "prepare",
     "resume",
     "seed_everything",
     "setup",

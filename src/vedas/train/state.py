@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from vedas.files import honour_umask
 from vedas.files import latest_step as latest  # noqa: F401  (the recipe's name for it)
+from vedas.train.fsdp import full
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+                tensors[f"{pid}.{k}"] = full(v).detach().contiguous().cpu()
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -90,7 +91,7 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad}
+    return {n: full(p).detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad}
 
 
 def save(
@@ -100,13 +101,19 @@ def save(
     scheduler: Any,
     state: TrainState,
     config: dict[str, Any],
-) -> Path:
-    """Write ``directory`` atomically (temp sibling, then rename)."""
+    write: bool = True,
+) -> Path | None:
+    """Write ``directory`` atomically (temp sibling, then rename). Sharded (FSDP) tensors are written
+    whole: every rank calls this to gather them, and only the one with ``write`` writes (the others
+    get None)."""
+    weights = trainable_state(module)
+    tensors, meta = _flatten_optimizer(optimizer)
+    if not write:
+        return None
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_file(trainable_state(module), str(tmp / "trainable.safetensors"))
-        tensors, meta = _flatten_optimizer(optimizer)
+        save_file(weights, str(tmp / "trainable.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
@@ -138,17 +145,21 @@ def load_weights(directory: Path, module: torch.nn.Module) -> None:
             params[n].copy_(v)
 
 
-def load(
-    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG states; returns the data position."""
-    device = next(module.parameters()).device
-    load_weights(directory, module)
+def load_optimizer(directory: Path, optimizer: Any, device: Any = "cpu") -> None:
+    """Restore the optimizer's state (whole tensors, as written) from ``directory``."""
     opt = _unflatten_optimizer(
         load_file(str(directory / "optimizer.safetensors"), device=str(device)),
         json.loads((directory / "optimizer.json").read_text()),
     )
     optimizer.load_state_dict(opt)
+
+
+def load(
+    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG states; returns the data position."""
+    load_weights(directory, module)
+    load_optimizer(directory, optimizer, next(module.parameters()).device)
     scheduler.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
     _set_rng_state(
         load_file(str(directory / "rng.safetensors")), json.loads((directory / "rng.json").read_text())
