@@ -115,13 +115,13 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             st = optimizer.state.get(p, {})
+            if not isinstance(p, DTensor):
+                continue
             for k, v in st.items():
-                if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and not isinstance(v, DTensor):
-                    if v.shape == p.shape:
-                        # src_data_rank=None: each rank cuts its own shard, no communication
-                        st[k] = distribute_tensor(
-                            v.to(p.device), p.device_mesh, p.placements, src_data_rank=None
-                        )
+                # "step" is a scalar; exp_avg and exp_avg_sq have the parameter's shape
+                if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    # src_data_rank=None: each rank cuts its own shard, no communication
+                    st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
 
 
 def gather_in_place(module: torch.nn.Module) -> None:

@@ -147,8 +147,10 @@ def load_weights(directory: Path, module: torch.nn.Module) -> None:
 
 def load_optimizer(directory: Path, optimizer: Any, device: Any = "cpu") -> None:
     """Restore the optimizer's state (whole tensors, as written) from ``directory``."""
+    device = torch.device(device)
+    where = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0"
     opt = _unflatten_optimizer(
-        load_file(str(directory / "optimizer.safetensors"), device=str(device)),
+        load_file(str(directory / "optimizer.safetensors"), device=where),
         json.loads((directory / "optimizer.json").read_text()),
     )
     optimizer.load_state_dict(opt)
