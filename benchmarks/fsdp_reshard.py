@@ -56,7 +56,9 @@ def train(settings: Path, out: Path, data: Path, nproc: int, batch: int) -> list
     cfg = [a for k, v in fields.items() for a in (f"--{k}", str(v))]
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "vedas.cli", "train"]
     cmd += ["--config", str(ROOT / "configs/synthetic_tiny.yaml"), *cfg]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if res.returncode != 0:
+        sys.exit(f"training with {settings} failed:\n{res.stderr[-3000:]}")
     return step_times(out, batch * nproc)
 
 

@@ -129,7 +129,6 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_p
 
     res = _run(train(full))
     assert "distributed: FSDP, 2 processes" in res.stdout
-    assert "parameters identical across ranks: True" in res.stdout
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         train(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

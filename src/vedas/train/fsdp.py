@@ -124,13 +124,17 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                     st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
 
 
-def gather_in_place(module: torch.nn.Module) -> None:
-    """After the last step: every sharded parameter of ``module`` replaced by its whole tensor (a
-    collective), so the export and the ranks' agreement check read plain weights as after DDP."""
+def gather_in_place(module: torch.nn.Module, keep: bool) -> None:
+    """After the last step: every sharded parameter of ``module`` replaced by its whole tensor where
+    ``keep`` (the process that exports; on its device, beside the buffers); elsewhere by an empty
+    tensor, so N ranks do not each hold a whole copy. Every rank must call it (each gathering is a
+    collective)."""
     from torch.distributed.tensor import DTensor
 
     for sub in module.modules():
         for name, p in list(sub.named_parameters(recurse=False)):
             if isinstance(p, DTensor):
-                whole = torch.nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
-                sub._parameters[name] = whole
+                whole = p.full_tensor().detach()  # on every rank: the all-gather is collective
+                if not keep:  # one parameter at a time: a rank holds one whole tensor at most
+                    whole = torch.empty(0, dtype=p.dtype, device=p.device)
+                sub._parameters[name] = torch.nn.Parameter(whole, requires_grad=p.requires_grad)

@@ -693,9 +693,10 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
         from vedas.train import fsdp
 
         save_checkpoint(run, state, state.epoch)
-        fsdp.gather_in_place(run.objective)
-        run.params = trainable_parameters(run.objective, run.vm)
-    if acc.num_processes > 1:
+        fsdp.gather_in_place(run.objective, keep=acc.is_main_process)
+    # the check compares each rank's own copy (DDP, DeepSpeed); FSDP2's whole weights were just gathered
+    # from the one set of shards, so there is nothing to compare
+    if acc.num_processes > 1 and not run.cfg.run.fsdp:
         flat = torch.cat([p.detach().flatten().double() for p in run.params])
         sums = acc.gather(torch.stack([flat.sum(), (flat * flat).sum()])[None].to(acc.device))
         if acc.is_main_process:
