@@ -51,6 +51,7 @@ def train(settings: Path, out: Path, data: Path, nproc: int, batch: int) -> list
         "routing": "{layers: all, alpha: 4}",
         "run.output_dir": out,
         "run.progress": "false",
+        "run.log_every": 1,
         "run.fsdp": settings,
     }
     cfg = [a for k, v in fields.items() for a in (f"--{k}", str(v))]
