@@ -707,7 +707,8 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
         if not run.cfg.run.fsdp:
             save_checkpoint(run, state, state.epoch)
         trained = trained_record(run.cfg, state.stage)
-        export(run.vm, run.cfg, final, trained)
+        # FSDP2: the run is over and its modules refuse deepcopy, so LoRA is merged in place
+        export(run.vm, run.cfg, final, trained, copy=not run.cfg.run.fsdp)
         print(f"wrote {final}")
         print(
             f"reached curriculum stage {trained['stage']} of {trained['last_stage']}: "
@@ -726,17 +727,18 @@ def trained_record(cfg: TrainConfig, stage: int) -> dict[str, Any]:
     return {"method": cfg.method, "stage": stage, "last_stage": last, "latents": latents}
 
 
-def merged(vm: Any, cfg: TrainConfig) -> Any:
-    """The trained model as a plain VedasModel: LoRA merged into a copy of the weights, the extras kept."""
+def merged(vm: Any, cfg: TrainConfig, copy: bool = True) -> Any:
+    """The trained model as a plain VedasModel: LoRA merged into a copy of the weights (or, without
+    ``copy``, into ``vm``'s own: FSDP2's modules refuse deepcopy), the extras kept."""
     from vedas.model import VedasModel
 
     model = vm.model
     if cfg.lora.enabled:
-        import copy
+        import copy as copying
 
         from peft.tuners.lora import LoraLayer
 
-        model = copy.deepcopy(model)
+        model = copying.deepcopy(model) if copy else model
         for name, module in list(model.named_modules()):
             if isinstance(module, LoraLayer):
                 module.merge()
@@ -747,10 +749,12 @@ def merged(vm: Any, cfg: TrainConfig) -> Any:
     return out
 
 
-def export(vm: Any, cfg: TrainConfig, dest: Path, trained: dict[str, Any] | None = None) -> Path:
-    """Write the trained model as a vedas checkpoint (LoRA merged into the weights); ``trained``:
-    what the run reached (:func:`trained_record`), recorded in its config."""
-    out = merged(vm, cfg)
+def export(
+    vm: Any, cfg: TrainConfig, dest: Path, trained: dict[str, Any] | None = None, copy: bool = True
+) -> Path:
+    """Write the trained model as a vedas checkpoint (LoRA merged into the weights; into ``vm``'s own
+    without ``copy``); ``trained``: what the run reached (:func:`trained_record`), recorded in its config."""
+    out = merged(vm, cfg, copy)
     out.trained = trained
     out.save(dest)
     return dest
