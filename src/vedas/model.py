@@ -520,7 +520,9 @@ def _from_weights(
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _load_step(ck: Checkpoint, device: Any, dtype: Any, overrides: dict[str, Any]) -> VedasModel:
+def _load_step(
+    ck: Checkpoint, device: Any, dtype: Any, overrides: dict[str, Any], with_extras: bool = True
+) -> VedasModel:
     """A ``step-N`` as its ``model.yaml`` describes it (written by ``vedas train`` beside the training
     state): whole weights in ``model/``, or its base model (``base``, loaded as training loaded it) with
     the weights training changed (``delta.safetensors``) copied over; then its extras. Neither the
@@ -535,12 +537,24 @@ def _load_step(ck: Checkpoint, device: Any, dtype: Any, overrides: dict[str, Any
     if meta.get("base") is None:
         vm = _from_weights(path, str(path / WEIGHTS_DIR), str(meta.get("arch")), latent, device, dtype)
     else:
-        vm = load(meta["base"], device=device, dtype=dtype or DTYPES[meta.get("dtype", "float32")])
-        vm.config = latent
+        vm = _base(str(meta["base"]), latent, device, dtype or DTYPES[meta.get("dtype", "float32")])
         _copy_delta(vm, path / DELTA_FILE)
-    vm.extras.load(path, vm, meta.get("extras") or {})
+    if with_extras:
+        vm.extras.load(path, vm, meta.get("extras") or {})
     vm.trained = meta.get("trained")
     return vm
+
+
+def _base(pointer: str, latent: LatentConfig, device: Any, dtype: Any) -> VedasModel:
+    """A step-N's base model without its extras: the step lists every extra the run had, the base's
+    included (installing the base's too would install routing twice)."""
+    ck = resolve(pointer)
+    if ck.kind == "train_step":
+        vm = _load_step(ck, device, dtype, {}, with_extras=False)
+        vm.config = latent
+        return vm
+    arch = ck.meta.get("arch") or _model_type(ck)
+    return _from_weights(ck.path, ck.weights, arch, latent, device, dtype)
 
 
 def _copy_delta(vm: VedasModel, delta: Path) -> None:

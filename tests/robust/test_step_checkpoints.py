@@ -62,13 +62,17 @@ def _load_in_subprocess(step, images: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_a_step_on_a_named_base_loads_as_final_without_the_recipe(
-    vedas_cli, train_args, tmp_path, ckpt, images
-):
-    """LoRA with routing on a saved base: step-N keeps only the changed weights and points to the base."""
+def test_a_step_on_a_named_base_loads_as_final_without_the_recipe(vedas_cli, train_args, tmp_path, images):
+    """LoRA with routing on a saved base that has routers of its own (the run replaces them): step-N
+    keeps only the changed weights and its extras, and points to the base."""
+    from vedas.method.routing import RoutingConfig, enable_routing
+
+    base = vedas.VedasModel(*vedas.tiny_model("qwen2_vl", hidden=64, layers=2, seed=0))
+    enable_routing(base, RoutingConfig(alpha=8))
+    base = base.save(tmp_path / "base")
     out = tmp_path / "run"
     extra = {
-        "model.base": ckpt,
+        "model.base": base,
         "lora.enabled": "true",
         "lora.r": 4,
         "routing": "{alpha: 4}",
