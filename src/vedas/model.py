@@ -537,7 +537,13 @@ def _load_step(
     if meta.get("base") is None:
         vm = _from_weights(path, str(path / WEIGHTS_DIR), str(meta.get("arch")), latent, device, dtype)
     else:
-        vm = _base(str(meta["base"]), latent, device, dtype or DTYPES[meta.get("dtype", "float32")])
+        base = str(meta["base"])
+        try:
+            vm = _base(base, latent, device, dtype or DTYPES[meta.get("dtype", "float32")])
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{path}: its base model ({STEP_MODEL_FILE}'s base) does not load: {e}"
+            ) from None
         _copy_delta(vm, path / DELTA_FILE)
     if with_extras:
         vm.extras.load(path, vm, meta.get("extras") or {})

@@ -88,6 +88,12 @@ def test_a_step_on_a_named_base_loads_as_final_without_the_recipe(vedas_cli, tra
     answers = _answers(final, images)
     seen = _load_in_subprocess(step, images)
     assert seen == {"texts": answers, "train": []}
+    base.rename(tmp_path / "moved")  # the step points to its base: gone, the error names both
+    with pytest.raises(
+        CheckpointError, match=rf"{step}: its base model .* {base}: no such checkpoint directory"
+    ):
+        vedas.load(step)
+    (tmp_path / "moved").rename(base)
     early = vedas.load(out / "checkpoints" / "step-2")
     assert any(not torch.equal(v, early.model.state_dict()[k]) for k, v in final.model.state_dict().items())
 
