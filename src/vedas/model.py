@@ -480,6 +480,8 @@ def load(
     """Load a vedas checkpoint, a ``vedas train`` run (its ``final/``), one of its ``checkpoints/step-N``,
     or a base HF checkpoint (local directory or hub id).
 
+    A ``step-N`` loads from its own description (``model.yaml``, written by ``vedas train`` beside the
+    training state; docs/design.md#checkpoints), never through the training recipe or its data.
     The path is resolved and its files checked first (:func:`vedas.checkpoint.resolve`): a missing or
     corrupt file is a :class:`~vedas.errors.CheckpointError` naming it, before any model is allocated.
     A base checkpoint gets the latent tokens added (rows copied from an existing token) and the
