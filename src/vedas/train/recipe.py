@@ -613,6 +613,7 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
+    trained = trained_record(run.cfg, snap.stage)
     directory = train_state.save(
         run.checkpoints / f"step-{state.step}",
         run.modules,
@@ -620,11 +621,26 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
         run.scheduler,
         snap,
         to_dict(run.cfg),
+        describe=lambda tmp: describe_step(run, tmp, trained),
     )
     for hook in training_hooks():
         hook.save_state(run.modules, directory)
     output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
     return directory
+
+
+def describe_step(run: Run, directory: Path, trained: dict[str, Any]) -> None:
+    """Write what ``vedas.load`` of this step-N reads (:mod:`vedas.train.describe`): a run on a named base
+    points to it and keeps the changed weights; the tiny model, which only the seed and the data
+    rebuild, is written whole."""
+    from vedas.train import describe
+
+    cfg = run.cfg
+    if cfg.model.base == "tiny":
+        describe.write_whole(directory, merged(run.vm, cfg), trained)
+    else:
+        base = describe.base_pointer(cfg.model.base)
+        describe.write_delta(directory, run.vm, base, cfg.model.dtype, cfg.latent, trained)
 
 
 def start_logging(run: Run, resumed_at: int | None = None) -> MetricLogger:
@@ -707,7 +723,8 @@ def export(vm: Any, cfg: TrainConfig, dest: Path, trained: dict[str, Any] | None
 
 def load_step(directory: Path, device: Any = None) -> Any:
     """The model a training checkpoint ``checkpoints/step-N`` holds, as a VedasModel (what :func:`export`
-    would have written at that step); ``vedas.load`` calls it for such a directory.
+    would have written at that step), for a checkpoint saved before step-N described itself
+    (:mod:`vedas.train.upgrade`); ``vedas.load`` reads the description instead.
 
     Rebuilt as the run built it (its saved config: the base model, LoRA, routing, GAP's modules), then
     the trained parameters are restored. A tiny model with a BPE, a PCA latent head or a difficulty
