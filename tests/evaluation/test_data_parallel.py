@@ -75,6 +75,8 @@ def test_shards_cover_every_batch_once_and_merge_back_in_order():
     assert [b["batch"] for b in merged] == [0, 1, 2, 3]
     assert [x for b in merged for x in b["rows"]] == records
     assert shards.shard(records, 4, 2, 3) == [8, 9] and shards.shard(records, 8, 2, 3) == []
+    with pytest.raises(ValueError, match="batch_size: must be ≥ 1, got 0"):
+        shards.shard(records, 0, 0, 2)
     with pytest.raises(RuntimeError, match="gaps"):
         shards.merge([batches[0], []])
 

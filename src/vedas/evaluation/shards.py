@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vedas import cli_args
+from vedas.errors import UserError
 
 
 def rank_world() -> tuple[int, int, int]:
@@ -48,6 +49,8 @@ def shard(records: list[Any], batch_size: int, rank: int, world: int) -> list[An
     """The records rank ``rank`` evaluates: the one-process batches ``i`` with ``i % world == rank``,
     concatenated. Only the last batch of all can be short, so batching this list again by
     ``batch_size`` gives back exactly those batches."""
+    if batch_size < 1:
+        raise UserError(f"batch_size: must be ≥ 1, got {batch_size}")
     starts = range(0, len(records), batch_size)
     return [r for start in starts[rank::world] for r in records[start : start + batch_size]]
 
