@@ -179,7 +179,7 @@ def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]
     """Records the method needs a rationale for and that have none: a ConfigError naming them, or (with
     ``data.skip_bad``) dropped from ``records`` and counted as ``no_rationale``; with ``data.answer_only``
     their ids, returned (they train on the answer alone)."""
-    if cfg.method == "no_cot":
+    if not method_of(cfg.method).rationale:
         return set()
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
     empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
