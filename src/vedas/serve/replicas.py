@@ -28,8 +28,6 @@ from typing import Any
 
 from ray import serve
 
-from vedas import cli_args
-
 APP_NAME = "vedas"
 REPLICA_HEADER = "x-vedas-replica"
 
