@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replicas is not None:
         from vedas.serve.replicas import serve_replicas
 
-        return serve_replicas(args)
+        return serve_replicas(args, settings_from_args)
     import vedas
     from vedas.serve.app import create_app
 

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ray import serve
 
 APP_NAME = "vedas"
 REPLICA_HEADER = "x-vedas-replica"
+SettingsFn = Callable[[argparse.Namespace, Any], Any]
 
 
 class _ReplicaHeader:
@@ -48,7 +50,7 @@ class _ReplicaHeader:
             if message["type"] == "http.response.start":
                 message = {
                     **message,
-                    "headers": [*message.get("headers", []), (b"x-vedas-replica", self.replica)],
+                    "headers": [*message.get("headers", []), (REPLICA_HEADER.encode(), self.replica)],
                 }
             await send(message)
 
@@ -60,18 +62,17 @@ class _ReplicaHeader:
 class VedasReplica:
     """One replica: the checkpoint loaded on this actor's device, served by ``create_app``."""
 
-    def __init__(self, options: dict[str, Any], device: str) -> None:
-        self.options, self.device = options, device
+    def __init__(self, options: dict[str, Any], device: str, settings: SettingsFn) -> None:
+        self.options, self.device, self.settings = options, device, settings
 
     def __serve_build_asgi_app__(self) -> Any:
         import vedas
         from vedas.serve.app import create_app
-        from vedas.serve.cli import settings_from_args
 
         args = argparse.Namespace(**self.options)
         # Ray gives a GPU replica its own device as CUDA_VISIBLE_DEVICES, so "cuda" is that one GPU
         vm = vedas.load(args.checkpoint, device=self.device)
-        app = create_app(vm, settings_from_args(args, vm))
+        app = create_app(vm, self.settings(args, vm))
         app.add_middleware(_ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
         return app
 
@@ -144,8 +145,12 @@ def _init_ray(args: argparse.Namespace) -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
-def serve_replicas(args: argparse.Namespace) -> int:
-    """Run the app as a Ray Serve deployment of ``args.replicas`` replicas until SIGTERM/SIGINT."""
+def serve_replicas(args: argparse.Namespace, settings: SettingsFn) -> int:
+    """Run the app as a Ray Serve deployment of ``args.replicas`` replicas until SIGTERM/SIGINT.
+
+    ``settings(args, vm)`` builds each replica's :class:`~vedas.serve.app.Settings` from the
+    flags (``vedas.serve.cli.settings_from_args``, passed in: Ray ships it to the replicas by name).
+    """
     import ray
 
     _init_ray(args)
@@ -159,7 +164,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": port})
         options = deployment_options(args.replicas, args.max_batch_size, args.max_queued, gpu)
         device = "cuda" if gpu else "cpu"
-        app = VedasReplica.options(**options).bind(_replica_options(args), device)
+        app = VedasReplica.options(**options).bind(_replica_options(args), device, settings)
         serve.run(app, name=APP_NAME, route_prefix="/")
         shown = f"[{args.host}]" if ":" in args.host else args.host
         url = f"http://{shown}:{port}"
