@@ -170,7 +170,9 @@ def serve_replicas(args: argparse.Namespace, settings: SettingsFn) -> int:
         url = f"http://{shown}:{port}"
         _wait_ready(url, 120)
         name = args.served_model_name or Path(args.checkpoint).name
-        print(f"vedas serve: listening on {url} (model {name!r}), {args.replicas} replicas", flush=True)
+        # the single process's line, word for word: scripts parse it (vedas.serve.process)
+        print(f"vedas serve: listening on {url} (model {name!r})", flush=True)
+        print(f"vedas serve: {args.replicas} replicas on Ray Serve ({device})", file=sys.stderr, flush=True)
         stop.wait()
     except ValueError as e:
         print(f"vedas serve: {e}", file=sys.stderr)
