@@ -119,6 +119,21 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _start_proxy(host: str, port: int) -> tuple[str, int]:
+    """Start Ray Serve's HTTP proxy on ``host:port`` (0: a free port); the address it really serves.
+
+    Serve already running in a joined cluster keeps its own proxy address (Ray ignores new
+    HTTP options then, with a warning), so the address is read back from Serve's client.
+    """
+    from ray.serve.context import _get_global_client
+
+    serve.start(http_options={"host": host, "port": port or _free_port(host)})
+    http = _get_global_client().http_config
+    if (port and http.port != port) or http.host != host:
+        print(f"vedas serve: Ray Serve already serves on {http.host}:{http.port}; using it", file=sys.stderr)
+    return http.host, http.port
+
+
 def _wait_ready(url: str, timeout: float) -> None:
     """Until the proxy routes to the app: serve.run returns once replicas run, routes may lag."""
     deadline = time.monotonic() + timeout
@@ -140,9 +155,11 @@ def _init_ray(args: argparse.Namespace) -> None:
     if args.ray_address:
         ray.init(address=args.ray_address, log_to_driver=False)
         return
-    # a private cluster on loopback: the replicas' CPUs (GPUs are detected), no dashboard
+    # a private cluster: the replicas' CPUs (GPUs are detected), no dashboard. Ray binds its own
+    # ports to the node's address, never loopback (it resolves 127.0.0.1 away), behind Ray's
+    # token authentication; the HTTP endpoint binds --host
     cpus = args.replicas if args.device == "cpu" else max(os.cpu_count() or 1, args.replicas)
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
 
 def serve_replicas(args: argparse.Namespace, settings: SettingsFn) -> int:
@@ -160,13 +177,17 @@ def serve_replicas(args: argparse.Namespace, settings: SettingsFn) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         gpu = _uses_gpu(args.device)
-        port = args.port or _free_port(args.host)
-        serve.start(http_options={"host": args.host, "port": port})
+        host, port = _start_proxy(args.host, args.port)
         options = deployment_options(args.replicas, args.max_batch_size, args.max_queued, gpu)
+        options["graceful_shutdown_timeout_s"] = args.shutdown_grace_s
         device = "cuda" if gpu else "cpu"
         app = VedasReplica.options(**options).bind(_replica_options(args), device, settings)
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        shown = f"[{args.host}]" if ":" in args.host else args.host
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except Exception as e:  # Ray's own error types for a replica that failed to start
+            print(f"vedas serve: Ray Serve could not start the replicas: {e}", file=sys.stderr)
+            return 1
+        shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}"
         _wait_ready(url, 120)
         name = args.served_model_name or Path(args.checkpoint).name
