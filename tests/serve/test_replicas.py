@@ -92,6 +92,11 @@ def test_two_replicas_answer_like_one_process_then_survive_a_killed_replica(serv
     assert [text for text, _ in got] == expected
     alive = replica_actors()
     assert {replica for _, replica in got} == set(alive) and len(alive) == 2  # both got traffic
+    # streaming passes Ray's proxy: the streamed text adds up to the same answer
+    chunks = ray_client.chat.completions.create(
+        model=replicas.name, messages=batch[0], max_tokens=MAX_TOKENS, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected[0]
 
     # kill one replica's actor while the 32 requests are in flight; the client retries 5xx twice
     retrying = openai.OpenAI(base_url=f"{replicas.url}/v1", api_key="unused", max_retries=2, timeout=120)
