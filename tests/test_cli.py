@@ -148,7 +148,7 @@ def test_the_command_table_matches_each_module_and_help_imports_no_torch():
     code = (
         "import sys\nfrom vedas.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'PIL') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'PIL', 'ray') if m in sys.modules)\n"
         "print('imported:', heavy)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

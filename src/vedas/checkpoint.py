@@ -7,8 +7,8 @@
 :func:`vedas.load` calls :func:`resolve` first. What it accepts:
 
 - a **vedas checkpoint** (``config.yaml`` + ``model/``), a **run directory** of ``vedas train``
-  (its ``final/``), a **training checkpoint** ``checkpoints/step-N`` (rebuilt by the recipe, see
-  :func:`vedas.train.recipe.load_step`), or a **Hugging Face directory** (``config.json``);
+  (its ``final/``), a **training checkpoint** ``checkpoints/step-N`` (its ``model.yaml`` says how it
+  loads: whole weights in ``model/``, or a base model plus ``delta.safetensors``), or a **Hugging Face directory** (``config.json``);
 - a **hub id** such as ``Qwen/Qwen2-VL-2B-Instruct``, only when no such local path exists and the
   text does not look like one (``./x``, ``/x``, ``a/b/c``, or a first component that exists here,
   as in ``runs/t2``): a local path is never sent to the hub.
@@ -35,6 +35,10 @@ from vedas.errors import CheckpointError
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_DIR = "model"
+STEP_MODEL_FILE = "model.yaml"
+"""A ``step-N``'s description as a model (beside the training state): arch, base, latent, extras, trained."""
+DELTA_FILE = "delta.safetensors"
+"""A ``step-N`` of a run on a named base: the weights training changed (LoRA merged), in the base's names."""
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 Kind = Literal["vedas", "train_step", "hf", "hub"]
@@ -183,23 +187,10 @@ def check_hf_dir(directory: Path) -> None:
 
 
 def _vedas(directory: Path) -> Checkpoint:
-    import yaml
-
-    from vedas.config import strict_load, yaml_problem
-
     cfg_file = directory / CONFIG_FILE
-    try:
-        meta = strict_load(cfg_file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{cfg_file}: not valid YAML: {yaml_problem(e)}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{cfg_file}: expected a mapping, got {type(meta).__name__}")
+    meta = _read_meta(cfg_file)
     check_hf_dir(directory / WEIGHTS_DIR)
-    for name in meta.get("extras") or {}:
-        extra = directory / f"{name}.safetensors"
-        if not extra.is_file():
-            raise CheckpointError(f"{extra} is missing (the checkpoint lists the extra {name!r})")
-        check_safetensors(extra)
+    _check_extras(directory, meta)
     if verify_enabled():
         from vedas.integrity import check_sums
 
@@ -207,12 +198,45 @@ def _vedas(directory: Path) -> Checkpoint:
     return Checkpoint("vedas", directory, meta)
 
 
+def _read_meta(cfg_file: Path) -> dict[str, Any]:
+    """A checkpoint's YAML description as a mapping; a CheckpointError naming ``cfg_file`` otherwise."""
+    import yaml
+
+    from vedas.config import strict_load, yaml_problem
+
+    try:
+        meta = strict_load(cfg_file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{cfg_file}: not valid YAML: {yaml_problem(e)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_file}: expected a mapping, got {type(meta).__name__}")
+    return meta
+
+
+def _check_extras(directory: Path, meta: dict[str, Any]) -> None:
+    for name in meta.get("extras") or {}:
+        extra = directory / f"{name}.safetensors"
+        if not extra.is_file():
+            raise CheckpointError(f"{extra} is missing (the checkpoint lists the extra {name!r})")
+        check_safetensors(extra)
+
+
 def _train_step(directory: Path) -> Checkpoint:
+    """A ``step-N`` directory; ``meta`` is its ``model.yaml`` (how it loads as a model), empty for a
+    checkpoint saved before step-N described itself (docs/design.md#checkpoints)."""
     for name in ("config.yaml", "trainable.safetensors"):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory / name} is missing: not a complete training checkpoint")
     check_safetensors(directory / "trainable.safetensors")
-    return Checkpoint("train_step", directory, {})
+    if not (directory / STEP_MODEL_FILE).is_file():
+        return Checkpoint("train_step", directory, {})
+    meta = _read_meta(directory / STEP_MODEL_FILE)
+    if meta.get("base") is None:
+        check_hf_dir(directory / WEIGHTS_DIR)
+    else:
+        check_safetensors(directory / DELTA_FILE)
+    _check_extras(directory, meta)
+    return Checkpoint("train_step", directory, meta)
 
 
 def _run_dir(directory: Path) -> Checkpoint:

@@ -32,6 +32,8 @@ class Method:
     name: str
     mode: str
     """The trained mode (one of :data:`METHODS`): the recipe's ``method`` and ``generate``'s ``mode``."""
+    rationale: bool = True
+    """Trains on the written rationale (``no_cot``: on the answer sentence alone)."""
     latent: bool = False
     """Reasons in latent steps (the curriculum turns written steps into latents)."""
     replay: Literal["attention", "random", "none"] = "none"
@@ -60,7 +62,7 @@ class Method:
 PRESETS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("no_cot", "no_cot", help="the answer sentence only"),
+        Method("no_cot", "no_cot", rationale=False, help="the answer sentence only"),
         Method("cot", "cot", help="explicit CoT: every reasoning step, then the answer"),
         Method(
             "latent", "latent", latent=True, replay="attention", help="curriculum + attention-guided replay"

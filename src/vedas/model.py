@@ -30,7 +30,7 @@ from PIL import Image
 from vedas import extras, integrity
 from vedas.arguments import check_batch, check_questions
 from vedas.backbones import arch_module, backbone_for
-from vedas.checkpoint import CONFIG_FILE, WEIGHTS_DIR, Checkpoint, resolve
+from vedas.checkpoint import CONFIG_FILE, DELTA_FILE, STEP_MODEL_FILE, WEIGHTS_DIR, Checkpoint, resolve
 from vedas.config import LatentConfig, from_dict, to_dict
 from vedas.data.images import DECODE_ERRORS, open_rgb, to_rgb
 from vedas.engine import generate as driver
@@ -480,6 +480,8 @@ def load(
     """Load a vedas checkpoint, a ``vedas train`` run (its ``final/``), one of its ``checkpoints/step-N``,
     or a base HF checkpoint (local directory or hub id).
 
+    A ``step-N`` loads from its own description (``model.yaml``, written by ``vedas train`` beside the
+    training state; docs/design.md#checkpoints), never through the training recipe or its data.
     The path is resolved and its files checked first (:func:`vedas.checkpoint.resolve`): a missing or
     corrupt file is a :class:`~vedas.errors.CheckpointError` naming it, before any model is allocated.
     A base checkpoint gets the latent tokens added (rows copied from an existing token) and the
@@ -487,19 +489,25 @@ def load(
     """
     ck = resolve(path_or_hub_id)
     if ck.kind == "train_step":
-        from vedas.train.recipe import load_step
-
-        vm = load_step(Path(ck.path), device=device)
-        vm.config = from_dict(LatentConfig, {**to_dict(vm.config), **overrides})
-        return vm
+        return _load_step(ck, device, dtype, overrides)
     meta = ck.meta
     arch = meta.get("arch") or _model_type(ck)
     latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
-    weights = ck.weights
+    vm = _from_weights(ck.path, ck.weights, arch, latent, device, dtype)
+    if ck.kind == "vedas":
+        vm.extras.load(Path(ck.path), vm, meta.get("extras") or {})
+        vm.trained = meta.get("trained")
+    return vm
+
+
+def _from_weights(
+    where: Path | str, weights: str, arch: str, latent: LatentConfig, device: Any, dtype: Any
+) -> VedasModel:
+    """A VedasModel of the HF weights at ``weights`` (``where``: the checkpoint, for errors)."""
     try:
         mod = arch_module(arch)
     except ValueError as e:
-        raise CheckpointError(f"{ck.path}: {e}") from None
+        raise CheckpointError(f"{where}: {e}") from None
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -508,8 +516,64 @@ def load(
     add_latent_tokens(model, processor.tokenizer)
     if device is not None:
         model.to(device)
-    vm = VedasModel(model.eval(), processor, latent)
-    if ck.kind == "vedas":
-        vm.extras.load(Path(ck.path), vm, meta.get("extras") or {})
-        vm.trained = meta.get("trained")
+    return VedasModel(model.eval(), processor, latent)
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _load_step(
+    ck: Checkpoint, device: Any, dtype: Any, overrides: dict[str, Any], with_extras: bool = True
+) -> VedasModel:
+    """A ``step-N`` as its ``model.yaml`` describes it (written by ``vedas train`` beside the training
+    state): whole weights in ``model/``, or its base model (``base``, loaded as training loaded it) with
+    the weights training changed (``delta.safetensors``) copied over; then its extras. Neither the
+    training recipe nor the training data is needed (docs/design.md#checkpoints)."""
+    path, meta = Path(ck.path), ck.meta
+    if not meta:
+        raise CheckpointError(
+            f"{path}: a training checkpoint without {STEP_MODEL_FILE} (saved before step-N checkpoints "
+            f"described themselves); add it once with: python -m vedas.train.upgrade {path}"
+        )
+    latent = from_dict(LatentConfig, {**(meta.get("latent") or {}), **overrides})
+    if meta.get("base") is None:
+        vm = _from_weights(path, str(path / WEIGHTS_DIR), str(meta.get("arch")), latent, device, dtype)
+    else:
+        base = str(meta["base"])
+        try:
+            vm = _base(base, latent, device, dtype or DTYPES[meta.get("dtype", "float32")])
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{path}: its base model ({STEP_MODEL_FILE}'s base) does not load: {e}"
+            ) from None
+        _copy_delta(vm, path / DELTA_FILE)
+    if with_extras:
+        vm.extras.load(path, vm, meta.get("extras") or {})
+    vm.trained = meta.get("trained")
     return vm
+
+
+def _base(pointer: str, latent: LatentConfig, device: Any, dtype: Any) -> VedasModel:
+    """A step-N's base model without its extras: the step lists every extra the run had, the base's
+    included (installing the base's too would install routing twice)."""
+    ck = resolve(pointer)
+    if ck.kind == "train_step":
+        vm = _load_step(ck, device, dtype, {}, with_extras=False)
+        vm.config = latent
+        return vm
+    arch = ck.meta.get("arch") or _model_type(ck)
+    return _from_weights(ck.path, ck.weights, arch, latent, device, dtype)
+
+
+def _copy_delta(vm: VedasModel, delta: Path) -> None:
+    """Copy ``delta``'s tensors into ``vm.model``'s parameters of the same names (each must exist there)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(delta), device=str(vm.device))
+    params = dict(vm.model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise CheckpointError(f"{delta}: weights the base model lacks: {unknown[:5]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)

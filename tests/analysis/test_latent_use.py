@@ -113,3 +113,23 @@ def test_the_verdict_follows_the_drop_and_its_interval():
     # at chance nothing can drop
     chance = {c: [1] * 50 + [0] * 150 for c in same}
     assert pooled("latent", {0: _report(chance)})["verdict"].startswith("cannot tell")
+    # one run: the verdict says it rests on the question-level interval only
+    assert "no seed-level interval" in pooled("latent", {0: _report({**same, "zeros": zeroed})})["verdict"]
+
+
+def test_the_verdict_follows_the_seed_level_interval_when_there_are_runs():
+    """Pooled over questions the drop is beyond its interval; over three runs it is not: not used."""
+    from vedas.analysis.latent_use import pooled
+
+    right = [1] * 150 + [0] * 50
+    same = {c: right for c in ("trained", "zeros", "noise", "shuffled", "replay_off")}
+    runs = {
+        0: _report({**same, "zeros": [1] * 90 + [0] * 110}),  # −30 points on this run
+        1: _report({**same, "zeros": [1] * 152 + [0] * 48}),  # +1
+        2: _report(same),  # 0
+    }
+    row = pooled("latent", runs)
+    assert row["drop"]["zeros"]["low"] > 0  # question level: "beyond"
+    seed = row["drop_seed_level"]["zeros"]
+    assert seed["per_seed"] == pytest.approx([0.30, -0.01, 0.0]) and seed["low"] < 0
+    assert row["verdict"].startswith("latents' content not used") and "seed level" in row["verdict"]

@@ -68,3 +68,31 @@ def test_bad_inputs_name_the_problem() -> None:
         bootstrap.paired_difference([], [])
     with pytest.raises(ValueError, match="level"):
         bootstrap.paired_difference([1], [0], level=1.0)
+
+
+def test_seed_level_interval_equals_the_hand_computed_paired_t() -> None:
+    """Three runs per method, paired by seed: Student's t with 2 degrees of freedom, by hand."""
+    a, b = [0.60, 0.70, 0.80], [0.65, 0.80, 0.84]
+    d = [0.05, 0.10, 0.04]
+    mean = sum(d) / 3
+    sd = (sum((x - mean) ** 2 for x in d) / 2) ** 0.5
+    t975, t80 = 4.302652729, 1.060660172  # t quantiles, 2 degrees of freedom (printed tables)
+    s = bootstrap.seed_level(a, b)
+    assert s["difference"] == pytest.approx(mean)
+    assert s["low"] == pytest.approx(mean - t975 * sd / 3**0.5)
+    assert s["high"] == pytest.approx(mean + t975 * sd / 3**0.5)
+    assert s["detectable_80"] == pytest.approx((t975 + t80) * sd / 3**0.5)
+    assert s["per_seed"] == pytest.approx(d) and s["seeds"] == 3
+    # every seed better, yet the interval spans 0: three runs cannot tell it from run-to-run variation
+    assert not bootstrap.beyond(s)
+    # the same mean difference, run to run steadier: beyond
+    assert bootstrap.beyond(bootstrap.seed_level(a, [0.66, 0.76, 0.86]))
+
+
+def test_seed_level_refuses_what_it_cannot_compute() -> None:
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        bootstrap.seed_level([0.5], [0.6])
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap.seed_level([0.5, 0.6], [0.6])
+    same = bootstrap.seed_level([0.5, 0.6], [0.6, 0.7])  # identical differences: a point interval
+    assert same["low"] == same["high"] == pytest.approx(0.1)

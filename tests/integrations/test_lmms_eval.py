@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,17 @@ def synth_dir(synth_data) -> Path:
     return synth_data(0, 10)
 
 
-@pytest.fixture(scope="module")
-def lmms_run(ckpt, synth_dir, tmp_path_factory):
-    """One ``lmms-eval`` run of both tasks; returns {task: (accuracy, [per-sample rows])}."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_lmms(ckpt: Path, synth_dir: Path, tmp: Path, world: int = 1) -> dict[str, tuple[float, list[dict]]]:
+    """One ``lmms-eval`` run of both tasks (``world`` > 1: under torchrun, gloo on loopback);
+    returns {task: (accuracy, [per-sample rows as rank 0 wrote them])}."""
     from export_parquet import export
 
-    tmp = tmp_path_factory.mktemp("lmms_run")
     parquet = export(list(load_data("synthetic", path=str(synth_dir), split="test")), tmp / "synth.parquet")
     tasks = tmp / "tasks"
     tasks.mkdir()
@@ -57,10 +63,14 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
     )
     (tasks / "fixture.yaml").write_text(f"include: {TASKS / 'vedas_m3cot_fixture.yaml'}\n")
     out = tmp / "out"
+    launch = ["lmms_eval"]
+    if world > 1:
+        launch = ["torch.distributed.run", "--nproc_per_node", str(world), "--master_addr", "127.0.0.1"]
+        launch += ["--master_port", str(_free_port()), "-m", "lmms_eval"]
     cmd = [
         sys.executable,
         "-m",
-        "lmms_eval",
+        *launch,
         "--model",
         "vedas",
         "--model_args",
@@ -75,6 +85,7 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
         "--log_samples",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
+    env |= {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"vedas: max_new_tokens={MAX_NEW} (from the checkpoint's config" in res.stderr
@@ -82,9 +93,15 @@ def lmms_run(ckpt, synth_dir, tmp_path_factory):
     runs = {}
     for task in ("vedas_synth", "vedas_m3cot_fixture"):
         samples = next(out.rglob(f"*_samples_{task}.jsonl")).read_text().splitlines()
-        rows = sorted((json.loads(line) for line in samples), key=lambda r: r["doc_id"])
-        runs[task] = (results[task]["accuracy,none"], rows)
+        runs[task] = (results[task]["accuracy,none"], [json.loads(line) for line in samples])
     return runs
+
+
+@pytest.fixture(scope="module")
+def lmms_run(ckpt, synth_dir, tmp_path_factory):
+    """{task: (accuracy, [per-sample rows, by doc id])} of one lmms-eval process."""
+    runs = _run_lmms(ckpt, synth_dir, tmp_path_factory.mktemp("lmms_run"))
+    return {t: (acc, sorted(rows, key=lambda r: r["doc_id"])) for t, (acc, rows) in runs.items()}
 
 
 @pytest.mark.parametrize("first", ["lmms_eval.models", "vedas.integrations.lmms_eval"])
@@ -158,3 +175,19 @@ def test_generation_limit_precedence():
     assert generation_limit(7, {"max_new_tokens": 40}, 12) == (7, "model_args max_new_tokens")
     with pytest.raises(ValueError, match=r"max_new_tokens .from the task's generation_kwargs.: must be ≥ 1"):
         generation_limit(None, {"max_new_tokens": 0}, 12)
+
+
+def test_two_torchrun_ranks_give_the_one_process_samples(lmms_run, ckpt, synth_dir, tmp_path):
+    """``torchrun --nproc_per_node 2 -m lmms_eval``: lmms-eval shards the docs by rank (the 3-doc
+    fixture leaves rank 1 one short, so lmms-eval pads it with a duplicate request); the plugin runs
+    each rank's requests on its own. The samples rank 0 gathers are the one-process samples, each
+    doc once."""
+    dp = _run_lmms(ckpt, synth_dir, tmp_path, world=2)
+    for task, (accuracy, rows) in lmms_run.items():
+        dp_accuracy, dp_rows = dp[task]
+        ids = [r["doc_id"] for r in dp_rows]
+        assert len(ids) == len(set(ids)) == len(rows), (task, ids)
+        by_id = sorted(dp_rows, key=lambda r: r["doc_id"])
+        keys = ("doc_id", "filtered_resps", "accuracy", "token_counts")
+        assert [[r[k] for k in keys] for r in by_id] == [[r[k] for k in keys] for r in rows], task
+        assert dp_accuracy == pytest.approx(accuracy)

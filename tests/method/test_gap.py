@@ -269,6 +269,11 @@ def test_training_with_every_gap_option(synth_dir, records, tmp_path, capsys):
     steps = sorted((tmp_path / "run" / "checkpoints").iterdir())
     buffers = load_file(str(steps[-1] / "gap_buffers.safetensors"))
     assert torch.equal(buffers["latent_norm.visual"], ema.visual.cpu())
+    # the last step-N loads from its own description (no recipe, no data for the PCA) as final/
+    at_step = vedas.load(steps[-1])
+    for name in ("latent_norm", "latent_head"):
+        a, b = vm.extras.get(name).state_dict(), at_step.extras.get(name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     d = _generate(vm, records[:2])
     assert torch.allclose(d.latents.norm(dim=-1), ema.visual.expand(2, 2), rtol=1e-5)
 

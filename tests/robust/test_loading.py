@@ -95,7 +95,8 @@ def test_an_offline_hub_id_fails_once_with_a_hint(vedas_cli, tmp_path):
 
 def test_a_run_directory_and_every_step_checkpoint_load(vedas_cli, train_args, tmp_path, synth_dir):
     """Item 4: intermediate checkpoints/step-N could not be loaded or evaluated at all. A LoRA run with
-    routing: step-N is rebuilt by the recipe, and the last one equals final/ exactly."""
+    routing: step-N loads from its own description (tests/robust/test_step_checkpoints.py), and the
+    last one equals final/ exactly."""
     out = tmp_path / "run"
     extra = {"run.save_every": 2, "lora.enabled": "true", "lora.r": 4, "routing": "{alpha: 4}"}
     code, _, err = vedas_cli.main(*train_args(out, **extra))

@@ -272,6 +272,8 @@ def test_clients_that_hang_up_do_not_stall_the_others(server, client):
         ("--max-image-pixels", "-1"),
         ("--allowed-local-media-path", "/nonexistent/dir"),
         ("--request-timeout-s", "0"),
+        ("--replicas", "0"),
+        ("--ray-address", "auto"),  # without --replicas
     ],
 )
 def test_bad_flags_exit_2_before_the_model_loads(tmp_path, capsys, flag, value):

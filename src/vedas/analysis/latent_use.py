@@ -195,14 +195,22 @@ def _condition(name: str) -> Any:
 
 
 def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean accuracy per condition and sweep point over seeds, each drop's interval pooled over seeds and
-    questions, and the one-line verdict. ``reps``: seed → a report whose ``latent_use`` is a :func:`probe`."""
+    """Mean accuracy per condition and sweep point over seeds, each drop's intervals, and the one-line verdict.
+
+    ``reps``: seed → a report whose ``latent_use`` is a :func:`probe`. Each drop has its
+    question-level interval (pooled over seeds and questions, models fixed) and, with two or more
+    seeds, its seed-level interval (paired t over the runs, :func:`bootstrap.seed_level`). The
+    verdict follows the seed-level interval when there is one; with one run it says that it rests
+    on the question-level interval only, which leaves out run-to-run variance.
+    """
     seeds = sorted(reps)
     conds = reps[seeds[0]]["latent_use"]["conditions"]
-    accuracy = {
-        c: statistics.mean(reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds) for c in conds
-    }
+    per_seed = {c: [reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds] for c in conds}
+    accuracy = {c: statistics.mean(v) for c, v in per_seed.items()}
     drops = {c: _drop(reps, c) for c in conds if c != "trained"}
+    seed_drops = (
+        {c: bootstrap.seed_level(per_seed[c], per_seed["trained"]) for c in drops} if len(seeds) > 1 else {}
+    )
     sweep = [
         {
             "latents": p["latents"],
@@ -210,21 +218,29 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
         }
         for i, p in enumerate(reps[seeds[0]]["latent_use"]["sweep"])
     ]
-    used = [c for c in PERTURBATIONS if c in drops and drops[c]["low"] > 0]
-    if used:
-        verdict = f"latents' content used: replacing them by {', '.join(used)} lowers accuracy beyond the 95 % interval"
-    elif accuracy["trained"] <= CHANCE + 0.05:
-        verdict = "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
-    else:
-        verdict = "latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy beyond the 95 % interval"
     return {
         "method": name,
         "seeds": seeds,
         "accuracy": accuracy,
+        "accuracy_per_seed": per_seed,
         "drop": drops,
+        "drop_seed_level": seed_drops,
         "sweep": sweep,
-        "verdict": verdict,
+        "verdict": _verdict(accuracy["trained"], seed_drops or drops, bool(seed_drops)),
     }
+
+
+def _verdict(trained: float, drops: dict[str, dict[str, Any]], seed_level: bool) -> str:
+    level = "beyond run-to-run variation (seed level)" if seed_level else "beyond the question-level interval"
+    caveat = "" if seed_level else " (one run: no seed-level interval, so no claim about the method)"
+    used = [c for c in PERTURBATIONS if c in drops and drops[c]["low"] > 0]
+    if used:
+        return f"latents' content used: replacing them by {', '.join(used)} lowers accuracy {level}{caveat}"
+    if trained <= CHANCE + 0.05:
+        return "cannot tell: with the latents as trained the accuracy is at or below chance (+5 points), so nothing can drop"
+    return (
+        f"latents' content not used: no replacement (zeros, noise, shuffled) lowers accuracy {level}{caveat}"
+    )
 
 
 def _drop(reps: dict[int, dict[str, Any]], condition: str) -> dict[str, Any]:

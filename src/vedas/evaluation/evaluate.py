@@ -7,6 +7,15 @@ Writes the JSON report and a Markdown table beside it (``report.md``), and, batc
 goes, ``report.jsonl`` (:mod:`vedas.evaluation.results`): an interrupted evaluation continues
 from it with ``--resume`` and gives the report an uninterrupted one would (latency aside).
 
+Data parallel, one process per GPU (or CPU process), on one node or several:
+
+    torchrun --nproc_per_node 8 -m vedas.cli eval --checkpoint ... --out report.json
+
+Each rank evaluates its own batches (:mod:`vedas.evaluation.shards`) into its own log,
+``report.rank{R}-of-{N}.jsonl`` (``--resume`` continues each shard), on ``cuda:LOCAL_RANK``; rank 0
+gathers the ranks' rows and writes one report, equal to the one-process report (the same per-sample
+rows, in order, each once; the latency means over all samples) and recording ``world_size``.
+
 ``{"method", "dataset", "n", "accuracy", "scoring_rule", "ar_steps_mean", "latency_ms":
 {"prefill", "latent", "decode", "total"}, "batch_size", "latents", "device", "per_sample":
 [{"id", "prediction", "answer", "correct", "ar_steps", "latency_ms"}], "n_skipped", "skipped":
@@ -366,6 +375,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vedas.data import load
     from vedas.data.registry import split_spec
+    from vedas.evaluation import shards
     from vedas.evaluation.scoring import get_rule
 
     try:
@@ -373,21 +383,65 @@ def run(args: argparse.Namespace) -> int:
         from vedas.method.tto import from_args as tto_from_args
 
         tto = tto_from_args(args)
+        rank, local_rank, world = shards.rank_world()
     except ValueError as e:
         print(f"vedas eval: {e}", file=sys.stderr)
         return 2
     results = output_names(args.out)[2]  # a colliding --out is refused before any work
     name, path = split_spec(args.data)
     records = load(name, path=path, split=args.split, limit=args.limit, skip_bad=args.skip_bad)
-    print(records.describe())
+    if rank == 0:
+        print(records.describe())
     from vedas.checkpoint import resolve
 
     resolve(args.checkpoint)  # a bad checkpoint fails before any results file is touched
-    lock = lock_output(args.out)
+    ranks = Ranks(rank, local_rank, world)
+    if world > 1:
+        results = shards.shard_log(results, rank, world)
+        ranks.start()
+    # rank 0 holds the lock of --out itself, so a one-process run into the same --out is refused too
+    lock = lock_output(args.out, "" if rank == 0 else f".rank{rank}-of-{world}")
     try:
-        return _run_locked(args, records, tto, name, results)
+        return _run_locked(args, records, tto, name, results, ranks)
     finally:
         lock.release()
+        ranks.stop()
+
+
+class Ranks:
+    """This process's place in a data-parallel ``vedas eval`` (:mod:`vedas.evaluation.shards`), and the
+    one collective it needs: rank 0 gathering the ranks' scored batches."""
+
+    def __init__(self, rank: int, local_rank: int, world: int) -> None:
+        self.rank, self.local_rank, self.world = rank, local_rank, world
+
+    def start(self) -> None:
+        """A gloo group (CPU tensors only: one gather of Python objects, whatever the device). Its
+        timeout is long because the fastest rank waits in the gather for the slowest shard to finish,
+        which on a large benchmark can take far longer than torch's 30-minute default."""
+        import datetime
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+
+    def gather(self, batches: list[dict[str, Any]]) -> list[list[dict[str, Any]]] | None:
+        """Every rank's batches at rank 0 (in rank order), None elsewhere; one process: its own."""
+        if self.world == 1:
+            return [batches]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(batches, out, dst=0)
+        return out
+
+    def stop(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def output_names(out: str | Path) -> tuple[Path, Path, Path]:
@@ -404,14 +458,15 @@ def output_names(out: str | Path) -> tuple[Path, Path, Path]:
     return path, path.with_suffix(".md"), path.with_suffix(".jsonl")
 
 
-def lock_output(out: str | Path) -> Any:
+def lock_output(out: str | Path, shard: str = "") -> Any:
     """One ``vedas eval`` at a time per output (its three files): a second one into the same ``--out``
-    used to finish too, leaving the report of one and the per-batch log of the other."""
+    used to finish too, leaving the report of one and the per-batch log of the other. ``shard``: the
+    lock of a data-parallel rank's own log (ranks other than 0)."""
     from vedas.files import lock_file
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.parent / f".{path.with_suffix('').name}.vedas-eval.lock"
+    lock = path.parent / f".{path.with_suffix('').name}{shard}.vedas-eval.lock"
     return lock_file(
         lock,
         lambda owner: (
@@ -421,59 +476,95 @@ def lock_output(out: str | Path) -> Any:
     )
 
 
-def _run_locked(args: argparse.Namespace, records: Any, tto: Any, name: str, results: Path) -> int:
+def _run_locked(
+    args: argparse.Namespace, records: Any, tto: Any, name: str, results: Path, ranks: Ranks
+) -> int:
     import vedas
     from vedas.checkpoint import untrained_latents
+    from vedas.evaluation import shards
     from vedas.evaluation.results import ResultLog
 
-    log = ResultLog.open(results, _header(args, tto, records), resume=args.resume)
+    mine = (
+        records if ranks.world == 1 else shards.shard(list(records), args.batch_size, ranks.rank, ranks.world)
+    )
+    log = ResultLog.open(results, _header(args, tto, mine, ranks), resume=args.resume)
     if log.batches:
         print(f"resuming: {len(log.batches)} batches already in {results}")
+    dataset = f"{name}/{args.split}"
     try:
         vm = vedas.load(
-            args.checkpoint, device=cli_args.resolve_device(args.device), **cli_args.input_overrides(args)
+            args.checkpoint,
+            device=shards.rank_device(args.device, ranks.local_rank),
+            **cli_args.input_overrides(args),
         )
         warning = untrained_latents(
             vm.trained, args.method, vm.config.latents if args.latents is None else args.latents
         )
-        if warning:
+        if warning and ranks.rank == 0:
             print(f"vedas eval: {warning}", file=sys.stderr)
-        report = evaluate(
-            vm,
-            records,
-            args.method,
-            args.batch_size,
-            args.scoring,
-            args.latents,
-            args.max_new_tokens,
-            dataset=f"{name}/{args.split}",
-            engine=args.engine,
-            tto=tto,
-            skip_bad=args.skip_bad,
-            log=log,
-        )
+        if mine:  # a rank can have no batch at all (fewer batches than ranks)
+            evaluate(
+                vm,
+                mine,
+                args.method,
+                args.batch_size,
+                args.scoring,
+                args.latents,
+                args.max_new_tokens,
+                dataset=dataset,
+                engine=args.engine,
+                tto=tto,
+                skip_bad=args.skip_bad,
+                log=log,
+                progress=ranks.rank == 0,
+            )
+        else:
+            log.finish()
     except KeyboardInterrupt:
-        import shlex
-
-        done = min(len(log.batches) * args.batch_size, len(records))
-        again = shlex.join(["vedas", *[a for a in getattr(args, "argv", []) if a != "--resume"], "--resume"])
-        print(
-            f"vedas eval: interrupted after {done} of {len(records)} records; they are in {results}. "
-            f"Continue with:\n  {again}",
-            file=sys.stderr,
-        )
+        _interrupted(args, log, len(mine), results, ranks.world)
         return 130
     finally:
         log.close()
+    gathered = ranks.gather(log.batches)
+    if gathered is None:  # ranks other than 0: rank 0 writes the report
+        return 0
+    batches = shards.merge(gathered)
+    skipped = [dict(r) for r in getattr(records, "skipped_rows", [])]
+    skipped += [row for b in batches for row in b["skipped"]]
+    settings = {"method": args.method, "dataset": dataset, "scoring_rule": args.scoring}
+    report = _report(
+        vm, batches, skipped, len(records), {**settings, "batch_size": args.batch_size}, args.engine, tto
+    )
+    report["world_size"] = ranks.world
     report["checkpoint"] = str(args.checkpoint)
     out, md = write(report, args.out)
     print(markdown([report]), end="")
-    print(f"wrote {out}, {md} and {results}")
+    logs = (
+        results
+        if ranks.world == 1
+        else f"the {ranks.world} shard logs {results.name.replace('rank0', 'rank*')}"
+    )
+    print(f"wrote {out}, {md} and {logs}")
     return 0
 
 
-def _header(args: argparse.Namespace, tto: Any, records: list[Any]) -> dict[str, Any]:
-    """What decides an evaluation's results: a resume must match it (:mod:`vedas.evaluation.results`)."""
+def _interrupted(args: argparse.Namespace, log: Any, n: int, results: Path, world: int) -> None:
+    """Say how far the evaluation (this rank's shard) got and how to continue it."""
+    import shlex
+
+    done = min(len(log.batches) * args.batch_size, n)
+    launch = ["vedas"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "vedas.cli"]
+    again = shlex.join([*launch, *[a for a in getattr(args, "argv", []) if a != "--resume"], "--resume"])
+    print(
+        f"vedas eval: interrupted after {done} of {n} records; they are in {results}. "
+        f"Continue with:\n  {again}",
+        file=sys.stderr,
+    )
+
+
+def _header(args: argparse.Namespace, tto: Any, records: list[Any], ranks: Ranks) -> dict[str, Any]:
+    """What decides an evaluation's results: a resume must match it (:mod:`vedas.evaluation.results`).
+    A data-parallel rank's log also names its shard, so a resume with another world size is refused."""
     from vedas.config import to_dict
 
     keys = ("checkpoint", "data", "split", "limit", "method", "batch_size", "scoring", "latents")
@@ -484,4 +575,6 @@ def _header(args: argparse.Namespace, tto: Any, records: list[Any]) -> dict[str,
     )
     header["tto"] = None if tto is None else to_dict(tto)
     header["ids"] = [r.id for r in records]
+    if ranks.world > 1:  # only then: a one-process log written before sharding existed still resumes
+        header["shard"] = f"rank {ranks.rank} of {ranks.world}"
     return header

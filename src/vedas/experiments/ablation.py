@@ -356,6 +356,31 @@ def paired(
     return bootstrap.paired_difference(xs, ys) if xs else None
 
 
+def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each comparison with its seed-level interval (paired over the seeds both variants ran) and verdicts.
+
+    ``difference``/``low``/``high`` stay the question-level bootstrap (models fixed);
+    ``seed_level`` is the paired t over training runs, and ``beyond_interval`` follows it
+    (``beyond_question_interval`` is the old, question-level verdict). With one seed there is
+    no seed-level interval and no verdict (None).
+    """
+    acc = {m["method"]: dict(zip(m["seeds"], m["accuracies"])) for m in methods}
+    out = []
+    for c in comparisons:
+        a, b = acc.get(c["a"], {}), acc.get(c["b"], {})
+        seeds = sorted(set(a) & set(b))
+        seed = bootstrap.seed_level([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) > 1 else None
+        out.append(
+            {
+                **c,
+                "seed_level": seed,
+                "beyond_interval": None if seed is None else bootstrap.beyond(seed),
+                "beyond_question_interval": bootstrap.beyond(c),
+            }
+        )
+    return out
+
+
 def summary_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     seeds = sorted(reps)
     acc = [reps[s]["accuracy"] for s in seeds]
@@ -386,14 +411,15 @@ def summarise(
     remedies: dict[str, dict[int, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     names = [n for n in ALL_VARIANTS if results.get(n)]
+    methods = [summary_row(n, results[n]) for n in names]
     comparisons = []
     for a, b, what in COMPARISONS + REMEDY_COMPARISONS:
         d = paired(results, a, b)
         if d is not None:
-            comparisons.append({"a": a, "b": b, "what": what, **d, "beyond_interval": bootstrap.beyond(d)})
+            comparisons.append({"a": a, "b": b, "what": what, **d})
     return {
-        "methods": [summary_row(n, results[n]) for n in names],
-        "comparisons": comparisons,
+        "methods": methods,
+        "comparisons": with_seed_level(methods, comparisons),
         "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].preset.latent],
         "remedies": [
             {**latent_use_row(r, reps), "remedy": r, "applied_to": REMEDY_BASE, "help": REMEDIES[r]}
@@ -448,6 +474,32 @@ def table3_lines(summary: dict[str, Any], rows: dict[str, dict[str, Any]]) -> li
     return lines
 
 
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """The paired differences with both intervals; the verdict is the seed-level one."""
+    lines = [
+        "",
+        "Paired differences (b − a, accuracy points). *Seed level*: paired t over the training runs (one "
+        "accuracy per seed), the interval that includes run-to-run variance, and the smallest difference "
+        "this many seeds detect at 80 % power; the verdict follows it. *Question level*: 95 % bootstrap over "
+        "the pooled test questions with the trained models fixed (10,000 resamples); it leaves out "
+        "run-to-run variance and is no evidence about a method on its own.",
+        "",
+        "| a | b | what | per seed | b − a, seed level [95 %] | detectable (80 %) | beyond run-to-run variation "
+        "| question level [95 %] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        s = c.get("seed_level")
+        if s is None:
+            seed_cells = "– | – | – | – (one seed)"
+        else:
+            per_seed = " / ".join(f"{100 * x:+.1f}" for x in s["per_seed"])
+            verdict = "yes" if c["beyond_interval"] else "no"
+            seed_cells = f"{per_seed} | {interval_text(s)} | {100 * s['detectable_80']:.1f} | {verdict}"
+        lines.append(f"| {c['a']} | {c['b']} | {c['what']} | {seed_cells} | {interval_text(c)} |")
+    return lines
+
+
 def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     rows = {r["method"]: r for r in summary["methods"]}
     lines = [
@@ -472,18 +524,7 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             f"{' / '.join(percent(a) for a in r['accuracies'])} | {kinds} | {r['ar_steps_mean']:.1f} | "
             f"{r['latency_ms']['total']:.1f} | {r['train_seconds']:.0f} |"
         )
-    lines += [
-        "",
-        "Paired differences (b − a, accuracy points, pooled over seeds and test questions; 95 % bootstrap "
-        "interval over questions, 10,000 resamples):",
-        "",
-        "| a | b | what | b − a [95 % interval] | beyond the interval |",
-        "|---|---|---|---|---|",
-    ]
-    for c in summary["comparisons"]:
-        lines.append(
-            f"| {c['a']} | {c['b']} | {c['what']} | {interval_text(c)} | {'yes' if c['beyond_interval'] else 'no'} |"
-        )
+    lines += comparison_lines(summary["comparisons"])
     lines += [
         "",
         "Latent use (accuracy % with the fed-back latents as trained / zeroed / matched-norm noise / shuffled "
@@ -615,6 +656,31 @@ def write_report(
     return text
 
 
+def reanalyse(report: Path) -> str:
+    """Recompute a saved ``ablation.json``'s comparisons with seed-level intervals; rewrite it, its
+    ``ablation.md`` and ``ablation.png`` beside it (the units need not be there: the per-seed
+    accuracies in the JSON are what the seed-level interval needs). Returns the markdown."""
+    saved = json.loads(report.read_text())
+    comparisons = [
+        {k: v for k, v in c.items() if k not in ("seed_level", "beyond_interval", "beyond_question_interval")}
+        for c in saved["comparisons"]
+    ]
+    saved["comparisons"] = with_seed_level(saved["methods"], comparisons)
+    note = " [question level only: this report saved no per-seed accuracies, so no seed-level verdict]"
+    for row in saved["latent_use"] + saved.get("remedies", []):
+        if not row.get("drop_seed_level") and not row["verdict"].endswith(note):
+            row["verdict"] += note
+    atomic_write(report, saved)
+    text = "\n".join(report_lines(saved, saved))
+    if saved["methods"]:
+        plot(saved, report.with_suffix(".png"))
+        text += (
+            f"\n![ablation: accuracy per variant and paired differences]({report.with_suffix('.png').name})\n"
+        )
+    report.with_suffix(".md").write_text(text)
+    return text
+
+
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Accuracy per variant (mean ± std, one dot per seed) and the paired differences with their intervals."""
     import matplotlib
@@ -640,16 +706,30 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     left.set_ylim(0, 105)
     left.legend(fontsize=7, loc="lower right")
     y = range(len(comps))
-    diffs = [100 * c["difference"] for c in comps]
-    errs = [
-        [100 * (c["difference"] - c["low"]) for c in comps],
-        [100 * (c["high"] - c["difference"]) for c in comps],
-    ]
-    right.errorbar(diffs, list(y), xerr=errs, fmt="o", capsize=3, color="#c0504d")
+
+    def bars(intervals: list[dict[str, Any]], shift: float, **style: Any) -> None:
+        right.errorbar(
+            [100 * c["difference"] for c in intervals],
+            [i + shift for i in y],
+            xerr=[
+                [100 * (c["difference"] - c["low"]) for c in intervals],
+                [100 * (c["high"] - c["difference"]) for c in intervals],
+            ],
+            fmt="o",
+            capsize=3,
+            **style,
+        )
+
+    bars(comps, 0.15, color="#bbbbbb", ms=3, label="question level (models fixed)")
+    if all(c.get("seed_level") for c in comps):
+        bars(
+            [c["seed_level"] for c in comps], -0.15, color="#c0504d", label="seed level (paired t over runs)"
+        )
     right.axvline(0, color="grey", lw=1)
     right.set_yticks(list(y), [f"{c['b']} − {c['a']}" for c in comps], fontsize=8)
     right.invert_yaxis()
-    right.set_xlabel("paired difference, accuracy points (95 % bootstrap interval)")
+    right.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    right.set_xlabel("paired difference, accuracy points (95 % intervals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

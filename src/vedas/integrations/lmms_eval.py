@@ -22,7 +22,16 @@ lmms-eval's ``--gen_kwargs``, else the checkpoint's, as ``vedas eval`` uses; the
 set none, so both use the checkpoint's; which one is used is printed once, see
 :func:`generation_limit`). Only ``generate_until`` tasks are supported. An image smaller than one merged
 patch (28 px) is enlarged to it (:func:`enlarge`), where ``vedas eval`` would refuse it.
-How-to: docs/integrations.md.
+
+Data parallel (``torchrun --nproc_per_node N -m lmms_eval ...`` or ``accelerate launch
+--num_processes N -m lmms_eval ...``): lmms-eval shards the documents by rank, pads the shorter
+ranks with duplicate requests it drops again, and gathers the samples at rank 0. The plugin
+only takes its place from the launcher's environment: the model goes to ``cuda:LOCAL_RANK``
+(``device=auto``/``cuda``; ``cpu`` stays ``cpu``), ``rank``/``world_size`` from ``RANK``/
+``WORLD_SIZE``. It never wraps the model in DDP (inference needs no gradient sync) and
+``generate_until`` runs no collective: each rank batches its own requests, so a rank with fewer
+requests never waits on the others mid-generation.
+How-to: docs/integrations.md; launch commands: docs/scale.md.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.utils import simple_parse_args_string
 
-from vedas import cli_args
+from vedas.evaluation.shards import rank_device, rank_world
 from vedas.methods import check_method
 from vedas.serve.runner import prompt_tokens
 
@@ -131,8 +140,17 @@ class VedasLMMS(lmms):
         self.max_new_tokens = (
             None if max_new_tokens is None else _int_arg(max_new_tokens, "max_new_tokens", 1)
         )
-        self.vm = vedas.load(checkpoint, device=cli_args.resolve_device(device))
+        rank, local_rank, world = rank_world()
+        # lmms-eval sets these too, but only once its evaluate() starts; set here, the progress bar
+        # and the announcement below are rank 0's from the start
+        self._rank, self._world_size = rank, world
+        self.vm = vedas.load(checkpoint, device=rank_device(device, local_rank))
         self._said: set[tuple[int, str]] = set()  # the generation limits already announced
+
+    @property
+    def device(self) -> Any:
+        """The model's device: lmms-eval puts its rank-count tensors there when it pads ranks."""
+        return self.vm.device
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> VedasLMMS:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from vedas.config import _check
 from vedas.data.steps import split_steps
 from vedas.methods import LATENT_METHODS, METHODS  # noqa: F401  (re-exported)
+from vedas.methods import method as method_of
 from vedas.prompts import answer_target
 
 
@@ -87,9 +88,10 @@ def layout(
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {list(METHODS)}")
     final = answer_target(answer)
-    if method == "no_cot":
+    preset = method_of(method)
+    if not preset.rationale:
         return Layout(0, final)
-    if method == "cot":
+    if not preset.latent:
         return Layout(0, "\n\n".join([*steps, final]))
     last = num_stages(latents, cfg)
     if stage >= last:

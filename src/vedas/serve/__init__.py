@@ -8,6 +8,7 @@
 | `runner`   | the arrival checks (`admit`), one batch of jobs through `VedasModel.generate`, `stop`, streaming |
 | `app`      | the FastAPI app: routes, body limit, disconnects, error objects |
 | `cli`      | the `vedas serve` subcommand (binds the socket, runs uvicorn) |
+| `replicas` | `--replicas N`: the same app as a Ray Serve deployment, one replica per device |
 
 How to run it, what a request may hold and the security model: docs/serve.md. Needs the ``serve`` extra.
 """

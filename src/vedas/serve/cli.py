@@ -3,6 +3,7 @@
     vedas serve --checkpoint runs/demo/vedas/final [--host 127.0.0.1 --port 8000]
                 [--max-batch-size 16 --batch-timeout-ms 10] [--method vedas]
                 [--allowed-local-media-path DIR] [--api-key KEY] [--max-queued 256]
+                [--replicas N [--ray-address auto|HOST:PORT]]
 
 Then any OpenAI client talks to it:
 
@@ -16,7 +17,9 @@ asks the OS for a free port; the line ``vedas serve: listening on http://HOST:PO
 which, once the port accepts connections. Needs the ``serve`` extra (FastAPI, uvicorn).
 How-to, the request format and the security model (what a client can make the server read,
 and which flags widen it): docs/serve.md. SIGTERM or SIGINT: new requests get 503, the
-running batch finishes, queued requests get 503, and the process exits 0.
+running batch finishes, queued requests get 503, and the process exits 0. ``--replicas N``
+runs the same app N times on Ray Serve (:mod:`vedas.serve.replicas`, docs/scale.md#serving);
+without it Ray is never imported.
 """
 
 from __future__ import annotations
@@ -100,6 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="on SIGTERM, how long the running batch may take to finish (default: 30)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="run N copies behind one endpoint on Ray Serve, one per device (needs the ray extra; "
+        "docs/scale.md#serving); default: one process, no Ray",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --replicas: join this Ray cluster ('auto' or HOST:PORT) instead of starting a local one",
+    )
     cli_args.add_device(parser)
     parser.add_argument(
         "--log-level",
@@ -126,6 +141,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--batch-timeout-ms must be ≥ 0 and --max-body-mb > 0"
     if args.request_timeout_s <= 0 or args.shutdown_grace_s < 0:
         return "--request-timeout-s must be > 0 and --shutdown-grace-s ≥ 0"
+    if args.replicas is not None and args.replicas < 1:
+        return f"--replicas: must be ≥ 1, got {args.replicas}"
+    if args.ray_address is not None and args.replicas is None:
+        return "--ray-address: only with --replicas"
     media = args.allowed_local_media_path
     if media is not None and not os.path.isdir(media):
         return f"--allowed-local-media-path: {media!r} is not a directory"
@@ -134,6 +153,11 @@ def _check(args: argparse.Namespace) -> str | None:
         import uvicorn  # noqa: F401
     except ImportError as e:
         return f"needs the serve extra: pip install -c constraints.txt -e '.[serve]' ({e})"
+    if args.replicas is not None:
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError as e:
+            return f"--replicas needs the ray extra: pip install -c constraints.txt -e '.[ray]' ({e})"
     return None
 
 
@@ -209,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"vedas serve: {problem}", file=sys.stderr)
         return 2
+    if args.replicas is not None:
+        from vedas.serve.replicas import serve_replicas
+
+        return serve_replicas(args, settings_from_args)
     import vedas
     from vedas.serve.app import create_app
 

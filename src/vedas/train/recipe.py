@@ -194,7 +194,7 @@ def without_rationale(cfg: TrainConfig, records: Any, say: Callable[[str], None]
     """Records the method needs a rationale for and that have none: a ConfigError naming them, or (with
     ``data.skip_bad``) dropped from ``records`` and counted as ``no_rationale``; with ``data.answer_only``
     their ids, returned (they train on the answer alone)."""
-    if cfg.method == "no_cot":
+    if not method_of(cfg.method).rationale:
         return set()
     limit = max_steps(cfg.latent.latents, cfg.curriculum)
     empty = [r.id for r in records if not record_steps(r.steps, r.rationale, limit)]
@@ -653,6 +653,7 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
     snap = train_state.TrainState(**vars(state))
     if snap.batch_in_epoch >= run.steps_per_epoch * run.cfg.optim.grad_accum:  # the epoch is done
         snap.epoch, snap.batch_in_epoch = epoch + 1, 0
+    trained = trained_record(run.cfg, snap.stage)
     directory = train_state.save(
         run.checkpoints / f"step-{state.step}",
         run.modules,
@@ -661,6 +662,9 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
         snap,
         to_dict(run.cfg),
         write=main,
+        # under FSDP2 the model's parameters are shards: a step-N there keeps the training state only
+        # (`python -m vedas.train.upgrade` makes it loadable; `final/` is gathered whole)
+        describe=None if run.cfg.run.fsdp else lambda tmp: describe_step(run, tmp, trained),
     )
     if directory is None:
         return None
@@ -668,6 +672,20 @@ def save_checkpoint(run: Run, state: train_state.TrainState, epoch: int) -> Path
         hook.save_state(run.modules, directory)
     output_dir.prune(run.checkpoints, run.cfg.run.keep_last)
     return directory
+
+
+def describe_step(run: Run, directory: Path, trained: dict[str, Any]) -> None:
+    """Write what ``vedas.load`` of this step-N reads (:mod:`vedas.train.describe`): a run on a named base
+    points to it and keeps the changed weights; the tiny model, which only the seed and the data
+    rebuild, is written whole."""
+    from vedas.train import describe
+
+    cfg = run.cfg
+    if cfg.model.base == "tiny":
+        describe.write_whole(directory, merged(run.vm, cfg), trained)
+    else:
+        base = describe.base_pointer(cfg.model.base)
+        describe.write_delta(directory, run.vm, base, cfg.model.dtype, cfg.latent, trained)
 
 
 def start_logging(run: Run, resumed_at: int | None = None) -> MetricLogger:
@@ -762,7 +780,8 @@ def export(
 
 def load_step(directory: Path, device: Any = None) -> Any:
     """The model a training checkpoint ``checkpoints/step-N`` holds, as a VedasModel (what :func:`export`
-    would have written at that step); ``vedas.load`` calls it for such a directory.
+    would have written at that step), for a checkpoint saved before step-N described itself
+    (:mod:`vedas.train.upgrade`); ``vedas.load`` reads the description instead.
 
     Rebuilt as the run built it (its saved config: the base model, LoRA, routing, GAP's modules), then
     the trained parameters are restored. A tiny model with a BPE, a PCA latent head or a difficulty

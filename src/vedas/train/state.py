@@ -8,6 +8,8 @@ A checkpoint directory ``step-N/`` holds:
 - ``rng.safetensors`` + ``rng.json`` — torch (CPU and CUDA), NumPy and Python RNG states
 - ``state.json`` — epoch, batch position within the epoch, optimizer step, curriculum stage
 - ``config.yaml`` — the resolved training config
+- ``model.yaml`` and the weights it names — the checkpoint as a model, for ``vedas.load``
+  (:mod:`vedas.train.describe`); resume does not read them
 
 It is written into a temporary sibling directory and renamed into place, so a run killed at
 any moment leaves either the previous checkpoint or the new one, never half of one.
@@ -19,6 +21,7 @@ import json
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,10 +105,13 @@ def save(
     state: TrainState,
     config: dict[str, Any],
     write: bool = True,
+    describe: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """Write ``directory`` atomically (temp sibling, then rename). Sharded (FSDP) tensors are written
     whole: every rank calls this to gather them, and only the one with ``write`` writes (the others
-    get None)."""
+    get None). ``describe(tmp)`` adds the files that let the checkpoint load as a model
+    (:mod:`vedas.train.describe`) before the rename, so they are there exactly when the training
+    state is."""
     weights = trainable_state(module)
     tensors, meta = _flatten_optimizer(optimizer)
     if not write:
@@ -122,6 +128,8 @@ def save(
         (tmp / "rng.json").write_text(json.dumps(rng_m))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if describe is not None:
+            describe(tmp)
         honour_umask(tmp)
         if directory.exists():
             shutil.rmtree(directory)
