@@ -51,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "accuracy, AR steps and latency of a checkpoint on a dataset (report.json + report.md)",
     ),
     "train": (
-        "vedas.train.recipe",
+        "vedas.train.cli",
         "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many",
     ),
     "infer": ("vedas.analysis.infer", "answer one question about one image with a checkpoint"),
