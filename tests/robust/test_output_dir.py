@@ -74,7 +74,8 @@ def test_a_second_run_into_a_directory_in_use_fails_at_once_naming_the_lock(veda
     import signal
 
     out = tmp_path / "run"
-    args = {"optim.epochs": 50, "run.save_every": 2}  # long enough to still run when the second starts
+    # long enough to still run when the second has failed (50 epochs finished first on a quiet machine)
+    args = {"optim.epochs": 1000, "run.save_every": 2}
     first = vedas_cli.popen(*train_args(out, **args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = out / ".vedas-train.lock"
     deadline = time.time() + 120

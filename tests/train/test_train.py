@@ -393,7 +393,10 @@ def _run_distributed(cmd: list[str], env: dict[str, str]) -> subprocess.Complete
     """
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        # the aborted run left its output directory behind: the retry replaces it
+        res = subprocess.run(
+            [*cmd, "--run.overwrite", "true"], env=env, capture_output=True, text=True, timeout=300
+        )
     return res
 
 

@@ -731,6 +731,11 @@ def finish(run: Run, state: train_state.TrainState) -> Path:
             f"reached curriculum stage {trained['stage']} of {trained['last_stage']}: "
             f"{trained['latents']} of {run.cfg.latent.latents} latent steps trained"
         )
+    if acc.num_processes > 1:
+        # no rank leaves before `final/` is written: a rank that exits (and tears its process group down,
+        # which now and then aborts the process) while the main one exports makes torchrun stop the
+        # main one too, leaving a half-written `.final.*` behind
+        acc.wait_for_everyone()
     return final
 
 
