@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

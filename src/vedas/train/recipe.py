@@ -54,8 +54,6 @@ from vedas.train.config import TrainConfig, load_config
 from vedas.train.interrupt import Interrupted, StopOnSignal
 from vedas.train.metrics import MetricLogger
 
-HELP = "curriculum latent training (no_cot | cot | latent | vedas) on one machine or many"
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: training stops before the bad step touches any weight."""
