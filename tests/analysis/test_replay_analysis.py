@@ -15,6 +15,7 @@ from vedas.analysis.replay import (
     RELEVANT,
     RelevanceReplay,
     SynthRelevance,
+    auc,
     cell_labels,
     selection_stats,
 )
@@ -58,6 +59,12 @@ def test_relevant_hit_share_of_a_constructed_selection():
     assert one["first_or_last_row_share"] == 0.75
     assert two["share"] == {"relevant": 0.5, "other": 0.0, "empty": 0.5}
     assert two["first_or_last_row_share"] == 0.5
+
+
+def test_auc_against_a_hand_count():
+    # pairs (pos > neg): 3 > 1, 3 > 2, 2 > 1, 2 = 2 (half): 3.5 of 4
+    assert auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == 3.5 / 4
+    assert auc(np.array([1.0]), np.array([])) is None
 
 
 def test_oracle_and_anti_keys_put_relevant_or_empty_cells_first():
@@ -114,6 +121,9 @@ def test_replay_command(checkpoint, synth_dir, tmp_path, assert_png, capsys):
     for s in report["steps"]:  # K = 4 on 16 tokens, per sample
         assert s["picks"] == 16 and abs(sum(s["share"].values()) - 1) < 1e-9
         assert abs(sum(s["row_share"]) - 1) < 1e-9
+    # the saliency rerun picked exactly what generate picked, so its attention is the choosing one
+    assert report["saliency_samples_matching_generate"] == 4
+    assert 0 <= report["steps"][0]["attention_auc"] <= 1
     bad = main(
         ["analyze", "replay", "--checkpoint", str(checkpoint), "--data", "m3cot:/nowhere", "--out", str(out)]
     )

@@ -13,7 +13,11 @@ samples:
 - the share of replayed tokens on relevant / other / empty cells, beside the share of cells of
   each label (what uniformly random picks would hit);
 - positional concentration: the picks per image row and per column (normalised), and the share on
-  the first or last row (the positional bias token pruning reports).
+  the first or last row (the positional bias token pruning reports);
+- saliency quality: the AUC of relevant vs empty tokens under the layer-mean last-query attention
+  that chose the step's picks (mean over samples; 0.5 is chance), from a rerun of the latent phase on
+  the engine's own loop whose picks are checked against ``generate``'s
+  (``saliency_samples_matching_generate``). Per layer is not measured: the recorder keeps the mean.
 
 Writes ``replay.json`` and ``replay.png`` (hit shares per step, and a row × step heat map).
 The same labels drive the latent-use probe's ``replay_oracle`` (relevant cells first) and
@@ -170,17 +174,94 @@ def selection_stats(
     return out
 
 
+class _Capture:
+    """The real runner, keeping the last-query attention each pass returns (the selection's scores)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.attention: list[torch.Tensor | None] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hidden, attn = self.runner(*args, **kwargs)
+        self.attention.append(attn)
+        return hidden, attn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """P(a positive scores above a negative) + ½ P(tie) (the Mann-Whitney AUC); None if a side is empty."""
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None]).mean()
+    ties = (pos[:, None] == neg[None]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def _step_aucs(
+    scores: np.ndarray | None, counts: list[int], labels: Sequence[np.ndarray | None]
+) -> list[float | None]:
+    out: list[float | None] = []
+    for b, lab in enumerate(labels):
+        if scores is None or lab is None or counts[b] != lab.size:
+            out.append(None)
+            continue
+        flat, s = lab.reshape(-1), scores[b, : counts[b]]
+        out.append(auc(s[flat == RELEVANT], s[flat == EMPTY]))
+    return out
+
+
+def saliency(
+    vm: Any, records: Sequence[Any], labels: Sequence[np.ndarray | None], method: str = "latent"
+) -> tuple[list[list[list[int]]], list[list[float | None]]]:
+    """The latent phase of ``records`` rerun on the engine's own loop (no decoding): each sample's
+    replayed indices per step (to check against ``generate``'s), and per step each sample's AUC of
+    relevant vs empty tokens under the layer-mean last-query attention that chose that step's picks."""
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
+    from vedas.method import gap, routing
+    from vedas.methods import method as method_of
+
+    cfg = vm.config
+    batch = vm.prepare_records(records, mode="latent")
+    runner = _Capture(make_runner("cached", vm.backbone))
+    loop = LatentLoop(vm.backbone, cfg, runner)
+    # routed as generate routes (the `vedas` mode with routers installed), so the picks are the same
+    with torch.no_grad(), routing.allowed(method_of(method).routing and vm.use_routing):
+        run = loop.latent_steps(loop.prefill(batch), cfg.latents, transform=gap.latent_transform(vm, cfg))
+    visual = loop.visual
+    counts = visual.count.tolist()
+    aucs = []
+    for attn in runner.attention[: len(run.replays)]:  # pass t's attention picks step t + 1
+        scores = None if attn is None else attn.gather(1, visual.seq_index).float().cpu().numpy()
+        aucs.append(_step_aucs(scores, counts, labels))
+    picks = [
+        [[] if rep is None else rep.index[b][rep.mask[b]].tolist() for rep in run.replays]
+        for b in range(len(records))
+    ]
+    return picks, aucs
+
+
 def measure(
     vm: Any, records: list[Any], args: argparse.Namespace, relevance: SynthRelevance
 ) -> dict[str, Any]:
     """Generate with replay details batch by batch and score every step's picks (the JSON report)."""
     samples: list[tuple[list[list[int]], np.ndarray | None]] = []
+    aucs: dict[int, list[float]] = {}
+    agree = 0
     bar = base.progress(len(records), "replay", not args.no_progress)
     for batch in base.batches(records, args.batch_size):
         details = vm.generate_records(
             batch, mode=args.method, return_details=True, max_new_tokens=args.max_new_tokens
         )
-        samples += list(zip(details.replay_indices, record_labels(vm, batch, relevance)))
+        labels = record_labels(vm, batch, relevance)
+        samples += list(zip(details.replay_indices, labels))
+        picks, batch_aucs = saliency(vm, batch, labels, args.method)
+        # the rerun must pick what generate picked, or its attention is not the one that chose
+        agree += sum(p == d for p, d in zip(picks, details.replay_indices))
+        for t, row in enumerate(batch_aucs):
+            aucs.setdefault(t, []).extend(a for a in row if a is not None)
         bar.update(len(batch))
     bar.close()
     labelled = sum(lab is not None for _, lab in samples)
@@ -194,7 +275,11 @@ def measure(
         "labelled": labelled,
         "replay_k": vm.config.replay_k,
         "replay_select": vm.config.replay_select,
-        "steps": selection_stats(samples),
+        "steps": [
+            {**step, "attention_auc": (float(np.mean(aucs[t])) if aucs.get(t) else None)}
+            for t, step in enumerate(selection_stats(samples))
+        ],
+        "saliency_samples_matching_generate": agree,
     }
 
 
@@ -209,6 +294,14 @@ def draw(report: dict[str, Any], path: Path) -> Path:
         )
         ax.plot(
             steps, [s["cell_share"][name] for s in report["steps"]], ":", color=colour, label=f"{name}: cells"
+        )
+    auc_line = [s["attention_auc"] for s in report["steps"]]
+    if any(a is not None for a in auc_line):
+        ax.plot(
+            steps,
+            [np.nan if a is None else a for a in auc_line],
+            "k^-",
+            label="attention AUC (rel. vs empty)",
         )
     ax.set_xlabel("latent step")
     ax.set_ylim(0, 1.02)
@@ -259,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(
             f"step {s['step']}: relevant {sh['relevant']:.3f} (cells {cs['relevant']:.3f}), "
-            f"empty {sh['empty']:.3f} (cells {cs['empty']:.3f}), first/last row {s['first_or_last_row_share']:.3f}"
+            f"empty {sh['empty']:.3f} (cells {cs['empty']:.3f}), first/last row {s['first_or_last_row_share']:.3f}, "
+            f"attention AUC {'n/a' if s['attention_auc'] is None else format(s['attention_auc'], '.3f')}"
         )
     print(f"wrote {png} and {js}")
     return 0
