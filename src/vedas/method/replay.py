@@ -92,7 +92,10 @@ class PlaceholderReplay:
 
 def prompt_keys(batch: PromptBatch, image_token_id: int) -> list[str]:
     """Each row's key when the caller names no sample ids: a hash of its unpadded prompt ids and its
-    images' pixel values (the same sample gives the same key in any batch)."""
+    images' pixel values (the same sample gives the same key in any batch). Pixels are split by row
+    where every visual token comes from the same number of pixel rows (the Qwen towers); elsewhere
+    (Chameleon's per-image pixel tensors) the key is the prompt ids alone, so two samples with the
+    same prompt share picks there unless the caller passes ids (``generate_records`` does)."""
     ids, attn = batch.input_ids.cpu(), batch.attention_mask.cpu()
     counts = ids.eq(image_token_id).sum(1).tolist()
     pixels = batch.pixel_values
