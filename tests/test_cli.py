@@ -30,7 +30,7 @@ def test_each_subcommand_has_help(name, capsys):
     assert "usage: vedas" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["norms", "gradients", "crops", "latents", "latent-use"])
+@pytest.mark.parametrize("name", ["norms", "gradients", "crops", "latents", "latent-use", "replay"])
 def test_analyze_subcommands_exist(name, capsys):
     with pytest.raises(SystemExit) as e:
         main(["analyze", name, "--help"])
@@ -93,7 +93,7 @@ def _method_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 # the analyses that inspect latent steps offer only the latent methods
-LATENT_ONLY = {("analyze", "crops"), ("analyze", "latents"), ("analyze", "latent-use")}
+LATENT_ONLY = {("analyze", "crops"), ("analyze", "latents"), ("analyze", "latent-use"), ("analyze", "replay")}
 
 
 def test_every_method_flag_is_spelled_method_with_the_method_names():

@@ -6,7 +6,7 @@
     vedas eval ...           accuracy, AR steps and latency of a checkpoint (report.json + .md)
     vedas infer ...          answer one question about one image
     vedas bench ...          measured speed ratios, side by side
-    vedas analyze ...        diagnostics as PNG + JSON (norms, gradients, crops, latents, latent-use)
+    vedas analyze ...        diagnostics as PNG + JSON (norms, gradients, crops, latents, latent-use, replay)
     vedas serve ...          an OpenAI-compatible server with dynamic batching
 
 Each subcommand has its own ``--help``. The flags they share (``--checkpoint``, ``--data``,
@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("vedas.analysis.infer", "answer one question about one image with a checkpoint"),
     "analyze": (
         "vedas.analysis.cli",
-        "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use",
+        "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use, replay",
     ),
     "serve": (
         "vedas.serve.cli",

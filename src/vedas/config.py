@@ -46,12 +46,16 @@ class LatentConfig:
     """``topk``: the K weighted tokens; ``soft_mix``: their weighted sum as one token."""
     replay_scale: Literal["paper", "unit"] = "paper"
     """``paper``: weights softmax(a_I) (they sum to 1); ``unit``: weights × K so they average 1."""
-    replay_select: Literal["attention", "random"] = "attention"
+    replay_select: Literal["attention", "random", "random_fixed"] = "attention"
     """Which unvisited tokens a step replays: the K most attended (the method), or K drawn uniformly
     at random among the unvisited ones (a control: same block weights softmax(a_I), only the choice
-    differs; :func:`vedas.engine.replay.random_keys`)."""
+    differs; :func:`vedas.engine.replay.random_keys`). ``random`` draws fresh picks every training
+    epoch (one generator for the run); ``random_fixed`` gives each training sample the same picks
+    every epoch (seeded by its id). At inference both pick per sample (seeded by its id or prompt),
+    so a sample's picks do not depend on the rest of its batch."""
     replay_seed: int = 0
-    """Seed of ``replay_select: random``: one generator per generate call (and one per training run)."""
+    """Seed of the random selections: combined with each sample's key at inference and in
+    ``random_fixed`` training; ``random`` training draws from one generator seeded with it."""
     replay_positions: Literal["sequential", "original"] = "sequential"
     """Rope positions of replayed tokens: continue the text positions, or reuse their (t,h,w) source."""
     latent_grad: Literal["full", "none"] = "full"

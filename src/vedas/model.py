@@ -38,6 +38,7 @@ from vedas.engine.attention import install_recorder
 from vedas.engine.generate import Details
 from vedas.engine.inputs import PromptBatch
 from vedas.engine.loop import LatentTransform, StepCallback
+from vedas.engine.replay import ReplayPolicy
 from vedas.errors import CheckpointError, InputError
 from vedas.files import honour_umask
 from vedas.method import gap, replay, routing
@@ -302,6 +303,8 @@ class VedasModel:
         seed: int | Sequence[int] | None = None,
         tto: Any = None,
         on_step: StepCallback | None = None,
+        sample_ids: Sequence[str] | None = None,
+        replay_policy: ReplayPolicy | None = None,
     ) -> tuple[list[str], list[int]] | Details:
         """Answer a batch of questions.
 
@@ -321,6 +324,11 @@ class VedasModel:
             tto: a :class:`vedas.method.tto.TTOConfig`: optimise the latents at inference, weights frozen.
             on_step: called after every decoded token with the tokens (B,) and the finished rows; may
                 end rows early (:data:`vedas.engine.loop.StepCallback`; ``vedas serve`` streams with it).
+            sample_ids: one key per sample seeding its random replay picks (``replay_select: random`` or
+                ``random_fixed``); None hashes each sample's prompt and pixels. Either way a sample's
+                picks do not depend on the rest of the batch.
+            replay_policy: a :class:`vedas.engine.replay.ReplayPolicy` used instead of the config's
+                (a probe such as :class:`vedas.method.replay.PlaceholderReplay`).
         """
         if latents is not None and (not isinstance(latents, int) or isinstance(latents, bool) or latents < 0):
             raise InputError(f"latents: must be an int ≥ 0, got {latents!r}")
@@ -358,14 +366,29 @@ class VedasModel:
             # GAP's latent transforms (config latent_head / latent_norm) apply to latent modes only
             transform = gap.compose(gap.latent_transform(self, cfg), latent_transform) if latent else None
             seeds = driver.row_seeds(seed, len(questions))
+            policy = replay_policy or self._sample_policy(batch, cfg, sample_ids)
             tokens, details = self._run(
-                batch, cfg, steps, latent, engine, transform, temperature, seeds, tto, on_step
+                batch, cfg, steps, latent, engine, transform, temperature, seeds, tto, on_step, policy
             )
         details.texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         details.mode = mode
         if return_details:
             return details
         return details.texts, details.ar_steps
+
+    def _sample_policy(
+        self, batch: PromptBatch, cfg: LatentConfig, sample_ids: Sequence[str] | None
+    ) -> ReplayPolicy | None:
+        """The config's replay policy, random picks seeded per sample (by id, else by prompt and
+        pixels): a sample's picks must not depend on the rest of its batch."""
+        if cfg.replay_select == "attention":
+            return None
+        if sample_ids is not None and len(sample_ids) != batch.input_ids.shape[0]:
+            raise InputError(f"sample_ids: {len(sample_ids)} given for {batch.input_ids.shape[0]} questions")
+        keys = (
+            sample_ids if sample_ids is not None else replay.prompt_keys(batch, self.backbone.image_token_id)
+        )
+        return replay.policy(cfg, [str(k) for k in keys])
 
     def _run(
         self,
@@ -379,6 +402,7 @@ class VedasModel:
         seeds: list[int] | None = None,
         tto: TTOConfig | None = None,
         on_step: StepCallback | None = None,
+        policy: ReplayPolicy | None = None,
     ) -> tuple[list[list[int]], Details]:
         tok = self.tokenizer
         return driver.run(
@@ -396,7 +420,7 @@ class VedasModel:
             seeds=seeds,
             hook=None if tto is None else TTOHook(tto),
             on_step=on_step,
-            policy=replay.policy(cfg),  # a fresh one per call: `random` picks restart from replay_seed
+            policy=policy,
         )
 
     # --- dataset records (vedas.data.Record) ---------------------------------------------
@@ -420,6 +444,7 @@ class VedasModel:
     ) -> tuple[list[str], list[int]] | Details:
         """:meth:`generate` on dataset records; ``kwargs`` are its other arguments (``mode``, ``latents``…).
         An error about one sample names its record (``record 'id': …``), not its batch position."""
+        kwargs.setdefault("sample_ids", [r.id for r in records])
         with naming_records(records):
             return self.generate(**self.record_inputs(records), **kwargs)
 

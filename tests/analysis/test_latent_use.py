@@ -133,3 +133,52 @@ def test_the_verdict_follows_the_seed_level_interval_when_there_are_runs():
     seed = row["drop_seed_level"]["zeros"]
     assert seed["per_seed"] == pytest.approx([0.30, -0.01, 0.0]) and seed["low"] < 0
     assert row["verdict"].startswith("latents' content not used") and "seed level" in row["verdict"]
+
+
+def test_probe_adds_the_layout_preserving_and_relevance_replay_conditions(
+    checkpoint, synth_dir, test_records
+):
+    """``probe`` with the synthetic layout known: placeholder, oracle and anti runs beside replay off,
+    each the predictions of generate with that policy (the same records, one batch)."""
+    from vedas.analysis.latent_use import probe, replay_policies
+    from vedas.analysis.replay import RelevanceReplay, SynthRelevance, record_labels
+    from vedas.method.replay import PlaceholderReplay
+
+    vm = vedas.load(checkpoint)
+    recs = test_records[:4]
+    rel = SynthRelevance(synth_dir)
+    rep = probe(vm, recs, "vedas", 0, sweep_max=0, relevance=rel)
+    conds = rep["conditions"]
+    assert set(conds) == {"trained", "zeros", "noise", "shuffled", "replay_off"} | {
+        "replay_placeholder",
+        "replay_oracle",
+        "replay_anti",
+    }
+    policies = {
+        "replay_placeholder": PlaceholderReplay(),
+        "replay_oracle": RelevanceReplay(record_labels(vm, recs, rel), "oracle"),
+        "replay_anti": RelevanceReplay(record_labels(vm, recs, rel), "anti"),
+    }
+    for name, policy in policies.items():
+        texts, _ = vm.generate_records(recs, mode="vedas", replay_policy=policy)
+        got = [s["prediction"] for s in conds[name]["per_sample"]]
+        assert len(got) == 4 and got == texts, name
+    assert set(replay_policies(vm)) == {"replay_placeholder"}  # no layout known: no oracle/anti
+
+
+def test_replay_verdict_tells_content_from_layout():
+    from vedas.analysis.latent_use import replay_verdict
+
+    def d(low):
+        return {"difference": low + 0.05, "low": low, "high": low + 0.1}
+
+    assert replay_verdict({"replay_off": d(0.3)}) is None
+    assert replay_verdict({"replay_off": d(0.3), "replay_placeholder": d(-0.02)}).startswith(
+        "chunk layout used"
+    )
+    assert replay_verdict({"replay_off": d(0.3), "replay_placeholder": d(0.1)}).startswith(
+        "replayed content used"
+    )
+    assert replay_verdict({"replay_off": d(-0.1), "replay_placeholder": d(-0.1)}).startswith(
+        "replay not shown"
+    )

@@ -7,6 +7,7 @@ import torch
 
 from vedas.engine import replay
 from vedas.engine.replay import VisualTokens
+from vedas.errors import InputError
 
 
 def _visual(b: int, n: int, d: int, counts: list[int], seed: int) -> VisualTokens:
@@ -129,3 +130,106 @@ def test_random_replay_in_the_engine_never_revisits_and_is_seeded(make_image):
         assert all(0 <= i < 16 for i in flat)
     assert runs == replays("random", 0) and runs != replays("random", 1)
     assert runs != replays("attention", 0)
+
+
+def test_random_replay_at_inference_is_per_sample_not_per_batch(make_image):
+    """A sample's random picks are the same alone and in two different batches (different sizes,
+    so different padding widths and rows), by its id or, without one, by its prompt and pixels."""
+    import vedas
+    from vedas.config import LatentConfig
+
+    model, processor = vedas.tiny_model("qwen2_vl", hidden=32, layers=1, seed=0)
+    cfg = LatentConfig(latents=3, replay_k=3, replay_select="random", replay_seed=4, max_new_tokens=2)
+    vm = vedas.VedasModel(model, processor, cfg)
+    target, small, big = make_image(112, 112, 0), make_image(56, 84, 1), make_image(168, 140, 2)
+    q = ["How many red squares are there?", "Is there a circle?", "What colour is the triangle?"]
+
+    def picks(images, questions, ids=None):
+        d = vm.generate(images, questions, mode="latent", return_details=True, sample_ids=ids)
+        return d.replay_indices
+
+    for ids in (None, True):
+        name = (lambda *k: list(k)) if ids else (lambda *k: None)
+        alone = picks([target], [q[0]], name("t"))[0]
+        assert picks([small, target], [q[1], q[0]], name("s", "t"))[1] == alone
+        assert picks([target, big, small], [q[0], q[2], q[1]], name("t", "b", "s"))[0] == alone
+    # the id seeds the picks: another id (or seed) gives other picks
+    assert picks([target], [q[0]], ["t"])[0] != picks([target], [q[0]], ["u"])[0]
+    with pytest.raises(InputError, match="sample_ids: 1 given for 2"):
+        picks([target, small], q[:2], ["t"])
+
+
+def test_sample_replay_draws_per_row_and_fixed_form_needs_keys():
+    from vedas.config import LatentConfig
+    from vedas.method.replay import RandomReplay, SampleReplay, policy
+
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    one = SampleReplay(0, ["a", "b"]).keys(torch.zeros(2, 4), valid)
+    alone = SampleReplay(0, ["a"]).keys(torch.zeros(1, 3), valid[:1, :3])
+    assert torch.equal(one[0, :3], alone[0]) and one[0, 3] == 0
+    assert not torch.equal(one[1, :3], one[0, :3])
+    fixed = LatentConfig(replay_select="random_fixed")
+    with pytest.raises(ValueError, match="random_fixed"):
+        policy(fixed)
+    assert isinstance(policy(fixed, ["a"]), SampleReplay)
+    assert isinstance(policy(LatentConfig(replay_select="random")), RandomReplay)
+    assert policy(LatentConfig(), ["a"]) is None
+
+
+class _Observed:
+    """The real cached runner, keeping every pass's inputs (what the model is given)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
+        self.calls.append((embeds.detach().clone(), positions.clone(), new_mask.clone()))
+        return self.runner(embeds, positions, new_mask, record, implicit, sources)
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+
+@pytest.mark.parametrize("positions", ["sequential", "original"])
+def test_placeholder_replay_keeps_the_chunk_layout_and_changes_only_the_content(make_image, positions):
+    """The layout-preserving "replay off": every chunk has the same length, mask and positions as
+    with replay on (``original`` positions follow the picks, so step 1, whose picks come from the
+    shared prefill, is compared there); the replayed slots hold the sample's mean visual embedding
+    times the same weights, and only the content differs."""
+    import vedas
+    from vedas.config import LatentConfig
+    from vedas.engine.loop import LatentLoop
+    from vedas.engine.runners import make_runner
+    from vedas.method.replay import PlaceholderReplay
+
+    model, processor = vedas.tiny_model("qwen2_vl", hidden=32, layers=1, seed=0)
+    cfg = LatentConfig(latents=3, replay_k=3, replay_positions=positions, max_new_tokens=2)  # type: ignore[arg-type]
+    vm = vedas.VedasModel(model, processor, cfg)
+    batch = vm.prepare(
+        [make_image(112, 112, 0), make_image(56, 84, 1)], ["How many?", "Which?"], mode="latent"
+    )
+    runs = {}
+    for name, policy in (("on", None), ("placeholder", PlaceholderReplay())):
+        runner = _Observed(make_runner("cached", vm.backbone))
+        loop = LatentLoop(vm.backbone, cfg, runner, policy=policy)
+        with torch.no_grad():
+            run = loop.latent_steps(loop.prefill(batch), 3)
+        runs[name] = (runner.calls[1:], run.replays, loop.visual)  # calls[0] is the prefill
+    (on, rep_on, visual), (ph, rep_ph, _) = runs["on"], runs["placeholder"]
+    compared = 3 if positions == "sequential" else 1
+    assert len(on) == len(ph) == 3
+    for t in range(compared):
+        (e1, p1, m1), (e2, p2, m2) = on[t], ph[t]
+        assert e1.shape == e2.shape and torch.equal(p1, p2) and torch.equal(m1, m2), t
+    # step 1: same picks and weights; the slots differ exactly by the content
+    w, idx, mask = rep_on[0].weights, rep_on[0].index, rep_on[0].mask
+    assert torch.equal(idx, rep_ph[0].index) and torch.equal(mask, rep_ph[0].mask)
+    valid = visual.valid[..., None].float()
+    mean = (visual.features * valid).sum(1) / valid.sum(1)
+    k = idx.shape[1]
+    assert torch.allclose(ph[0][0][:, :k], mean[:, None] * w[..., None], atol=1e-6)
+    picked = visual.features.gather(1, idx[..., None].expand(-1, -1, visual.features.shape[-1]))
+    assert torch.allclose(on[0][0][:, :k], picked * w[..., None], atol=1e-6)
+    assert not torch.allclose(on[0][0][:, :k], ph[0][0][:, :k])
+    assert torch.equal(on[0][0][:, k:], ph[0][0][:, k:])  # the latent itself is the same

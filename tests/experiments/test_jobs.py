@@ -69,6 +69,13 @@ def test_demo_jobs_2_trains_the_same_models_as_one_after_the_other(tmp_path: Pat
     assert side["latent"]["initialised_from"] == str(tmp_path / "side" / "cot" / "final")
     # every latent method's report carries its latent-use probe (conditions, replay off, sweep)
     use = side["latent"]["latent_use"]
-    assert set(use["conditions"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"}
+    assert set(use["conditions"]) == {
+        "trained",
+        "zeros",
+        "noise",
+        "shuffled",
+        "replay_off",
+        "replay_placeholder",
+    }
     assert [p["latents"] for p in use["sweep"]] == list(range(2 * size.latents + 1))
     assert "latent_use" not in side["cot"] and "latent_use" not in side["no_cot"]

@@ -131,6 +131,22 @@ def test_labels_are_ignored_exactly_over_prompt_and_latent_positions(records, me
         assert batch.latents.tolist() == [lay.latents for lay in lays]
 
 
+def test_random_replay_resamples_every_pass_and_random_fixed_repeats_per_sample(records):
+    """``random`` training draws from one generator for the run (fresh picks on every pass of the
+    same batch: the per-epoch resampling); ``random_fixed`` gives a sample the same picks every pass
+    (seeded by its id), so the same batch twice gives the same loss."""
+    losses = {}
+    for select in ("random", "random_fixed"):
+        vm = _vm()
+        vm.config = LatentConfig(latents=3, replay_k=4, replay_select=select)  # type: ignore[arg-type]
+        batch, _ = _batch(vm, records[:4], "latent", 3)
+        obj = LatentObjective(vm, "latent", vm.config, SCFVRConfig())
+        with torch.no_grad():
+            losses[select] = [obj(batch)["ce"].item() for _ in range(3)]
+    assert len(set(losses["random"])) == 3, losses
+    assert len(set(losses["random_fixed"])) == 1, losses
+
+
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_training_passes_equal_the_recompute_oracle(records, arch):
     """Loss and gradients of the cached training passes equal the uncached, eager oracle's."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use"
+HELP = "diagnostics as PNG + JSON: norms, gradients, crops, latents, latent-use, replay"
 
 ANALYSES: dict[str, str] = {
     "norms": "vedas.analysis.norms",
@@ -21,6 +21,7 @@ ANALYSES: dict[str, str] = {
     "crops": "vedas.analysis.crops",
     "latents": "vedas.analysis.latents",
     "latent-use": "vedas.analysis.latent_use",
+    "replay": "vedas.analysis.replay",
 }
 """Subcommand -> the module that implements it."""
 

@@ -15,6 +15,13 @@ leaves accuracy unchanged. This command measures that on a checkpoint, with
 - a sweep over the latent count 0 … ``--sweep-max`` (default 2·T_r), the trained count
   marked.
 
+The probe the demo and the ablation run (:func:`probe`) adds replay conditions at inference:
+``replay_off`` (K = 0: no replayed tokens, so the chunk layout the model was trained on changes
+too), ``replay_placeholder`` (K tokens at the same positions with the same weights, each the
+sample's mean visual input embedding: the layout stays, the content goes) and, where the data
+knows what is relevant (the synthetic benchmark, :mod:`vedas.analysis.replay`),
+``replay_oracle`` (relevant cells first) and ``replay_anti`` (empty cells first).
+
 Replacement happens through ``generate(latent_transform=...)`` at every step, before the
 latent is fed back, so later latents are computed from the replaced ones; visual replay
 still runs. Besides accuracy, each run reports the share of predictions identical to the
@@ -62,6 +69,47 @@ def make_transform(condition: str, seed: int = 0) -> Any:
 
         return noise
     raise ValueError(f"condition={condition!r}: choose one of {list(CONDITIONS)}")
+
+
+REPLAY_PROBES = ("replay_off", "replay_placeholder", "replay_oracle", "replay_anti")
+"""The probe's replay conditions: K = 0 (the chunk layout changes too), K placeholders at the same
+positions (only the content goes), and where the data knows what matters, relevant or empty cells."""
+
+
+class PolicyModel:
+    """A VedasModel whose ``generate_records`` replays through ``make(records)``'s policy (a probe)."""
+
+    def __init__(self, vm: Any, make: Any) -> None:
+        self.vm = vm
+        self.make = make
+
+    @property
+    def device(self) -> torch.device:
+        return self.vm.device
+
+    def prepare_records(self, records: Any, **kwargs: Any) -> Any:
+        return self.vm.prepare_records(records, **kwargs)
+
+    def generate_records(self, records: Any, **kwargs: Any) -> Any:
+        return self.vm.generate_records(records, replay_policy=self.make(records), **kwargs)
+
+
+def replay_policies(vm: Any, relevance: Any = None) -> dict[str, Any]:
+    """Condition -> ``make(records)`` of its replay policy: ``replay_placeholder`` always;
+    ``replay_oracle``/``replay_anti`` when ``relevance`` (a :class:`vedas.analysis.replay.SynthRelevance`)
+    knows each record's relevant cells."""
+    from vedas.analysis.replay import ORDERS, RelevanceReplay, record_labels
+    from vedas.method.replay import PlaceholderReplay
+
+    makers: dict[str, Any] = {"replay_placeholder": lambda records: PlaceholderReplay()}
+    if relevance is not None:
+        for order in ORDERS:
+
+            def make(records: Any, order: str = order) -> Any:
+                return RelevanceReplay(record_labels(vm, records, relevance), order)
+
+            makers[f"replay_{order}"] = make
+    return makers
 
 
 class TransformedModel:
@@ -151,11 +199,19 @@ def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, 
 
 
 def probe(
-    vm: Any, test: list[Any], method: str, seed: int, sweep_max: int | None = None, tto: Any = None
+    vm: Any,
+    test: list[Any],
+    method: str,
+    seed: int,
+    sweep_max: int | None = None,
+    tto: Any = None,
+    relevance: Any = None,
 ) -> dict[str, Any]:
-    """:func:`measure` (conditions + sweep to ``sweep_max``, default 2·T_r) and replay turned off at
-    inference (``replay_off``), as the demo and the ablation report it; ``tto`` optimises the latents in
-    every run. Returns ``conditions``, ``sweep``, ``trained_latents``, ``shuffle_unchanged_samples``."""
+    """:func:`measure` (conditions + sweep to ``sweep_max``, default 2·T_r) and the replay probes at
+    inference, as the demo and the ablation report it: ``replay_off`` (K = 0), ``replay_placeholder``
+    (K placeholders at the same positions) and, with ``relevance``, ``replay_oracle``/``replay_anti``
+    (:func:`replay_policies`); ``tto`` optimises the latents in every run. Returns ``conditions``,
+    ``sweep``, ``trained_latents``, ``shuffle_unchanged_samples``."""
     from vedas.evaluation.evaluate import evaluate
 
     args = argparse.Namespace(
@@ -182,6 +238,19 @@ def probe(
         vm.config = config
     reference = [s["prediction"] for s in rep["conditions"]["trained"]["per_sample"]]
     rep["conditions"]["replay_off"] = _summary(off, reference)
+    if config.replay_k > 0:  # nothing is replayed to swap otherwise
+        for name, make in replay_policies(vm, relevance).items():
+            swapped = evaluate(
+                PolicyModel(vm, make),
+                test,
+                method,
+                batch_size=16,
+                scoring="vedas",
+                warmup=False,
+                progress=False,
+                tto=tto,
+            )
+            rep["conditions"][name] = _summary(swapped, reference)
     return {k: rep[k] for k in ("conditions", "sweep", "trained_latents", "shuffle_unchanged_samples")}
 
 
@@ -227,7 +296,25 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "drop_seed_level": seed_drops,
         "sweep": sweep,
         "verdict": _verdict(accuracy["trained"], seed_drops or drops, bool(seed_drops)),
+        "replay_verdict": replay_verdict(seed_drops or drops),
     }
+
+
+def replay_verdict(drops: dict[str, dict[str, Any]]) -> str | None:
+    """What the replay probes tell apart: the replayed content (placeholders at the same positions
+    lower accuracy) or only the chunk layout (K = 0 does, placeholders do not); None without them."""
+    if "replay_placeholder" not in drops or "replay_off" not in drops:
+        return None
+    content = drops["replay_placeholder"]["low"] > 0
+    layout = drops["replay_off"]["low"] > 0
+    if content:
+        return "replayed content used: placeholders at the same positions lower accuracy beyond the interval"
+    if layout:
+        return (
+            "chunk layout used, replayed content not shown to be: K = 0 lowers accuracy beyond the interval, "
+            "placeholders at the same positions do not"
+        )
+    return "replay not shown to matter: neither K = 0 nor placeholders lower accuracy beyond the interval"
 
 
 def _verdict(trained: float, drops: dict[str, dict[str, Any]], seed_level: bool) -> str:
@@ -265,19 +352,22 @@ def interval_text(d: dict[str, Any]) -> str:
 
 def table_lines(rows: list[dict[str, Any]], label: str = "method", sweep: bool = True) -> list[str]:
     """A markdown table of :func:`pooled` rows: accuracy per condition with its drop, sweep, verdict."""
-    head = f"| {label} | trained | zeros | noise | shuffled | replay off |" + (
-        " sweep (latents→acc %) |" if sweep else ""
-    )
-    lines = [head + " verdict |", "|---" * (7 + int(sweep)) + "|"]
+    # the layout-preserving probes get columns when every row measured them (older reports lack them)
+    extra = [c for c in REPLAY_PROBES[1:] if rows and all(c in u["accuracy"] for u in rows)]
+    names = " |".join(f" {c.replace('_', ' ')}" for c in extra)
+    head = f"| {label} | trained | zeros | noise | shuffled | replay off |" + (f"{names} |" if extra else "")
+    head += " sweep (latents→acc %) |" if sweep else ""
+    lines = [head + " verdict |", "|---" * (7 + len(extra) + int(sweep)) + "|"]
     for u in rows:
         cells = [
             f"{percent(u['accuracy'][c])}"
             + ("" if c == "trained" else f" (drop {interval_text(u['drop'][c])})")
-            for c in ("trained", *PERTURBATIONS, "replay_off")
+            for c in ("trained", *PERTURBATIONS, "replay_off", *extra)
         ]
         if sweep:
             cells.append(", ".join(f"{p['latents']}→{percent(p['accuracy'])}" for p in u["sweep"]))
-        lines.append(f"| {u.get('label', u['method'])} | {' | '.join(cells)} | {u['verdict']} |")
+        verdict = u["verdict"] + (f"; {u['replay_verdict']}" if u.get("replay_verdict") else "")
+        lines.append(f"| {u.get('label', u['method'])} | {' | '.join(cells)} | {verdict} |")
     return lines
 
 

@@ -541,9 +541,22 @@ def answer_letter(seed: int, split: str, index: int) -> int:
     return int(block.permutation(4)[index % 4])
 
 
-def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig | None = None) -> Sample:
-    """Sample ``index`` of ``split``; a pure function of its arguments."""
-    cfg = cfg or SynthConfig()
+@dataclass(frozen=True)
+class Scene:
+    """Where everything is drawn in one sample's image (pixels), and which of it the question needs."""
+
+    template: str
+    shapes: list[Shape]
+    cross: tuple[float, float] | None
+    relevant: list[int]
+    """Indices into ``shapes`` the question is about (its kinds; for ``locate``, the nearest shape)."""
+    size: int
+    shape_size: int
+
+
+def _draw(
+    index: int, split: str, seed: int, cfg: SynthConfig
+) -> tuple[np.random.Generator, str, list[Shape], tuple[float, float] | None, _Plan]:
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
     rng = np.random.default_rng([seed, SPLIT_CODES[split], 0, index])
@@ -560,6 +573,27 @@ def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig
         plan = build(rng, cfg, [cfg.kinds[int(i)] for i in picked])
         drawn = _with_distractors(rng, cfg, plan.kinds, plan.counts)
         shapes = [Shape(*k, x, y) for k, (x, y) in zip(drawn, _place(rng, cfg, len(drawn)))]
+    return rng, name, shapes, cross, plan
+
+
+def scene(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig | None = None) -> Scene:
+    """The layout of sample ``index`` (the same draws as :func:`make_sample`, without rendering):
+    what ``vedas analyze replay`` scores the replayed tokens against."""
+    cfg = cfg or SynthConfig()
+    _, name, shapes, cross, plan = _draw(index, split, seed, cfg)
+    if cross is None:
+        wanted = set(plan.kinds)
+        relevant = [i for i, s in enumerate(shapes) if (s.color, s.shape) in wanted]
+    else:
+        dist = [np.hypot(s.x - cross[0], s.y - cross[1]) for s in shapes]
+        relevant = [int(np.argmin(dist))]
+    return Scene(name, shapes, cross, relevant, cfg.image_size, cfg.shape_size)
+
+
+def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig | None = None) -> Sample:
+    """Sample ``index`` of ``split``; a pure function of its arguments."""
+    cfg = cfg or SynthConfig()
+    rng, name, shapes, cross, plan = _draw(index, split, seed, cfg)
     correct = answer_letter(seed, split, index)
     wrong = [plan.distractors[int(i)] for i in rng.permutation(3)]
     choices = [*wrong[:correct], plan.answer, *wrong[correct:]]

@@ -234,8 +234,10 @@ class LatentLoop:
         assert self._attn is not None and self._visited is not None
         visual, cfg = self.visual, self.cfg
         scores = self._attn.gather(1, visual.seq_index)
-        keys = None if self._policy is None else self._policy.keys(scores)
-        return replay.build(scores, visual, self._visited, k, cfg.replay_mode, cfg.replay_scale, keys)
+        keys = feats = None
+        if self._policy is not None:
+            keys, feats = self._policy.keys(scores, visual.valid), self._policy.content(visual)
+        return replay.build(scores, visual, self._visited, k, cfg.replay_mode, cfg.replay_scale, keys, feats)
 
     def _chunk(
         self,

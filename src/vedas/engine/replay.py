@@ -76,7 +76,7 @@ def select(
     return index, mask.gather(1, order)
 
 
-SELECTIONS = ("attention", "random")
+SELECTIONS = ("attention", "random", "random_fixed")
 """How a step chooses its tokens (``LatentConfig.replay_select``)."""
 
 
@@ -85,11 +85,17 @@ class ReplayPolicy(Protocol):
 
     The method's own choice (by attention) is no policy at all (``None``); a control that chooses
     otherwise (:class:`vedas.method.replay.RandomReplay`) returns keys whose top-K among the free
-    tokens is its pick. The weights stay softmax over the attention of the picked tokens.
+    tokens is its pick. The weights stay softmax over the attention of the picked tokens. A probe may
+    also replace what is replayed (:meth:`content`) while the choice, weights and positions stay.
     """
 
-    def keys(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """Keys (B, N) that choose this step's tokens instead of ``scores`` (B, N), or None."""
+    def keys(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """Keys (B, N) that choose this step's tokens instead of ``scores`` (B, N), or None;
+        ``valid`` (B, N) marks each sample's real visual tokens."""
+        ...
+
+    def content(self, visual: VisualTokens) -> torch.Tensor | None:
+        """Features (B, N, D) replayed in place of ``visual.features`` (a probe's placeholder), or None."""
         ...
 
 
@@ -107,18 +113,21 @@ def build(
     mode: str = "topk",
     scale: str = "paper",
     keys: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> Replay:
     """Select I^(t) and build B^(t) for a batch; ``visited`` is updated in place by the caller.
 
     ``keys`` (B, N), when given, choose the tokens instead of ``scores`` (:func:`random_keys`);
-    the weights are still softmax over ``scores`` of the chosen tokens.
+    the weights are still softmax over ``scores`` of the chosen tokens. ``features`` (B, N, D), when
+    given, are replayed instead of ``visual.features`` (same picks, weights and positions).
     """
     index, mask = select(scores if keys is None else keys, visual.valid, visited, k)
     a = scores.float().gather(1, index).masked_fill(~mask, float("-inf"))
     w = torch.nan_to_num(a.softmax(1), nan=0.0) * mask  # a sample with nothing selected gets all zeros
     if scale == "unit":
         w = w * mask.sum(1, keepdim=True)
-    feats = visual.features.gather(1, index[..., None].expand(-1, -1, visual.features.shape[-1]))
+    source = visual.features if features is None else features
+    feats = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
     weighted = feats * w[..., None].to(feats.dtype)
     if mode == "soft_mix":
         tokens = weighted.sum(1, keepdim=True)

@@ -106,12 +106,15 @@ class LatentObjective(nn.Module):
         self.routing = vm.extras.get("routing")
         # replay_select: random draws from one policy (one generator) for the whole run: a fresh one
         # per batch would give every batch the same picks
-        self._replay_policy = replay_policy(latent)
+        # per sample (random_fixed): the same picks for a question every epoch, a fresh policy per batch
+        self._fixed = latent.replay_select == "random_fixed"
+        self._replay_policy = None if self._fixed else replay_policy(latent)
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         vm = self.vm[0]
         bb = vm.backbone
-        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), policy=self._replay_policy)
+        policy = replay_policy(self.latent, batch.ids) if self._fixed else self._replay_policy
+        loop = LatentLoop(bb, self.latent, make_runner(self.engine, bb), policy=policy)
         latent = method_of(self.method).latent
         steps = int(batch.latents.max()) if latent else 0
         h = loop.prefill(batch.prompt, record=None if steps else False)
