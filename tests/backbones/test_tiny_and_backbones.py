@@ -145,3 +145,22 @@ def test_a_backbone_is_one_file(tmp_path, monkeypatch):
     assert found["qwen2_vl_copy"].ADAPTER.__name__ == "Qwen2VLBackbone"
     # the helpers (base, qwen_vl, tiny) name no MODEL_TYPE/ADAPTER: not backbones
     assert set(backbones._discover()) - {"qwen2_vl_copy"} == set(backbones.ARCHS)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "chameleon"])
+def test_vision_seed_fixes_the_tower_and_nothing_else(arch):
+    """``vision_seed``: the tower is one draw whatever ``seed`` and the tokenizer's vocabulary; the
+    rest of the model is exactly what ``seed`` alone builds; without it nothing changes."""
+    from vedas.backbones.tiny import vision_tower
+
+    corpus = ["the cat sat on the mat " * 20, "a red square left of a blue circle"]
+    a, _ = vedas.tiny_model(arch, seed=1, vision_seed=7)
+    b, _ = vedas.tiny_model(arch, seed=2, vision_seed=7, bpe_corpus=corpus, bpe_vocab=300)
+    plain, _ = vedas.tiny_model(arch, seed=1)
+    ta, tb, tp = (vision_tower(m).state_dict() for m in (a, b, plain))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert any(not torch.equal(ta[k], tp[k]) for k in ta)
+    towers = {id(p) for p in vision_tower(a).parameters()}
+    rest = [(n, p) for n, p in a.named_parameters() if id(p) not in towers]
+    plain_params = dict(plain.named_parameters())
+    assert rest and all(torch.equal(p, plain_params[n]) for n, p in rest)

@@ -96,3 +96,43 @@ def test_seed_level_refuses_what_it_cannot_compute() -> None:
         bootstrap.seed_level([0.5, 0.6], [0.6])
     same = bootstrap.seed_level([0.5, 0.6], [0.6, 0.7])  # identical differences: a point interval
     assert same["low"] == same["high"] == pytest.approx(0.1)
+
+
+def test_nested_level_averages_replicates_before_the_t_over_seeds() -> None:
+    """Runs (seed, replicate): differences 2, 4 | 6 | 10, 12 points. By hand: seed means 3, 6, 11;
+    their paired t has 2 degrees of freedom (not 4: replicates of one cot are not independent runs);
+    within a seed the difference varies by SD √2 (pooled over the two seeds that have replicates)."""
+    a = {(0, 0): 0.50, (0, 1): 0.50, (1, 0): 0.50, (2, 0): 0.50, (2, 1): 0.50, (3, 0): 0.9}
+    b = {(0, 0): 0.52, (0, 1): 0.54, (1, 0): 0.56, (2, 0): 0.60, (2, 1): 0.62}  # seed 3: only a ran
+    means = [0.03, 0.06, 0.11]
+    mean = sum(means) / 3
+    sd = (sum((x - mean) ** 2 for x in means) / 2) ** 0.5
+    t975 = 4.302652729
+    n = bootstrap.nested_level(a, b)
+    assert n is not None
+    assert n["difference"] == pytest.approx(mean) and n["seeds"] == 3 and n["runs"] == 5
+    assert n["low"] == pytest.approx(mean - t975 * sd / 3**0.5)
+    assert n["high"] == pytest.approx(mean + t975 * sd / 3**0.5)
+    assert n["per_seed"] == pytest.approx(means)
+    assert n["sd_within"] == pytest.approx(0.02**0.5 / 10) and n["df_within"] == 2
+    reps_mean = 5 / 3
+    assert n["sd_between"] == pytest.approx((sd**2 - 0.0002 / reps_mean) ** 0.5)
+    assert n["replicates"] == {"0": 2, "1": 1, "2": 2}
+    assert bootstrap.nested_level({(0, 0): 0.5, (0, 1): 0.6}, {(0, 0): 0.6, (0, 1): 0.7}) is None  # one seed
+
+
+def test_seeds_needed_matches_the_power_formula() -> None:
+    """sd 0.10 between seeds, none within: to find 0.05 at 80 % the t formula needs n with
+    (t₀.₉₇₅ + t₀.₈)·0.1/√n ≤ 0.05; by hand (t tables) n = 34 does, 33 does not."""
+    from scipy import stats
+
+    n = bootstrap.seeds_needed(0.10, None, 1, 0.05)
+
+    def ok(k: int) -> bool:
+        return (stats.t.ppf(0.975, k - 1) + stats.t.ppf(0.8, k - 1)) * 0.1 / k**0.5 <= 0.05
+
+    assert n is not None and ok(n) and not ok(n - 1)
+    assert n == 34
+    # replicates shrink only the within part: with sd_within 0.2 and 4 replicates sd = √(0.01 + 0.01)
+    assert bootstrap.seeds_needed(0.10, 0.20, 4, 0.05) == bootstrap.seeds_needed(0.02**0.5, None, 1, 0.05)
+    assert bootstrap.seeds_needed(0.5, None, 1, 0.001, limit=50) is None

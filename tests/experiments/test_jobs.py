@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,23 @@ def children(key, result):
 def test_run_graph_runs_released_jobs_in_order_alone_and_all_of_them_in_workers() -> None:
     assert list(run_graph(ROOTS, children, jobs=1)) == [("a", 3), ("a2", 30), ("b", 12)]  # depth first
     assert dict(run_graph(ROOTS, children, jobs=2)) == {"a": 3, "a2": 30, "b": 12}
+
+
+def stamp(seconds: float) -> float:
+    """A worker job: when it started (CLOCK_MONOTONIC, shared by the machine's processes)."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start
+
+
+def test_run_graph_starts_the_lowest_priority_first_when_a_worker_frees() -> None:
+    """Two workers, three jobs released together: the one of higher ``priority`` value starts only
+    after a more urgent one has finished, though it was released first."""
+    jobs = [(k, stamp, (0.3,)) for k in ("later", "first", "second")]
+    started = dict(run_graph(jobs, lambda k, r: [], jobs=2, priority=lambda k: k == "later"))
+    assert started["later"] >= min(started["first"], started["second"]) + 0.3
+    fifo = dict(run_graph(jobs, lambda k, r: [], jobs=2))  # the same jobs in release order
+    assert fifo["later"] < max(fifo["first"], fifo["second"])
 
 
 def test_a_failing_worker_job_is_raised_and_nothing_waits_on_it() -> None:

@@ -266,7 +266,9 @@ def _condition(name: str) -> Any:
 def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean accuracy per condition and sweep point over seeds, each drop's intervals, and the one-line verdict.
 
-    ``reps``: seed → a report whose ``latent_use`` is a :func:`probe`. Each drop has its
+    ``reps``: seed (or ``(seed, replicate)``: latent-phase replicates from one ``cot``, averaged
+    within the seed before the interval, :func:`bootstrap.nested_level`) → a report whose
+    ``latent_use`` is a :func:`probe`. Each drop has its
     question-level interval (pooled over seeds and questions, models fixed) and, with two or more
     seeds, its seed-level interval (paired t over the runs, :func:`bootstrap.seed_level`). The
     verdict follows the seed-level interval when there is one; with one run it says that it rests
@@ -277,9 +279,7 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     per_seed = {c: [reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds] for c in conds}
     accuracy = {c: statistics.mean(v) for c, v in per_seed.items()}
     drops = {c: _drop(reps, c) for c in conds if c != "trained"}
-    seed_drops = (
-        {c: bootstrap.seed_level(per_seed[c], per_seed["trained"]) for c in drops} if len(seeds) > 1 else {}
-    )
+    seed_drops = _seed_drops(seeds, per_seed, list(drops))
     sweep = [
         {
             "latents": p["latents"],
@@ -298,6 +298,22 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "verdict": _verdict(accuracy["trained"], seed_drops or drops, bool(seed_drops)),
         "replay_verdict": replay_verdict(seed_drops or drops),
     }
+
+
+def _seed_drops(seeds: list[Any], per_seed: dict[str, list[float]], conditions: list[str]) -> dict[str, Any]:
+    """trained − condition at the seed level: paired t over seeds (replicates averaged first)."""
+    if all(isinstance(s, tuple) for s in seeds):
+        out = {}
+        for c in conditions:
+            nested = bootstrap.nested_level(
+                dict(zip(seeds, per_seed[c])), dict(zip(seeds, per_seed["trained"]))
+            )
+            if nested is not None:
+                out[c] = nested
+        return out
+    if len(seeds) < 2:
+        return {}
+    return {c: bootstrap.seed_level(per_seed[c], per_seed["trained"]) for c in conditions}
 
 
 def replay_verdict(drops: dict[str, dict[str, Any]]) -> str | None:
@@ -351,24 +367,33 @@ def interval_text(d: dict[str, Any]) -> str:
 
 
 def table_lines(rows: list[dict[str, Any]], label: str = "method", sweep: bool = True) -> list[str]:
-    """A markdown table of :func:`pooled` rows: accuracy per condition with its drop, sweep, verdict."""
-    # the layout-preserving probes get columns when every row measured them (older reports lack them)
-    extra = [c for c in REPLAY_PROBES[1:] if rows and all(c in u["accuracy"] for u in rows)]
+    """A markdown table of :func:`pooled` rows: accuracy per condition with its drop, sweep, verdict.
+
+    A drop's interval is the seed-level one where the row has it (``s``: paired over runs), else the
+    question-level one (``q``: models fixed)."""
+    # the layout-preserving probes get columns when a row measured them (older reports and K = 0 lack them)
+    extra = [c for c in REPLAY_PROBES[1:] if any(c in u["accuracy"] for u in rows)]
     names = " |".join(f" {c.replace('_', ' ')}" for c in extra)
     head = f"| {label} | trained | zeros | noise | shuffled | replay off |" + (f"{names} |" if extra else "")
     head += " sweep (latents→acc %) |" if sweep else ""
     lines = [head + " verdict |", "|---" * (7 + len(extra) + int(sweep)) + "|"]
     for u in rows:
-        cells = [
-            f"{percent(u['accuracy'][c])}"
-            + ("" if c == "trained" else f" (drop {interval_text(u['drop'][c])})")
-            for c in ("trained", *PERTURBATIONS, "replay_off", *extra)
-        ]
+        cells = [_cell(u, c) for c in ("trained", *PERTURBATIONS, "replay_off", *extra)]
         if sweep:
             cells.append(", ".join(f"{p['latents']}→{percent(p['accuracy'])}" for p in u["sweep"]))
         verdict = u["verdict"] + (f"; {u['replay_verdict']}" if u.get("replay_verdict") else "")
         lines.append(f"| {u.get('label', u['method'])} | {' | '.join(cells)} | {verdict} |")
     return lines
+
+
+def _cell(u: dict[str, Any], condition: str) -> str:
+    if condition not in u["accuracy"]:
+        return "–"
+    if condition == "trained":
+        return percent(u["accuracy"][condition])
+    seed = (u.get("drop_seed_level") or {}).get(condition)
+    drop, level = (seed, "s") if seed else (u["drop"][condition], "q")
+    return f"{percent(u['accuracy'][condition])} (drop {interval_text(drop)} {level})"
 
 
 def draw(report: dict[str, Any], path: Path) -> Path:

@@ -13,6 +13,7 @@ for a real checkpoint (:func:`vedas.tokens.add_latent_tokens`). Nothing is downl
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,6 +118,7 @@ def tiny_model(
     min_pixels: int = 56 * 56,
     max_pixels: int = 224 * 224,
     seed: int = 0,
+    vision_seed: int | None = None,
     bpe_corpus: Iterable[str] | None = None,
     bpe_vocab: int = 512,
     attn_implementation: str = "sdpa",
@@ -134,6 +136,9 @@ def tiny_model(
         vision_depth, vision_hidden, vision_heads: vision tower sizes (its merger outputs ``hidden``).
         min_pixels, max_pixels: the image processor's resize bounds (smart_resize).
         seed: torch seed for the random weights.
+        vision_seed: if given, the vision tower's random weights come from this seed instead, the same
+            whatever ``seed`` and the tokenizer are (an experiment can vary data and initialisation
+            while the random tower, which the demo does not train, stays one fixed draw).
         bpe_corpus: if given, train a byte-level BPE of ``bpe_vocab`` tokens on it (shorter sequences).
         vocab_size: the embedding and lm_head rows, when more than the tokenizer's (a real model's
             vocabulary size, e.g. 152064 for Qwen2-VL, so that the weights weigh what the real ones do).
@@ -194,11 +199,41 @@ def tiny_model(
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = mod.MODEL_CLASS(cfg)
+    if vision_seed is not None:
+        reseed_vision(mod.MODEL_CLASS, cfg, model, vision_seed)
     add_latent_tokens(model, tok)
     model.eval()  # after resizing: the new lm_head module starts in training mode
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = c("<|im_end|>")
     return model, processor
+
+
+def vision_tower(model: Any) -> torch.nn.Module:
+    """The vision tower of a tiny model (Qwen-VL ``visual``, Chameleon ``vqmodel``)."""
+    for name in ("visual", "vqmodel"):
+        if hasattr(model.model, name):
+            return getattr(model.model, name)
+    raise ValueError(f"{type(model).__name__}: no vision tower (model.visual or model.vqmodel) to reseed")
+
+
+def reseed_vision(model_class: Any, cfg: Any, model: Any, vision_seed: int) -> None:
+    """Give ``model``'s vision tower the weights a model built from ``vision_seed`` has.
+
+    The donor is built with a fixed text vocabulary (where the config has one apart from the
+    tower), so the tower's draw does not depend on the tokenizer trained on the data; the global
+    random stream is left as it was, so everything drawn after this is unchanged.
+    """
+    donor_cfg = copy.deepcopy(cfg)
+    text = getattr(donor_cfg, "text_config", donor_cfg)  # Chameleon: one config
+    text.vocab_size = max(DONOR_VOCAB, text.vocab_size)  # not below the image tokens' ids
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(vision_seed)
+        donor = model_class(donor_cfg)
+    vision_tower(model).load_state_dict(vision_tower(donor).state_dict())
+
+
+DONOR_VOCAB = 4096
+"""Text vocabulary of the donor model :func:`reseed_vision` builds (its text weights are thrown away)."""
 
 
 def _qwen_processor(mod: Any, tok: Qwen2Tokenizer, min_pixels: int, max_pixels: int) -> Any:

@@ -19,11 +19,20 @@ detects at 80 % power. Verdicts ("beyond the interval") follow the seed-level in
 
     s = seed_level(acc_a_per_seed, acc_b_per_seed)
     s["difference"], s["low"], s["high"], s["detectable_80"]
+
+Runs can be nested: several latent-phase replicates (data-order seeds) continue from one trained
+``cot`` per seed. :func:`nested_level` averages the replicates of each seed first and takes the
+paired t over seeds (replicates that share a ``cot`` are not independent draws of the method), and
+separates the spread of the difference within a ``cot`` (replicates) from the spread between
+``cot`` seeds; :func:`seeds_needed` sizes a design from them.
+
+    n = nested_level({(seed, rep): acc_a}, {(seed, rep): acc_b})
+    n["difference"], n["low"], n["high"], n["sd_within"], n["sd_between"]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,3 +127,68 @@ def seed_level(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> d
 def beyond(interval: dict[str, Any]) -> bool:
     """True when the interval excludes 0 (for a seed-level interval: beyond run-to-run variation)."""
     return interval["low"] > 0 or interval["high"] < 0
+
+
+def nested_level(
+    a: Mapping[tuple[Hashable, Hashable], float],
+    b: Mapping[tuple[Hashable, Hashable], float],
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """``b - a`` over runs keyed ``(seed, replicate)``: replicates nested in seeds.
+
+    The interval is :func:`seed_level` over the seeds of the per-seed mean accuracies (each seed's
+    replicates that both variants ran, averaged), so its degrees of freedom are seeds − 1, not runs − 1.
+    Beside it: ``runs``, ``per_run`` (differences), ``sd_within`` (the pooled standard deviation of the
+    difference between replicates of one seed; None without a seed of two or more replicates) and
+    ``sd_between`` (the spread of the seeds' true differences: the method-of-moments estimate
+    √max(0, var(seed means) − sd_within²/r̄), r̄ the mean replicates per seed; the plain SD of the seed
+    means when ``sd_within`` is unknown). None with fewer than 2 seeds.
+    """
+    keys = sorted(set(a) & set(b), key=repr)
+    seeds: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}
+    for k in keys:
+        seeds.setdefault(k[0], []).append(k)
+    if len(seeds) < 2:
+        return None
+    order = sorted(seeds, key=repr)
+    mean_a = [float(np.mean([a[k] for k in seeds[s]])) for s in order]
+    mean_b = [float(np.mean([b[k] for k in seeds[s]])) for s in order]
+    out = seed_level(mean_a, mean_b, level)
+    diffs = {s: np.asarray([b[k] - a[k] for k in seeds[s]], dtype=np.float64) for s in order}
+    df_within = sum(len(d) - 1 for d in diffs.values())
+    ss_within = sum(float(((d - d.mean()) ** 2).sum()) for d in diffs.values())
+    sd_within = float(np.sqrt(ss_within / df_within)) if df_within else None
+    reps_mean = float(np.mean([len(d) for d in diffs.values()]))
+    var_means = out["sd"] ** 2
+    var_between = var_means - (sd_within**2 / reps_mean if sd_within is not None else 0.0)
+    return {
+        **out,
+        "runs": len(keys),
+        "replicates": {str(s): len(seeds[s]) for s in order},
+        "per_run": [float(b[k] - a[k]) for k in keys],
+        "sd_within": sd_within,
+        "df_within": df_within,
+        "sd_between": float(np.sqrt(max(0.0, var_between))),
+    }
+
+
+def seeds_needed(
+    sd_between: float,
+    sd_within: float | None,
+    replicates: int,
+    delta: float,
+    power: float = 0.8,
+    limit: int = 1000,
+) -> int | None:
+    """The fewest seeds (each with ``replicates`` latent-phase replicates) whose paired t at the 95 %
+    level finds a true difference ``delta`` with ``power``: the smallest n with
+    (t₀.₉₇₅,ₙ₋₁ + t_power,ₙ₋₁) · √(sd_between² + sd_within²/replicates) / √n ≤ delta; None above ``limit``."""
+    from scipy import stats
+
+    sd = float(np.sqrt(sd_between**2 + (sd_within or 0.0) ** 2 / max(1, replicates)))
+    if sd == 0:
+        return 2
+    for n in range(2, limit + 1):
+        if (stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n) <= delta:
+            return n
+    return None

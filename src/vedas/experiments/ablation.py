@@ -155,6 +155,8 @@ each is probed for latent use exactly as the variants are. Under ``tto`` a repla
 point TTO optimises from, so a drop says TTO's result depends on where it starts."""
 REMEDY_BASE = "latent"
 REMEDY_RECORDS = 256
+COT_MIN = 0.9
+"""A ``cot`` below this accuracy on its own benchmark failed to learn it (the healthy ones reach 97 %)."""
 RESULT_FILE = "ablation_result.json"
 SETTINGS_FILE = "ablation_settings.json"
 
@@ -167,17 +169,44 @@ def atomic_write(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
-def variant_config(name: str, size: sizes.DemoSize, data: Path, seed_dir: Path, seed: int, cot: Path | None):
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The training seed of latent-phase replicate ``replicate`` from seed ``seed``'s ``cot``: data order,
+    dropout and the new modules' initialisation (replicate 0 is the seed itself, as one seed always was)."""
+    return seed if replicate == 0 else REPLICATE_STRIDE * replicate + seed
+
+
+REPLICATE_STRIDE = 1000
+
+
+def unit_path(seed_dir: Path, name: str, replicate: int = 0) -> Path:
+    """Where unit (variant, replicate) of a seed lives: ``<variant>``, replicates ``rep<R>/<variant>``."""
+    return seed_dir / name if replicate == 0 else seed_dir / f"rep{replicate}" / name
+
+
+def variant_config(
+    name: str,
+    size: sizes.DemoSize,
+    data: Path,
+    seed_dir: Path,
+    seed: int,
+    cot: Path | None,
+    replicate: int = 0,
+):
     """The training config of variant ``name``: the demo's recipe with the variant's switches."""
     from vedas.train.config import for_method
 
     v = ALL_VARIANTS[name]
-    cfg = sizes.train_config(v.method, size, data, seed_dir, seed, base=None if v.method == "cot" else cot)
+    if replicate and v.method == "cot":
+        raise ValueError("cot has no replicates: every replicate continues from the seed's one cot")
+    train_seed = replicate_seed(seed, replicate)
+    cfg = sizes.train_config(
+        v.method, size, data, seed_dir, train_seed, base=None if v.method == "cot" else cot
+    )
     cfg = for_method(cfg, v.preset)
     return dataclasses.replace(
         cfg,
         latent=dataclasses.replace(cfg.latent, **dict(v.latent)),
-        run=dataclasses.replace(cfg.run, output_dir=str(seed_dir / name)),
+        run=dataclasses.replace(cfg.run, output_dir=str(unit_path(seed_dir, name, replicate))),
     )
 
 
@@ -204,13 +233,22 @@ def adoptable(cfg: Any, unit_dir: Path) -> dict[str, Any] | None:
     return json.loads(report.read_text())
 
 
-def run_unit(name: str, seed: int, size: sizes.DemoSize, out: Path, cot: Path | None) -> dict[str, Any]:
-    """Train, evaluate and probe one (variant, seed), or load its saved result."""
+def run_unit(
+    name: str,
+    seed: int,
+    size: sizes.DemoSize,
+    out: Path,
+    cot: Path | None,
+    replicate: int = 0,
+    sweep_max: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and probe one (variant, seed, replicate), or load its saved result."""
     seed_dir = out / f"seed{seed}"
-    unit_dir = seed_dir / name
-    result_path = unit_dir / RESULT_FILE
+    where = unit_path(seed_dir, name, replicate)
+    result_path = where / RESULT_FILE
+    label = f"{name} seed {seed}" + (f" replicate {replicate}" if replicate else "")
     if result_path.is_file():
-        print(f"ablation: {name} seed {seed} finished earlier ({result_path})")
+        print(f"ablation: {label} finished earlier ({result_path})")
         return json.loads(result_path.read_text())
     import vedas
     from vedas.data import load
@@ -219,10 +257,10 @@ def run_unit(name: str, seed: int, size: sizes.DemoSize, out: Path, cot: Path | 
 
     data = seed_dir / "data"
     test = list(load("synthetic", path=str(data), split="test"))
-    cfg = variant_config(name, size, data, seed_dir, seed, cot)
+    cfg = variant_config(name, size, data, seed_dir, seed, cot, replicate)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    report = adoptable(cfg, unit_dir)
+    report = adoptable(cfg, where)
     adopted = report is not None
     if report is None:
         final = train_main(cfg)
@@ -233,20 +271,26 @@ def run_unit(name: str, seed: int, size: sizes.DemoSize, out: Path, cot: Path | 
         )
         report.update(train_seconds=train_s, checkpoint=str(final))
     else:
-        print(f"ablation: {name} seed {seed} taken over from the demo run in {unit_dir}")
+        print(f"ablation: {label} taken over from the demo run in {where}")
         vm = vedas.load(report["checkpoint"])
     if name != "cot" and "latent_use" not in report:  # a demo run taken over has measured it already
-        report["latent_use"] = latent_use(vm, test, ALL_VARIANTS[name].method, seed)
+        from vedas.analysis.replay import SynthRelevance
+
+        report["latent_use"] = latent_use(
+            vm, test, ALL_VARIANTS[name].method, seed, sweep_max=sweep_max, relevance=SynthRelevance(data)
+        )
     report.update(
         variant=name,
         seed=seed,
+        replicate=replicate,
+        train_seed=cfg.optim.seed,
         adopted_from_demo=adopted,
         unit_seconds=time.perf_counter() - t0,
         load_average=[load_before, os.getloadavg()[0]],
     )
     atomic_write(result_path, report)
     print(
-        f"ablation: {name} seed {seed}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
+        f"ablation: {label}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
         f"latency {report['latency_ms']['total']:.1f} ms, {report['unit_seconds']:.0f} s"
     )
     return report
@@ -356,24 +400,42 @@ def paired(
     return bootstrap.paired_difference(xs, ys) if xs else None
 
 
+def _runs(m: dict[str, Any]) -> dict[tuple[int, int], float]:
+    """A method row's accuracy per run ``(seed, replicate)`` (a report saved before replicates: one per seed)."""
+    runs = m.get("runs") or [[s, 0] for s in m["seeds"]]
+    return {(int(r[0]), int(r[1])): a for r, a in zip(runs, m["accuracies"])}
+
+
+SIZED_FOR = (3.0, 5.0, 7.0)
+"""Differences (points) the paper's Table 3 reports; each comparison says how many seeds would find them."""
+
+
 def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each comparison with its seed-level interval (paired over the seeds both variants ran) and verdicts.
+    """Each comparison with its seed-level interval and verdicts.
 
     ``difference``/``low``/``high`` stay the question-level bootstrap (models fixed);
-    ``seed_level`` is the paired t over training runs, and ``beyond_interval`` follows it
-    (``beyond_question_interval`` is the old, question-level verdict). With one seed there is
-    no seed-level interval and no verdict (None).
+    ``seed_level`` is :func:`bootstrap.nested_level` over the runs both variants have (replicates of
+    one seed averaged, then the paired t over seeds; the spread within and between ``cot`` seeds), and
+    ``beyond_interval`` follows it (``beyond_question_interval`` is the old, question-level verdict).
+    ``seeds_needed``: for each of :data:`SIZED_FOR`, the seeds (at this design's replicates per seed)
+    that find it at 80 % power. With one seed there is no seed-level interval and no verdict (None).
     """
-    acc = {m["method"]: dict(zip(m["seeds"], m["accuracies"])) for m in methods}
+    acc = {m["method"]: _runs(m) for m in methods}
     out = []
     for c in comparisons:
-        a, b = acc.get(c["a"], {}), acc.get(c["b"], {})
-        seeds = sorted(set(a) & set(b))
-        seed = bootstrap.seed_level([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) > 1 else None
+        seed = bootstrap.nested_level(acc.get(c["a"], {}), acc.get(c["b"], {}))
+        needed = None
+        if seed is not None:
+            reps = max(seed["replicates"].values())
+            needed = {
+                f"{d:g}": bootstrap.seeds_needed(seed["sd_between"], seed["sd_within"], reps, d / 100)
+                for d in SIZED_FOR
+            }
         out.append(
             {
                 **c,
                 "seed_level": seed,
+                "seeds_needed": needed,
                 "beyond_interval": None if seed is None else bootstrap.beyond(seed),
                 "beyond_question_interval": bootstrap.beyond(c),
             }
@@ -381,35 +443,67 @@ def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, A
     return out
 
 
-def summary_row(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    seeds = sorted(reps)
-    acc = [reps[s]["accuracy"] for s in seeds]
+def summary_row(name: str, reps: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """One variant over its runs, keyed ``(seed, replicate)`` (a bare seed: replicate 0)."""
+    runs = sorted(reps)
+    keys = [r if isinstance(r, tuple) else (r, 0) for r in runs]
+    acc = [reps[r]["accuracy"] for r in runs]
+    seeds = sorted({k[0] for k in keys})
+    seed_accuracy = [statistics.mean(a for k, a in zip(keys, acc) if k[0] == s) for s in seeds]
     return {
         "method": name,
         "accuracy": statistics.mean(acc),
         "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "std_seed_means": statistics.stdev(seed_accuracy) if len(seed_accuracy) > 1 else 0.0,
         "seeds": seeds,
+        "seed_accuracy": seed_accuracy,
+        "runs": [list(k) for k in keys],
         "accuracies": acc,
-        "ar_steps_mean": statistics.mean(reps[s]["ar_steps_mean"] for s in seeds),
+        **_run_means([reps[r] for r in runs]),
+    }
+
+
+def _run_means(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steps, latency, times and per-question-type accuracy of a row, mean over its runs."""
+    categories = [set(r.get("per_category") or {}) for r in reports]
+    return {
+        "ar_steps_mean": statistics.mean(r["ar_steps_mean"] for r in reports),
         "latency_ms": {
-            k: statistics.mean(reps[s]["latency_ms"][k] for s in seeds)
+            k: statistics.mean(r["latency_ms"][k] for r in reports)
             for k in ("prefill", "latent", "decode", "total")
         },
-        "train_seconds": statistics.mean(reps[s].get("train_seconds", 0.0) for s in seeds),
-        "unit_seconds": [reps[s]["unit_seconds"] for s in seeds],
-        "n": reps[seeds[0]]["n"],
-        "per_category": {  # the synthetic templates: diff (3 steps) and net (4 steps), mean over seeds
-            c: statistics.mean(reps[s]["per_category"][c]["accuracy"] for s in seeds)
-            for c in sorted(reps[seeds[0]].get("per_category") or {})
-            if all(c in (reps[s].get("per_category") or {}) for s in seeds)
+        "train_seconds": statistics.mean(r.get("train_seconds", 0.0) for r in reports),
+        "unit_seconds": [r["unit_seconds"] for r in reports],
+        "n": reports[0]["n"],
+        "per_category": {  # the synthetic templates: diff (3 steps) and net (4 steps), mean over runs
+            c: statistics.mean(r["per_category"][c]["accuracy"] for r in reports)
+            for c in sorted(set.intersection(*categories))
         },
     }
 
 
+def excluded_cots(results: dict[str, dict[Any, dict[str, Any]]], cot_min: float) -> list[dict[str, Any]]:
+    """The seeds whose ``cot`` scored below ``cot_min`` on its own benchmark: nothing continues from them."""
+    return [
+        {"seed": k[0] if isinstance(k, tuple) else k, "accuracy": r["accuracy"]}
+        for k, r in sorted(results.get("cot", {}).items())
+        if r["accuracy"] < cot_min
+    ]
+
+
 def summarise(
-    results: dict[str, dict[int, dict[str, Any]]],
+    results: dict[str, dict[Any, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]] | None = None,
+    cot_min: float = 0.0,
 ) -> dict[str, Any]:
+    """Rows, comparisons and latent use over the runs; a ``cot`` below ``cot_min`` is listed under
+    ``excluded_cots`` and left out of every row (its seed trained nothing else)."""
+    excluded = excluded_cots(results, cot_min)
+    bad = {e["seed"] for e in excluded}
+    results = {
+        n: {k: r for k, r in reps.items() if (k[0] if isinstance(k, tuple) else k) not in bad}
+        for n, reps in results.items()
+    }
     names = [n for n in ALL_VARIANTS if results.get(n)]
     methods = [summary_row(n, results[n]) for n in names]
     comparisons = []
@@ -418,6 +512,8 @@ def summarise(
         if d is not None:
             comparisons.append({"a": a, "b": b, "what": what, **d})
     return {
+        "cot_min": cot_min,
+        "excluded_cots": excluded,
         "methods": methods,
         "comparisons": with_seed_level(methods, comparisons),
         "latent_use": [latent_use_row(n, results[n]) for n in names if ALL_VARIANTS[n].preset.latent],
@@ -478,26 +574,46 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """The paired differences with both intervals; the verdict is the seed-level one."""
     lines = [
         "",
-        "Paired differences (b − a, accuracy points). *Seed level*: paired t over the training runs (one "
-        "accuracy per seed), the interval that includes run-to-run variance, and the smallest difference "
-        "this many seeds detect at 80 % power; the verdict follows it. *Question level*: 95 % bootstrap over "
-        "the pooled test questions with the trained models fixed (10,000 resamples); it leaves out "
-        "run-to-run variance and is no evidence about a method on its own.",
+        "Paired differences (b − a, accuracy points). *Seed level*: the latent-phase replicates of each seed "
+        "averaged, then a paired t over the seeds (each seed its own data, tokenizer, initialisation and `cot`): "
+        "the interval that includes run-to-run variance; the smallest difference this design detects at 80 % "
+        "power; the spread of the difference between replicates of one `cot` (within) and between `cot` seeds "
+        "(between); how many seeds (at this many replicates each) would find 3 / 5 / 7 points. The verdict "
+        "follows the seed-level interval. *Question level*: 95 % bootstrap over the pooled test questions with "
+        "the trained models fixed (10,000 resamples); it leaves out run-to-run variance and is no evidence "
+        "about a method on its own.",
         "",
-        "| a | b | what | per seed | b − a, seed level [95 %] | detectable (80 %) | beyond run-to-run variation "
-        "| question level [95 %] |",
-        "|---|---|---|---|---|---|---|---|",
+        "| a | b | what | per seed | b − a, seed level [95 %] | detectable (80 %) | SD within / between "
+        "| seeds for 3 / 5 / 7 | beyond run-to-run variation | question level [95 %] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         s = c.get("seed_level")
         if s is None:
-            seed_cells = "– | – | – | – (one seed)"
+            seed_cells = "– | – | – | – | – | – (one seed)"
         else:
             per_seed = " / ".join(f"{100 * x:+.1f}" for x in s["per_seed"])
             verdict = "yes" if c["beyond_interval"] else "no"
-            seed_cells = f"{per_seed} | {interval_text(s)} | {100 * s['detectable_80']:.1f} | {verdict}"
+            within = "–" if s.get("sd_within") is None else f"{100 * s['sd_within']:.1f}"
+            between = f"{100 * s['sd_between']:.1f}" if "sd_between" in s else "–"
+            needed = " / ".join(
+                ">1000" if n is None else str(n) for n in (c.get("seeds_needed") or {}).values()
+            )
+            seed_cells = (
+                f"{per_seed} | {interval_text(s)} | {100 * s['detectable_80']:.1f} | {within} / {between} | "
+                f"{needed or '–'} | {verdict}"
+            )
         lines.append(f"| {c['a']} | {c['b']} | {c['what']} | {seed_cells} | {interval_text(c)} |")
     return lines
+
+
+def run_cells(r: dict[str, Any]) -> str:
+    """A row's accuracy per run: ``s<S> a / b`` for the replicates of each seed."""
+    runs = r.get("runs") or [[s, 0] for s in r["seeds"]]
+    by_seed: dict[int, list[str]] = {}
+    for (seed, _), a in zip(runs, r["accuracies"]):
+        by_seed.setdefault(seed, []).append(percent(a))
+    return " · ".join(f"s{seed} {' / '.join(v)}" for seed, v in sorted(by_seed.items()))
 
 
 def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -513,7 +629,7 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{meta['units_seconds_total'] / 60:.1f} min; of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
         f"(units finished earlier are loaded, not rerun); scoring `vedas` (strict), chance 25 %",
         "",
-        "| variant | accuracy % (mean ± std over seeds) | per seed | per question type | AR steps "
+        "| variant | accuracy % (mean ± std over runs) | per seed: its runs | per question type | AR steps "
         "| latency ms/sample | train s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -521,14 +637,24 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         kinds = ", ".join(f"{c} {percent(a)}" for c, a in r.get("per_category", {}).items()) or "–"
         lines.append(
             f"| {r['method']} | **{percent(r['accuracy'])}** ± {percent(r['std'])} | "
-            f"{' / '.join(percent(a) for a in r['accuracies'])} | {kinds} | {r['ar_steps_mean']:.1f} | "
+            f"{run_cells(r)} | {kinds} | {r['ar_steps_mean']:.1f} | "
             f"{r['latency_ms']['total']:.1f} | {r['train_seconds']:.0f} |"
         )
+    lines += [
+        f"- `cot` of seed {e['seed']}: {percent(e['accuracy'])} on its own benchmark, below the "
+        f"{percent(summary['cot_min'])} a healthy `cot` reaches: excluded (nothing was trained from it)"
+        for e in summary.get("excluded_cots", [])
+    ]
     lines += comparison_lines(summary["comparisons"])
     lines += [
         "",
         "Latent use (accuracy % with the fed-back latents as trained / zeroed / matched-norm noise / shuffled "
-        "across samples, and with replay turned off at inference; drop = trained − condition):",
+        "across samples; replay off (K = 0 at inference: the chunk layout changes too); replay placeholder "
+        "(K tokens at the same positions and weights, each the sample's mean visual embedding: the layout stays, "
+        "the content goes); replay oracle / anti (the synthetic layout's question-relevant cells first / empty "
+        "cells first). Drop = trained − condition, with its seed-level interval (s: replicates averaged, "
+        "paired t over seeds) where there are two or more seeds, else the question-level one (q); the "
+        "verdicts follow the interval shown):",
         "",
         *table_lines(summary["latent_use"], "variant"),
     ]
@@ -559,16 +685,20 @@ def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], 
 def run(args: argparse.Namespace) -> int:
     from vedas.data import synth
 
-    size = sizes.sized(args)
+    size = dataclasses.replace(sizes.sized(args), vision_seed=args.vision_seed)
     out = Path(args.out)
     wanted, remedies_wanted, seeds, mine = _chosen(args)
+    replicates = args.replicates
+    cot_min = args.cot_min if args.cot_min is not None else (0.0 if args.quick else COT_MIN)
+    if replicates < 1:
+        raise UserError(f"--replicates: must be at least 1, got {replicates}")
     check_settings(out, settings(size))
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
-    results: dict[str, dict[int, dict[str, Any]]] = {}
+    results: dict[str, dict[Any, dict[str, Any]]] = {}
     remedies: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
         if seed not in mine:  # another process runs it: take what it has finished
-            finished(out, seed, ["cot", *wanted], results)
+            finished(out, seed, ["cot", *wanted], results, replicates)
             finished(out, seed, [f"remedy-{r}" for r in remedies_wanted], remedies, prefix="remedy-")
             continue
         data = out / f"seed{seed}" / "data"
@@ -578,37 +708,65 @@ def run(args: argparse.Namespace) -> int:
             )
 
     def after(key: Any, report: dict[str, Any]) -> list[Any]:
-        name, seed = key
-        if name == "cot":  # every variant continues from this one checkpoint
+        name, seed, rep = key
+        if name == "cot":  # every variant and replicate continues from this one checkpoint
+            if report["accuracy"] < cot_min:
+                print(
+                    f"ablation: cot seed {seed} scored {percent(report['accuracy'])} %, below --cot-min "
+                    f"{percent(cot_min)} %: excluded, nothing is trained from it"
+                )
+                return []
             ckpt = Path(report["checkpoint"])
-            return [((v, seed), run_unit, (v, seed, size, out, ckpt)) for v in wanted if v != "cot"]
-        if name == REMEDY_BASE:
+            return [
+                ((v, seed, r), run_unit, (v, seed, size, out, ckpt, r, args.sweep_max))
+                for r in range(replicates)
+                for v in wanted
+                if v != "cot"
+            ]
+        if name == REMEDY_BASE and rep == 0:
             ckpt = Path(report["checkpoint"])
-            return [((f"remedy:{r}", seed), run_remedy, (r, seed, out, ckpt)) for r in remedies_wanted]
+            return [((f"remedy:{r}", seed, 0), run_remedy, (r, seed, out, ckpt)) for r in remedies_wanted]
         return []
 
-    roots = [(("cot", seed), run_unit, ("cot", seed, size, out, None)) for seed in mine]
+    roots = [(("cot", seed, 0), run_unit, ("cot", seed, size, out, None)) for seed in mine]
     text = ""
-    for (name, seed), report in run_graph(roots, after, args.jobs):
+    for (name, seed, rep), report in run_graph(roots, after, args.jobs, priority=unit_priority):
         if name.startswith("remedy:"):
             remedies.setdefault(name.removeprefix("remedy:"), {})[seed] = report
         else:
-            results.setdefault(name, {})[seed] = report
-        done = sorted({s for reps in results.values() for s in reps})
-        text = write_report(out, results, remedies, size, done, t0, load_start)
+            results.setdefault(name, {})[(seed, rep)] = report
+        done = sorted({k[0] for reps in results.values() for k in reps})
+        text = write_report(out, results, remedies, size, done, t0, load_start, cot_min)
     print(text)
     return 0
 
 
+def unit_priority(key: tuple[str, int, int]) -> tuple[float, int]:
+    """The order units start in when a worker frees: every ``cot`` first, then replicate 0 of every
+    seed, then the remedies, then replicate 1, …: an ablation stopped early has whole replicates."""
+    name, seed, rep = key
+    if name == "cot":
+        return (-1.0, seed)
+    return (rep + (0.5 if name.startswith("remedy:") else 0.0), seed)
+
+
 def finished(
-    out: Path, seed: int, names: list[str], results: dict[str, dict[int, dict[str, Any]]], prefix: str = ""
+    out: Path,
+    seed: int,
+    names: list[str],
+    results: dict[str, dict[Any, dict[str, Any]]],
+    replicates: int = 0,
+    prefix: str = "",
 ) -> None:
     """Add the units of ``seed`` already finished on disk to ``results`` (nothing is trained), keyed by
-    their directory name less ``prefix``."""
+    their directory name less ``prefix``: by ``(seed, replicate)`` for ``replicates`` ≥ 1 (``cot``: its
+    replicate 0 only), else by seed."""
     for name in names:
-        path = out / f"seed{seed}" / name / RESULT_FILE
-        if path.is_file():
-            results.setdefault(name.removeprefix(prefix), {})[seed] = json.loads(path.read_text())
+        for rep in range(max(1, replicates) if name != "cot" else 1):
+            path = unit_path(out / f"seed{seed}", name, rep) / RESULT_FILE
+            if path.is_file():
+                key = (seed, rep) if replicates else seed
+                results.setdefault(name.removeprefix(prefix), {})[key] = json.loads(path.read_text())
 
 
 def write_report(
@@ -619,9 +777,10 @@ def write_report(
     seeds: list[int],
     t0: float,
     load_start: float,
+    cot_min: float = 0.0,
 ) -> str:
     """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
-    summary = summarise(results, remedies)
+    summary = summarise(results, remedies, cot_min)
     meta = {
         "machine": sizes.machine(),
         "load_start": load_start,
@@ -662,7 +821,11 @@ def reanalyse(report: Path) -> str:
     accuracies in the JSON are what the seed-level interval needs). Returns the markdown."""
     saved = json.loads(report.read_text())
     comparisons = [
-        {k: v for k, v in c.items() if k not in ("seed_level", "beyond_interval", "beyond_question_interval")}
+        {
+            k: v
+            for k, v in c.items()
+            if k not in ("seed_level", "seeds_needed", "beyond_interval", "beyond_question_interval")
+        }
         for c in saved["comparisons"]
     ]
     saved["comparisons"] = with_seed_level(saved["methods"], comparisons)

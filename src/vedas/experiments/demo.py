@@ -109,6 +109,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --ablation: skip the remedies",
     )
     parser.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        metavar="R",
+        help="with --ablation: latent-phase replicates per seed: every variant trained R times from the seed's "
+        "one cot, each with its own data order (seed + 1000·r), so run-to-run variance within a cot is "
+        "measured apart from the variance between cot seeds (default: 1)",
+    )
+    parser.add_argument(
+        "--cot-min",
+        type=float,
+        default=None,
+        metavar="ACC",
+        help="with --ablation: a seed whose cot scores below this accuracy on its own benchmark is reported "
+        "and excluded (nothing is trained from it) (default: 0.9; 0 with --quick, whose cot learns nothing)",
+    )
+    parser.add_argument(
+        "--sweep-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ablation: the latent-use probe's latent-count sweep runs 0…N latents (default: 2·T_r; "
+        "0: only the trained count)",
+    )
+    parser.add_argument(
+        "--vision-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="with --ablation: the random vision tower's own seed, the same for every seed of the ablation, "
+        "whose seeds then vary data, tokenizer and initialisation only (default: 0)",
+    )
+    parser.add_argument(
         "--only-seeds",
         nargs="+",
         type=int,

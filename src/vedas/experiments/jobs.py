@@ -37,12 +37,17 @@ def worker_threads(jobs: int) -> int:
 
 
 def run_graph(
-    roots: Iterable[Job], children: Callable[[Hashable, Any], list[Job]], jobs: int = 1
+    roots: Iterable[Job],
+    children: Callable[[Hashable, Any], list[Job]],
+    jobs: int = 1,
+    priority: Callable[[Hashable], Any] | None = None,
 ) -> Iterator[tuple[Hashable, Any]]:
     """Run ``roots`` and, as each job finishes, the jobs ``children(key, result)`` releases.
 
     Yields ``(key, result)`` in the order the jobs finish (with ``jobs = 1``: depth first, so a
-    job's children run before the next root).
+    job's children run before the next root). With ``jobs`` > 1 a job starts only when a worker is
+    free, the waiting job of lowest ``priority(key)`` first (ties: in the order released), so a run
+    stopped early has finished what matters most.
     """
     if jobs < 1:
         raise ValueError(f"--jobs: must be at least 1, got {jobs}")
@@ -61,17 +66,28 @@ def run_graph(
         initargs=(worker_threads(jobs),),
     )
     futures: dict[Future[Any], Hashable] = {}
-    try:
-        for key, fn, args in roots:
+    waiting: list[tuple[Any, int, Job]] = []
+    released = 0
+
+    def release(new: Iterable[Job]) -> None:
+        nonlocal released
+        for job in new:
+            waiting.append((0 if priority is None else priority(job[0]), released, job))
+            released += 1
+        waiting.sort(key=lambda w: (w[0], w[1]))
+        while waiting and len(futures) < jobs:
+            key, fn, args = waiting.pop(0)[2]
             futures[ex.submit(fn, *args)] = key
+
+    try:
+        release(roots)
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for f in done:
                 key = futures.pop(f)
                 result = f.result()
                 yield key, result
-                for k, fn, args in children(key, result):
-                    futures[ex.submit(fn, *args)] = k
+                release(children(key, result))
     except BaseException:
         for f in futures:
             f.cancel()

@@ -61,15 +61,24 @@ class DemoSize:
     """The tiny model's architecture; Qwen-VL images are resized to the merged grid they have at patch 14
     (:func:`demo_pixels`: 4 × 4 tokens on the easy preset), so every Qwen architecture sees the same
     number of visual tokens per image."""
+    vision_seed: int | None = None
+    """The random vision tower's own seed (``tiny_model(vision_seed=...)``), or None: drawn with the
+    run's seed. The ablation fixes it, so its seeds vary data, tokenizer and initialisation but not
+    the tower."""
 
     def tiny_model_args(self) -> dict[str, Any]:
         """``tiny_model`` arguments: :attr:`tiny` for Qwen-VL (pixel bound from :func:`demo_pixels`); for
         Chameleon its text sizes and 64-px images (an 8×8 VQ grid: 64 visual tokens; its VQ-VAE never
         trains, there is no merger)."""
+        tower = {} if self.vision_seed is None else {"vision_seed": self.vision_seed}
         if self.arch != "chameleon":
-            return {**self.tiny, "max_pixels": demo_pixels(self.arch, self.synth_config().image_size)}
+            return {
+                **self.tiny,
+                "max_pixels": demo_pixels(self.arch, self.synth_config().image_size),
+                **tower,
+            }
         text = ("hidden", "layers", "heads", "kv_heads")
-        return {**{k: self.tiny[k] for k in text if k in self.tiny}, "image_size": CHAMELEON_IMAGE}
+        return {**{k: self.tiny[k] for k in text if k in self.tiny}, "image_size": CHAMELEON_IMAGE, **tower}
 
 
 CHAMELEON_IMAGE = 64
