@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,13 +35,17 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
         assert c["low"] <= c["difference"] <= c["high"] and c["n"] == 8
     assert [u["method"] for u in rep["latent_use"]] == list(LATENT_VARIANTS)
     for u in rep["latent_use"]:
-        assert set(u["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"} and u["verdict"]
+        probes = (
+            set() if u["method"] == "no_replay" else {"replay_placeholder", "replay_oracle", "replay_anti"}
+        )
+        assert set(u["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off", *probes}
+        assert u["verdict"]
         assert [p["latents"] for p in u["sweep"]] == [0, 1, 2, 3, 4]  # 0 … 2·T_r
     # the remedies, each on the latent checkpoint, probed on the latent-use line
     assert [r["remedy"] for r in rep["remedies"]] == list(REMEDIES)
     latent_ckpt = json.loads((tmp_path / "seed0" / "latent" / RESULT_FILE).read_text())["checkpoint"]
     for r in rep["remedies"]:
-        assert set(r["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"} and r["verdict"]
+        assert {"trained", "zeros", "noise", "shuffled", "replay_off"} <= set(r["accuracy"]) and r["verdict"]
         unit = json.loads((tmp_path / "seed0" / f"remedy-{r['remedy']}" / RESULT_FILE).read_text())
         assert unit["checkpoint"] == latent_ckpt
     assert len(rep["paper_table3"]) == 4
@@ -72,6 +77,30 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
 
     res = ablation(tmp_path, "--test", "9")
     assert res.returncode == 2 and "size.test: 8 there, 9 now" in res.stderr
+
+    # a second latent-phase replicate from the same cot: its own data order, in seed0/rep1
+    res = ablation(tmp_path, "--replicates", "2", "--variants", "latent", "--no-remedies", "--sweep-max", "0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ablation: latent seed 0 replicate 1: accuracy" in res.stdout
+    assert (
+        "cot seed 0 finished earlier" in res.stdout
+        and "ablation: latent seed 0 finished earlier" in res.stdout
+    )
+    config = (tmp_path / "seed0" / "rep1" / "latent" / "config.yaml").read_text()
+    assert f"base: {cot}" in config and "seed: 1000" in config
+    latent = next(
+        m for m in json.loads((tmp_path / "ablation.json").read_text())["methods"] if m["method"] == "latent"
+    )
+    assert latent["runs"] == [[0, 0], [0, 1]] and latent["seeds"] == [0] and len(latent["accuracies"]) == 2
+
+    # a cot below --cot-min: reported, excluded, nothing more trained from it
+    res = ablation(tmp_path, "--replicates", "3", "--variants", "latent", "--no-remedies", "--cot-min", "0.5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert re.search(r"cot seed 0 scored [\d.]+ %, below --cot-min 50.0 %: excluded", res.stdout)
+    assert not (tmp_path / "seed0" / "rep2").exists()
+    rep = json.loads((tmp_path / "ablation.json").read_text())
+    assert [e["seed"] for e in rep["excluded_cots"]] == [0] and rep["excluded_cots"][0]["accuracy"] < 0.5
+    assert rep["methods"] == [] and "`cot` of seed 0: " in (tmp_path / "ablation.md").read_text()
 
 
 def test_trained_remedies_are_latent_with_one_latent_field_changed(tmp_path: Path) -> None:

@@ -482,6 +482,21 @@ def _run_means(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_to_run(summary: dict[str, Any], preset: str) -> dict[str, Any]:
+    """What one training run can tell on this preset: per comparison, the SD of a single run's
+    difference b − a between reruns (a new ``cot`` seed and data order: √(sd_between² + sd_within²))
+    and the size a one-run difference must exceed to stand out of that spread (1.96 SD). The demo,
+    which trains one seed, quotes it (``vedas/experiments/run_to_run.json`` holds the committed one)."""
+    rows = []
+    for c in summary["comparisons"]:
+        s = c.get("seed_level")
+        if s is None:
+            continue
+        sd = float((s["sd_between"] ** 2 + (s["sd_within"] or 0.0) ** 2) ** 0.5)
+        rows.append({"a": c["a"], "b": c["b"], "sd_run": sd, "within": 1.96 * sd, "runs": s["runs"]})
+    return {"preset": preset, "comparisons": rows}
+
+
 def excluded_cots(results: dict[str, dict[Any, dict[str, Any]]], cot_min: float) -> list[dict[str, Any]]:
     """The seeds whose ``cot`` scored below ``cot_min`` on its own benchmark: nothing continues from them."""
     return [
@@ -806,7 +821,7 @@ def write_report(
         ],
         "settings": settings(size),
     }
-    atomic_write(out / "ablation.json", {**summary, **meta})
+    atomic_write(out / "ablation.json", {**summary, "run_to_run": run_to_run(summary, size.preset), **meta})
     text = "\n".join(report_lines(summary, meta))
     if summary["methods"]:
         plot(summary, out / "ablation.png")

@@ -171,6 +171,7 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int
     """
     import vedas
     from vedas.analysis.latent_use import probe
+    from vedas.analysis.replay import SynthRelevance
     from vedas.data import load, synth
     from vedas.evaluation.evaluate import evaluate
     from vedas.experiments.jobs import run_graph
@@ -210,7 +211,7 @@ def run_seed(seed: int, size: DemoSize, methods: list[str], out: Path, jobs: int
         report["checkpoint"] = final
         report["initialised_from"] = base if base is not None else "tiny random model"
         if method in LATENT_METHODS:  # does the model use the latents' content? (docs/analysis.md)
-            report["latent_use"] = probe(vm, test, method, seed)
+            report["latent_use"] = probe(vm, test, method, seed, relevance=SynthRelevance(data))
         (out / method / "report.json").write_text(json.dumps(report, indent=2))
         print(
             f"{method}: accuracy {report['accuracy']:.3f}, AR steps {report['ar_steps_mean']:.1f}, "
@@ -382,8 +383,52 @@ def write_report(
             "",
             *table_lines(latent_use),
         ]
+    lines += one_run_lines(rows, size.preset, len(seeds))
     lines += ["", *[f"![{p}]({p})" for p in pngs], ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+RUN_TO_RUN = "run_to_run.json"
+"""Beside this module: the spread of method differences between training runs, measured by the ablation."""
+
+
+def measured_spread(preset: str) -> dict[str, Any] | None:
+    """The ablation's run-to-run spread for ``preset`` (:func:`vedas.experiments.ablation.run_to_run`), or None."""
+    from importlib import resources
+
+    path = resources.files("vedas.experiments") / RUN_TO_RUN
+    if not path.is_file():
+        return None
+    spread = json.loads(path.read_text())
+    return spread if spread.get("preset") == preset else None
+
+
+def one_run_lines(rows: list[dict[str, Any]], preset: str, seeds: int) -> list[str]:
+    """What the method differences of this run can tell, against the spread the ablation measured between runs."""
+    spread = measured_spread(preset)
+    if spread is None:
+        return ["", f"No run-to-run spread has been measured on preset `{preset}`: a difference between two "
+                "methods of one run says nothing about the methods."]  # fmt: skip
+    acc = {r["method"]: r["accuracy"] for r in rows}
+    lines = [
+        "",
+        f"What {'one run' if seeds == 1 else f'{seeds} seeds'} can tell: the ablation ({spread['source']}) "
+        f"retrained these methods {spread['comparisons'][0]['runs']} times on preset `{preset}` (new `cot` seeds "
+        "and data orders); a difference b − a of one run varies between reruns by the SD below, so one run's "
+        "difference inside ±1.96 SD is within run-to-run variation, not evidence about the methods.",
+        "",
+        "| a | b | b − a here (points) | SD between runs | within run-to-run variation |",
+        "|---|---|---|---|---|",
+    ]
+    for c in spread["comparisons"]:
+        if c["a"] in acc and c["b"] in acc:
+            d = 100 * (acc[c["b"]] - acc[c["a"]])
+            within = abs(d) <= 100 * c["within"]
+            lines.append(
+                f"| {c['a']} | {c['b']} | {d:+.1f} | {100 * c['sd_run']:.1f} | "
+                f"{'yes' if within else 'no: beyond ±' + format(100 * c['within'], '.1f')} |"
+            )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
