@@ -109,20 +109,23 @@ def layer_saliency(
     rows: torch.Tensor, layers: Sequence[int] | None, heads: Sequence[int] | None
 ) -> torch.Tensor:
     """The mean of the chosen layers' (and heads') attention: (B, N) from ``rows`` (B, layers, N) or
-    (B, layers, H, N). None chooses every layer (head)."""
+    (B, layers, H, N). None chooses every layer (head). Heads are averaged first, the recorder's
+    way, so per-head rows give bit for bit the map of per-layer rows when ``heads`` is None."""
+    if rows.dim() == 4:
+        if heads is not None:
+            bad = [i for i in heads if i >= rows.shape[2]]
+            if bad:
+                raise ValueError(f"replay_heads: {bad} out of range for {rows.shape[2]} query heads")
+            rows = rows[:, :, list(heads)]
+        rows = rows.mean(2)
+    elif heads is not None:
+        raise ValueError("replay_heads: the runner kept head-mean rows only (keep='heads' records heads)")
     if layers is not None:
         bad = [i for i in layers if i >= rows.shape[1]]
         if bad:
             raise ValueError(f"replay_layers: {bad} out of range for a decoder of {rows.shape[1]} layers")
         rows = rows[:, list(layers)]
-    if rows.dim() == 3:
-        return rows.mean(1)
-    if heads is not None:
-        bad = [i for i in heads if i >= rows.shape[2]]
-        if bad:
-            raise ValueError(f"replay_heads: {bad} out of range for {rows.shape[2]} query heads")
-        rows = rows[:, :, list(heads)]
-    return rows.mean((1, 2))
+    return rows.mean(1)
 
 
 def debias_rowcol(scores: torch.Tensor, visual: VisualTokens, sweeps: int = DEBIAS_SWEEPS) -> torch.Tensor:
