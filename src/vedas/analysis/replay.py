@@ -120,7 +120,9 @@ class RelevanceReplay:
             for lab in labels
         ]
 
-    def keys(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    record = None
+
+    def keys(self, scores: torch.Tensor, valid: torch.Tensor, step: Any = None) -> torch.Tensor:
         # attention weights lie in [0, 1]: a priority step of 2 always outranks them
         keys = scores.detach().float().clone()
         for row, p in enumerate(self.priority):

@@ -118,7 +118,7 @@ class LatentLoop:
         self._runner = runner
         self._policy = policy
         # a policy that reads chosen layers/heads has the runner keep them (nothing kept otherwise)
-        self._runner.keep = None if policy is None else policy.record
+        self._runner.keep = getattr(policy, "record", None)
         self._rows: torch.Tensor | None = None
         self._suppress = backbone.suppressed_token_ids() + list(suppress or [])
         self._visual: VisualTokens | None = None
