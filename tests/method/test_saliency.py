@@ -176,6 +176,7 @@ def test_diversity_never_picks_two_identical_tokens_while_distinct_ones_are_left
     )
     rep = replay.build(scores, visual, visited, 4, keys=keys)
     assert sorted(rep.index[0][rep.mask[0]].tolist()) == [0, 1, 2]
+    assert keys[0, :3].tolist() == [4.0, 3.0, 2.0]  # in greedy order; the empty 4th step overwrote none
 
 
 def test_saliency_fields_are_validated_naming_the_field():

@@ -158,7 +158,6 @@ def diverse_keys(
     (cosine ≥ :data:`DUPLICATE_COSINE`) comes after every other. Picks get keys k, k − 1, …; the rest 0."""
     b, n = scores.shape
     unit = torch.nn.functional.normalize(features.detach().float(), dim=-1)
-    sim = unit @ unit.transpose(1, 2)  # (B, N, N)
     s = scores.detach().float()
     lo = s.masked_fill(~free, float("inf")).min(1, keepdim=True).values
     hi = s.masked_fill(~free, float("-inf")).max(1, keepdim=True).values
@@ -171,10 +170,13 @@ def diverse_keys(
         gain = gain - 4.0 * (nearest >= DUPLICATE_COSINE)  # gain lies in [0, 2]: 4 ranks duplicates last
         gain = gain.masked_fill(~free | taken, float("-inf"))
         best, j = gain.max(1)
-        ok = torch.isfinite(best)
+        ok = torch.isfinite(best)  # False: the row has nothing left to pick (j is arbitrary there)
         taken = taken | (torch.nn.functional.one_hot(j, n).bool() & ok[:, None])
-        keys = keys.scatter(1, j[:, None], torch.where(ok, float(k - i), 0.0)[:, None])
-        nearest = torch.maximum(nearest, sim.gather(1, j[:, None, None].expand(b, 1, n))[:, 0])
+        keep = keys.gather(1, j[:, None])
+        keys = keys.scatter(1, j[:, None], torch.where(ok[:, None], float(k - i), keep))
+        # one pick's similarity per step, not an N × N matrix: N reaches thousands of tokens
+        pick = unit.gather(1, j[:, None, None].expand(b, 1, unit.shape[-1]))  # (B, 1, D)
+        nearest = torch.maximum(nearest, (unit @ pick.transpose(1, 2))[..., 0])
     return keys
 
 
