@@ -118,12 +118,12 @@ def tracing(vm) -> Iterator[Trace]:
     ids = vm.token_ids
     suppressed = torch.tensor([*vm.backbone.suppressed_token_ids(), ids.start, ids.latent, ids.end])
 
-    def spy(scores, visual, visited, k, mode="topk", scale="paper", keys=None):
+    def spy(scores, visual, visited, k, mode="topk", scale="paper", keys=None, features=None):
         free = visual.valid & ~visited
         decider = scores if keys is None else keys  # the random control picks by its keys
         trace.scores.append(decider.detach().float().masked_fill(~free, float("-inf")))
         trace.k.append(int(k))
-        return build(scores, visual, visited, k, mode, scale, keys)
+        return build(scores, visual, visited, k, mode, scale, keys, features)
 
     def hook(_module, _inputs, output):
         logits = output.detach().float().clone()

@@ -56,6 +56,27 @@ class LatentConfig:
     replay_seed: int = 0
     """Seed of the random selections: combined with each sample's key at inference and in
     ``random_fixed`` training; ``random`` training draws from one generator seeded with it."""
+    replay_layers: list[int] | None = None
+    """Saliency from these decoder layers' last-query attention (their mean; 0 = the first layer)
+    instead of the mean over all layers; None keeps the paper's all-layer mean. The block weights
+    stay softmax over the all-layer mean of the picked tokens (only the choice changes), as for
+    every saliency option below (:class:`vedas.method.replay.SaliencyReplay`)."""
+    replay_heads: list[int] | None = None
+    """Saliency from these query heads only (of the chosen layers, or of all); None: every head.
+    Needs engine ``cached`` or ``recompute`` (the static engine records head means only)."""
+    replay_debias: Literal["none", "rowcol"] = "none"
+    """``rowcol`` residualises each sample's saliency on its tokens' image row and column (the
+    least-squares fit of row + column effects over the valid tokens is subtracted), so a purely
+    positional trend gives no token a preference; ``none`` (the paper) ranks the raw attention."""
+    replay_random_share: float = 0.0
+    """ε: this share of each step's K picks (rounded) is drawn uniformly among the free tokens left
+    after the saliency's picks, seeded per sample like ``replay_select: random`` (by id or prompt at
+    inference; one generator for the run in training, so the draw is fresh every epoch)."""
+    replay_diversity: float = 0.0
+    """λ in [0, 1] of a greedy, DivPrune-like choice: each next pick maximises
+    (1 − λ)·saliency/max + λ·(1 − max cosine similarity of its visual embedding to the step's earlier
+    picks); a token whose embedding equals an earlier pick's is taken only when nothing else is left.
+    0 (the paper) is plain top-K."""
     replay_positions: Literal["sequential", "original"] = "sequential"
     """Rope positions of replayed tokens: continue the text positions, or reuse their (t,h,w) source."""
     latent_grad: Literal["full", "none"] = "full"
@@ -115,8 +136,10 @@ class LatentConfig:
             "pca_variance",
             f"must be a share in (0, 1], got {self.pca_variance!r}",
         )
+        self._check_saliency()
         literals = (
             "replay_mode",
+            "replay_debias",
             "replay_select",
             "replay_scale",
             "replay_positions",
@@ -131,6 +154,47 @@ class LatentConfig:
             "replay_positions",
             "'original' needs replay_mode 'topk' (a soft mix has no single source position)",
         )
+
+    def _check_saliency(self) -> None:
+        for name in ("replay_layers", "replay_heads"):
+            value = getattr(self, name)
+            ok = value is None or (
+                isinstance(value, list)
+                and len(value) > 0
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+                and len(set(value)) == len(value)
+            )
+            _check(ok, name, f"must be None or a non-empty list of distinct ints ≥ 0, got {value!r}")
+        for name in ("replay_random_share", "replay_diversity"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
+                name,
+                f"must be a number in [0, 1], got {value!r}",
+            )
+        options = [name for name in SALIENCY_FIELDS if getattr(self, name) != SALIENCY_DEFAULTS[name]]
+        _check(
+            not options or self.replay_select == "attention",
+            options[0] if options else "replay_select",
+            f"a saliency option refines the attention's choice; it needs replay_select 'attention', "
+            f"got {self.replay_select!r}",
+        )
+
+    @property
+    def saliency_options(self) -> dict[str, Any]:
+        """The saliency fields set away from the paper's form (empty: the all-layer mean, top-K)."""
+        return {n: getattr(self, n) for n in SALIENCY_FIELDS if getattr(self, n) != SALIENCY_DEFAULTS[n]}
+
+
+SALIENCY_DEFAULTS: dict[str, Any] = {
+    "replay_layers": None,
+    "replay_heads": None,
+    "replay_debias": "none",
+    "replay_random_share": 0.0,
+    "replay_diversity": 0.0,
+}
+"""The saliency fields of :class:`LatentConfig` and their defaults: the paper's all-layer mean, top-K."""
+SALIENCY_FIELDS = tuple(SALIENCY_DEFAULTS)
 
 
 def _check_literal(obj: Any, name: str) -> None:

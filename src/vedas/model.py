@@ -381,8 +381,8 @@ class VedasModel:
     ) -> ReplayPolicy | None:
         """The config's replay policy, random picks seeded per sample (by id, else by prompt and
         pixels): a sample's picks must not depend on the rest of its batch."""
-        if cfg.replay_select == "attention":
-            return None
+        if not replay.needs_sample_keys(cfg):
+            return replay.policy(cfg)  # None (the paper's choice) or a saliency option drawing nothing
         if sample_ids is not None and len(sample_ids) != batch.input_ids.shape[0]:
             raise InputError(f"sample_ids: {len(sample_ids)} given for {batch.input_ids.shape[0]} questions")
         keys = (

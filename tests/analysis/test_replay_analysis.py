@@ -17,6 +17,7 @@ from vedas.analysis.replay import (
     SynthRelevance,
     auc,
     cell_labels,
+    layer_aucs,
     selection_stats,
 )
 from vedas.cli import main
@@ -65,6 +66,27 @@ def test_auc_against_a_hand_count():
     # pairs (pos > neg): 3 > 1, 3 > 2, 2 > 1, 2 = 2 (half): 3.5 of 4
     assert auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == 3.5 / 4
     assert auc(np.array([1.0]), np.array([])) is None
+
+
+def test_per_layer_and_per_head_auc_on_a_known_layout():
+    """On the known 4 x 4 layout: a layer whose heads both rank relevant cells above empty ones has
+    AUC 1, a layer ranking them the other way 0, and a head that sees nothing (flat) 0.5 beside a
+    perfect head; an unlabelled sample and a padded one are left out of the means."""
+    labels = cell_labels(_scene(), 4, 4).reshape(-1)
+    good = np.where(labels == RELEVANT, 0.3, np.where(labels == OTHER, 0.2, 0.01))
+    rows = np.zeros((3, 3, 2, 17))  # 3 samples, 3 layers, 2 heads, 16 tokens + 1 padded slot
+    rows[:, 0, :, :16] = 0.4 - good  # layer 0: relevant lowest
+    rows[:, 1, :, :16] = good  # layer 1: both heads right
+    rows[:, 2, 0, :16] = good  # layer 2: head 0 right, head 1 flat
+    rows[:, 2, 1, :16] = 0.05
+    rows[2, :, :, :] = 1.0 - rows[2]  # the third sample is unlabelled: its reversed map must not count
+    layers, heads = layer_aucs(
+        rows, [16, 16, 16], [cell_labels(_scene(), 4, 4), cell_labels(_scene(), 4, 4), None]
+    )
+    assert layers == [0.0, 1.0, 1.0]  # layer 2's head mean still ranks relevant first
+    assert heads == [[0.0, 0.0], [1.0, 1.0], [1.0, 0.5]]
+    only_layers, none = layer_aucs(rows.mean(2), [16, 16, 16], [None, cell_labels(_scene(), 4, 4), None])
+    assert only_layers == [0.0, 1.0, 1.0] and none is None
 
 
 def test_oracle_and_anti_keys_put_relevant_or_empty_cells_first():
@@ -124,6 +146,29 @@ def test_replay_command(checkpoint, synth_dir, tmp_path, assert_png, capsys):
     # the saliency rerun picked exactly what generate picked, so its attention is the choosing one
     assert report["saliency_samples_matching_generate"] == 4
     assert 0 <= report["steps"][0]["attention_auc"] <= 1
+    first = report["steps"][0]
+    assert len(first["layer_auc"]) == 2 and [len(h) for h in first["head_auc"]] == [
+        4,
+        4,
+    ]  # 2 layers x 4 heads
+    assert all(0 <= a <= 1 for a in first["layer_auc"]) and report["saliency"] == {}
+    assert first["saliency_auc"] is None
+    # the same checkpoint under a saliency option: the rerun follows the option's picks too
+    opt = tmp_path / "replay_opt"
+    flags = ["--replay-layers", "1", "--replay-debias", "rowcol", "--replay-random-share", "0.25"]
+    assert main([*argv, "--n", "4", "--batch-size", "2", "--no-progress", "--out", str(opt), *flags]) == 0
+    assert "saliency option: {'replay_layers': [1]" in capsys.readouterr().out
+    option = json.loads((opt / "replay.json").read_text())
+    assert option["saliency"] == {
+        "replay_layers": [1],
+        "replay_debias": "rowcol",
+        "replay_random_share": 0.25,
+    }
+    assert option["saliency_samples_matching_generate"] == 4
+    assert 0 <= option["steps"][0]["saliency_auc"] <= 1
+    assert option["steps"][0]["layer_auc"] == pytest.approx(first["layer_auc"])  # step 1: the same prefill
+    wrong = main([*argv, "--out", str(opt), "--replay-random-share", "2"])
+    assert wrong == 2 and "--replay-random-share: must be a number in [0, 1]" in capsys.readouterr().err
     bad = main(
         ["analyze", "replay", "--checkpoint", str(checkpoint), "--data", "m3cot:/nowhere", "--out", str(out)]
     )

@@ -15,11 +15,18 @@ samples:
 - positional concentration: the picks per image row and per column (normalised), and the share on
   the first or last row (the positional bias token pruning reports);
 - saliency quality: the AUC of relevant vs empty tokens under the layer-mean last-query attention
-  that chose the step's picks (mean over samples; 0.5 is chance), from a rerun of the latent phase on
-  the engine's own loop whose picks are checked against ``generate``'s
-  (``saliency_samples_matching_generate``). Per layer is not measured: the recorder keeps the mean.
+  that chose the step's picks (mean over samples; 0.5 is chance), and the same AUC under each
+  decoder layer's attention (``layer_auc``) and each head's (``head_auc``, layers × heads), from a
+  rerun of the latent phase on the engine's own loop (its recorder keeping per-head rows) whose
+  picks are checked against ``generate``'s (``saliency_samples_matching_generate``).
 
-Writes ``replay.json`` and ``replay.png`` (hit shares per step, and a row × step heat map).
+The saliency options of :class:`~vedas.config.LatentConfig` (``--replay-layers``, ``--replay-heads``,
+``--replay-debias``, ``--replay-random-share``, ``--replay-diversity``) override the checkpoint's for
+the run, so the paper's saliency and an option are compared on the same checkpoint; the report then
+adds ``saliency_auc``, the AUC of the map the option ranks by (chosen layers/heads, debiased).
+
+Writes ``replay.json`` and ``replay.png`` (hit shares per step, a row × step heat map, and the AUC
+per layer and step).
 The same labels drive the latent-use probe's ``replay_oracle`` (relevant cells first) and
 ``replay_anti`` (empty cells first) selections (:class:`RelevanceReplay`).
 """
@@ -113,7 +120,9 @@ class RelevanceReplay:
             for lab in labels
         ]
 
-    def keys(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    record = None
+
+    def keys(self, scores: torch.Tensor, valid: torch.Tensor, step: Any = None) -> torch.Tensor:
         # attention weights lie in [0, 1]: a priority step of 2 always outranks them
         keys = scores.detach().float().clone()
         for row, p in enumerate(self.priority):
@@ -175,19 +184,25 @@ def selection_stats(
 
 
 class _Capture:
-    """The real runner, keeping the last-query attention each pass returns (the selection's scores)."""
+    """The real runner, keeping the last-query attention each pass returns (the selection's scores)
+    and the per-layer (per-head) rows its recorder kept."""
 
     def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self.attention: list[torch.Tensor | None] = []
+        object.__setattr__(self, "runner", runner)
+        object.__setattr__(self, "attention", [])
+        object.__setattr__(self, "kept", [])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         hidden, attn = self.runner(*args, **kwargs)
         self.attention.append(attn)
+        self.kept.append(self.runner.rows)
         return hidden, attn
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.runner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # the loop sets ``keep`` on the real runner
+        setattr(self.runner, name, value)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -212,35 +227,75 @@ def _step_aucs(
     return out
 
 
+def _mean_auc(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def layer_aucs(
+    rows: np.ndarray, counts: list[int], labels: Sequence[np.ndarray | None]
+) -> tuple[list[float | None], list[list[float | None]] | None]:
+    """Per layer (and per head, for 4-D ``rows``) the AUC of relevant vs empty tokens, mean over the
+    labelled samples: ``rows`` (B, layers, N) or (B, layers, H, N) over the visual tokens. A layer's
+    map is its head mean."""
+    per_layer = rows.mean(2) if rows.ndim == 4 else rows
+    layers = [_mean_auc(_step_aucs(per_layer[:, i], counts, labels)) for i in range(per_layer.shape[1])]
+    if rows.ndim == 3:
+        return layers, None
+    heads = [
+        [_mean_auc(_step_aucs(rows[:, i, h], counts, labels)) for h in range(rows.shape[2])]
+        for i in range(rows.shape[1])
+    ]
+    return layers, heads
+
+
 def saliency(
     vm: Any, records: Sequence[Any], labels: Sequence[np.ndarray | None], method: str = "latent"
-) -> tuple[list[list[list[int]]], list[list[float | None]]]:
-    """The latent phase of ``records`` rerun on the engine's own loop (no decoding): each sample's
+) -> tuple[list[list[list[int]]], list[dict[str, Any]]]:
+    """The latent phase of ``records`` rerun on the engine's own loop (no decoding), under the
+    config's replay policy (seeded by the record ids, as ``generate_records`` seeds it): each sample's
     replayed indices per step (to check against ``generate``'s), and per step each sample's AUC of
-    relevant vs empty tokens under the layer-mean last-query attention that chose that step's picks."""
+    relevant vs empty tokens under the layer-mean last-query attention that chose that step's picks
+    (``mean``), each layer's and head's AUC (mean over samples), and the AUC of the map a saliency
+    option ranks by (``saliency``; None without one)."""
     from vedas.engine.loop import LatentLoop
+    from vedas.engine.replay import Step
     from vedas.engine.runners import make_runner
     from vedas.method import gap, routing
+    from vedas.method.replay import SaliencyReplay, policy
     from vedas.methods import method as method_of
 
     cfg = vm.config
     batch = vm.prepare_records(records, mode="latent")
     runner = _Capture(make_runner("cached", vm.backbone))
-    loop = LatentLoop(vm.backbone, cfg, runner)
+    chosen = policy(cfg, [r.id for r in records])
+    loop = LatentLoop(vm.backbone, cfg, runner, policy=chosen)
+    runner.keep = "heads"  # every head's row, for the AUCs; the policy reads what it needs from them
     # routed as generate routes (the `vedas` mode with routers installed), so the picks are the same
     with torch.no_grad(), routing.allowed(method_of(method).routing and vm.use_routing):
         run = loop.latent_steps(loop.prefill(batch), cfg.latents, transform=gap.latent_transform(vm, cfg))
     visual = loop.visual
     counts = visual.count.tolist()
-    aucs = []
-    for attn in runner.attention[: len(run.replays)]:  # pass t's attention picks step t + 1
-        scores = None if attn is None else attn.gather(1, visual.seq_index).float().cpu().numpy()
-        aucs.append(_step_aucs(scores, counts, labels))
+    steps = []
+    for attn, kept in list(zip(runner.attention, runner.kept))[: len(run.replays)]:  # pass t picks step t + 1
+        if attn is None or kept is None:
+            steps.append({"mean": [None] * len(records), "layers": [], "heads": None, "saliency": None})
+            continue
+        scores = attn.gather(1, visual.seq_index)
+        index = visual.seq_index[:, None, None].expand(-1, *kept.shape[1:3], -1)
+        rows = kept.gather(-1, index)  # (B, layers, H, N)
+        layers, heads = layer_aucs(rows.float().cpu().numpy(), counts, labels)
+        ranked = None
+        if isinstance(chosen, SaliencyReplay):
+            step = Step(visual, torch.zeros_like(visual.valid), cfg.replay_k, rows)
+            ranked = _mean_auc(_step_aucs(chosen.saliency(scores, step).cpu().numpy(), counts, labels))
+        mean = _step_aucs(scores.float().cpu().numpy(), counts, labels)
+        steps.append({"mean": mean, "layers": layers, "heads": heads, "saliency": ranked})
     picks = [
         [[] if rep is None else rep.index[b][rep.mask[b]].tolist() for rep in run.replays]
         for b in range(len(records))
     ]
-    return picks, aucs
+    return picks, steps
 
 
 def measure(
@@ -249,6 +304,8 @@ def measure(
     """Generate with replay details batch by batch and score every step's picks (the JSON report)."""
     samples: list[tuple[list[list[int]], np.ndarray | None]] = []
     aucs: dict[int, list[float]] = {}
+    # per step: (number of labelled samples, their summed per-layer / per-head / option AUCs)
+    weighted: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     agree = 0
     bar = base.progress(len(records), "replay", not args.no_progress)
     for batch in base.batches(records, args.batch_size):
@@ -257,11 +314,13 @@ def measure(
         )
         labels = record_labels(vm, batch, relevance)
         samples += list(zip(details.replay_indices, labels))
-        picks, batch_aucs = saliency(vm, batch, labels, args.method)
+        picks, batch_steps = saliency(vm, batch, labels, args.method)
         # the rerun must pick what generate picked, or its attention is not the one that chose
         agree += sum(p == d for p, d in zip(picks, details.replay_indices))
-        for t, row in enumerate(batch_aucs):
-            aucs.setdefault(t, []).extend(a for a in row if a is not None)
+        for t, step in enumerate(batch_steps):
+            row = [a for a in step["mean"] if a is not None]
+            aucs.setdefault(t, []).extend(row)
+            weighted.setdefault(t, []).append((len(row), step))
         bar.update(len(batch))
     bar.close()
     labelled = sum(lab is not None for _, lab in samples)
@@ -275,16 +334,67 @@ def measure(
         "labelled": labelled,
         "replay_k": vm.config.replay_k,
         "replay_select": vm.config.replay_select,
+        "saliency": vm.config.saliency_options,
         "steps": [
-            {**step, "attention_auc": (float(np.mean(aucs[t])) if aucs.get(t) else None)}
+            {
+                **step,
+                "attention_auc": (float(np.mean(aucs[t])) if aucs.get(t) else None),
+                **_pooled(weighted.get(t, [])),
+            }
             for t, step in enumerate(selection_stats(samples))
         ],
         "saliency_samples_matching_generate": agree,
     }
 
 
+def _pool(values: list[tuple[int, Any]]) -> Any:
+    """The sample-weighted mean of batch means (nested lists alike); None where no batch had one."""
+    first = next((v for _, v in values if v is not None), None)
+    if isinstance(first, list):
+        return [_pool([(n, None if v is None else v[i]) for n, v in values]) for i in range(len(first))]
+    kept = [(n, v) for n, v in values if v is not None and n > 0]
+    total = sum(n for n, _ in kept)
+    return sum(n * v for n, v in kept) / total if total else None
+
+
+def _pooled(batches: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """A step's per-layer, per-head and option AUCs over the batches, each weighted by its labelled samples."""
+    return {
+        "layer_auc": _pool([(n, s["layers"] or None) for n, s in batches]),
+        "head_auc": _pool([(n, s["heads"]) for n, s in batches]),
+        "saliency_auc": _pool([(n, s["saliency"]) for n, s in batches]),
+    }
+
+
+def _draw_layers(ax: Any, report: dict[str, Any]) -> None:
+    steps = [s["step"] for s in report["steps"]]
+    layers = max((len(s["layer_auc"] or []) for s in report["steps"]), default=0)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    for i in range(layers):
+        line = [
+            np.nan if not s["layer_auc"] or s["layer_auc"][i] is None else s["layer_auc"][i]
+            for s in report["steps"]
+        ]
+        colour = cmap(i / max(layers - 1, 1))
+        ax.plot(steps, line, "o-", ms=3, lw=1, color=colour, label=f"layer {i}")
+    mean = [np.nan if s["attention_auc"] is None else s["attention_auc"] for s in report["steps"]]
+    ax.plot(steps, mean, "k--", lw=1.5, label="layer mean")
+    if any(s.get("saliency_auc") is not None for s in report["steps"]):
+        option = [np.nan if s["saliency_auc"] is None else s["saliency_auc"] for s in report["steps"]]
+        ax.plot(steps, option, "r^-", lw=1.5, label="option's map")
+    ax.axhline(0.5, color="#999999", lw=0.8, ls=":")
+    ax.set_xlabel("latent step")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(steps)
+    ax.set_title("AUC of relevant vs empty tokens, per layer", fontsize=9)
+    ax.legend(fontsize=6, loc="best", ncol=2 if layers > 8 else 1)
+    ax.grid(True, ls="--", alpha=0.3)
+
+
 def draw(report: dict[str, Any], path: Path) -> Path:
-    fig, axes = base.figure(1, 2, (10, 3.8))
+    fig, axes = base.figure(1, 3, (15, 3.8))
     ax = axes[0, 0]
     steps = [s["step"] for s in report["steps"]]
     colours = {"relevant": base.COLORS["target"], "other": base.COLORS["replay"], "empty": "#999999"}
@@ -317,13 +427,43 @@ def draw(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("image row (merged grid)")
     ax.set_title("share of picks per image row", fontsize=9)
     fig.colorbar(im, ax=ax)
+    _draw_layers(axes[0, 2], report)
     return base.save_figure(fig, path)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else format(value, ".3f")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_model_arguments(parser, n_default=64, n_help="samples analysed, the first N of the split")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens (default: 8)")
+    group = parser.add_argument_group(
+        "saliency option", "run under a saliency option instead of the checkpoint's (LatentConfig's fields)"
+    )
+    group.add_argument(
+        "--replay-layers", type=int, nargs="+", help="choose by these decoder layers' attention"
+    )
+    group.add_argument("--replay-heads", type=int, nargs="+", help="choose by these query heads' attention")
+    group.add_argument("--replay-debias", choices=["none", "rowcol"], help="residualise on image row/column")
+    group.add_argument("--replay-random-share", type=float, help="ε: share of the K picks drawn at random")
+    group.add_argument("--replay-diversity", type=float, help="λ of the greedy diversity term, in [0, 1]")
     parser.set_defaults(func=base.run_command("replay", run))
+
+
+def with_saliency(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` with the saliency options given on the command line (the rest kept)."""
+    from vedas.config import SALIENCY_FIELDS, ConfigError, LatentConfig, to_dict
+
+    given = {f: getattr(args, f) for f in SALIENCY_FIELDS if getattr(args, f, None) is not None}
+    if not given:
+        return cfg
+    try:
+        return LatentConfig(**{**to_dict(cfg), **given})
+    except ConfigError as e:
+        field = str(e).split(":", 1)[0]
+        flag = "--" + field.replace("_", "-") if field in given else field
+        raise base.AnalysisError(f"{flag}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,8 +480,12 @@ def run(args: argparse.Namespace) -> int:
         f"needs synthetic:PATH (the layout is known there), got {args.data!r}",
     )
     relevance = SynthRelevance(path)
+    from vedas.config import LatentConfig
+
+    with_saliency(LatentConfig(), args)  # a bad option fails before the model loads
     vm, records = base.load_model_and_records(args)
     base.require(vm.config.replay_k > 0, "--checkpoint", "it replays nothing (replay_k = 0)")
+    vm.config = with_saliency(vm.config, args)
     report = measure(vm, records, args, relevance)
     out = Path(args.out)
     png = draw(report, out / "replay.png")
@@ -353,7 +497,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"step {s['step']}: relevant {sh['relevant']:.3f} (cells {cs['relevant']:.3f}), "
             f"empty {sh['empty']:.3f} (cells {cs['empty']:.3f}), first/last row {s['first_or_last_row_share']:.3f}, "
-            f"attention AUC {'n/a' if s['attention_auc'] is None else format(s['attention_auc'], '.3f')}"
+            f"attention AUC {_fmt(s['attention_auc'])}, per layer "
+            f"[{', '.join(_fmt(a) for a in s['layer_auc'] or [])}]"
+            + ("" if s["saliency_auc"] is None else f", option's map {_fmt(s['saliency_auc'])}")
         )
+    if report["saliency"]:
+        print(f"saliency option: {report['saliency']}")
     print(f"wrote {png} and {js}")
     return 0

@@ -15,6 +15,9 @@ Usage::
     with LastQueryRecorder() as rec:
         model(...)
     rec.mean()                                   # (B, L_keys), mean over layers and heads
+    with LastQueryRecorder(keep="layers") as rec:  # opt-in: each layer's row as well
+        model(...)
+    rec.rows()                                   # (B, layers, L_keys); keep="heads": (B, layers, H, L_keys)
 
 The recompute oracle (:class:`vedas.engine.runners.RecomputeRunner`) reads whole maps from
 ``output_attentions`` instead, through :data:`ORACLE`: the SDPA kernel for the outputs and,
@@ -42,17 +45,38 @@ _ACTIVE: contextvars.ContextVar[LastQueryRecorder | None] = contextvars.ContextV
 )
 
 
+KEEP = (None, "layers", "heads")
+"""What a recorder keeps beside the all-layer mean: nothing (the default), each layer's head-mean row,
+or each layer's per-head rows (:attr:`LastQueryRecorder.keep`)."""
+
+
+def check_keep(keep: str | None) -> None:
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}: choose one of {list(KEEP)}")
+
+
 class LastQueryRecorder:
     """Accumulates the last query's attention probabilities while it is the active recorder.
 
     Each attention call adds its head-mean (B, L_keys) row; :meth:`mean` divides by the
     number of calls (layers). Rows of different key lengths in one recording are an error.
+
+    ``keep="layers"`` also keeps each call's head-mean row, ``keep="heads"`` each call's per-head
+    rows (:meth:`rows`), for a saliency that reads chosen layers or heads. The running total is
+    computed the same way either way, so :meth:`mean` is bit-identical with and without keeping.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep: str | None = None) -> None:
+        check_keep(keep)
+        self.keep = keep
         self.total: torch.Tensor | None = None
         self.calls = 0
+        self.kept: list[torch.Tensor] = []
         self._token: contextvars.Token | None = None
+
+    def fresh(self) -> LastQueryRecorder:
+        """An empty recorder with the same options (gradient checkpointing's recompute records again)."""
+        return LastQueryRecorder(self.keep)
 
     def __enter__(self) -> LastQueryRecorder:
         self._token = _ACTIVE.set(self)
@@ -65,6 +89,8 @@ class LastQueryRecorder:
 
     def add(self, probs: torch.Tensor) -> None:
         row = probs.float().mean(1)  # (B, H, Lk) -> (B, Lk)
+        if self.keep is not None:
+            self.kept.append(row if self.keep == "layers" else probs.float())
         if self.total is None:
             self.total = row
         elif self.total.shape != row.shape:
@@ -81,6 +107,15 @@ class LastQueryRecorder:
                 "nothing was recorded: is the recorder installed on this model (install_recorder)?"
             )
         return self.total / self.calls
+
+    def rows(self) -> torch.Tensor:
+        """Each call's (layer's) row in call order: (B, layers, L_keys) with ``keep="layers"``,
+        (B, layers, H, L_keys) with ``keep="heads"``."""
+        if self.keep is None:
+            raise RuntimeError("rows(): this recorder keeps only the mean (LastQueryRecorder(keep='layers'))")
+        if not self.kept:
+            self.mean()  # raises the not-installed error
+        return torch.stack(self.kept, 1)
 
 
 _PAUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("vedas_recording_paused", default=False)
@@ -150,11 +185,22 @@ class ModuleRecorder:
         with ModuleRecorder(attention_modules(layers), on=True) as rec:
             decoder(...)
         rec.mean()                                   # (B, L_keys)
+
+    ``keep="layers"`` makes :meth:`rows` available (each layer's row is stored anyway); per-head rows
+    (``keep="heads"``) are not kept on this path: the compiled pass stores head means only.
     """
 
-    def __init__(self, modules: list[Any], on: bool) -> None:
+    def __init__(self, modules: list[Any], on: bool, keep: str | None = None) -> None:
+        check_keep(keep)
+        if keep == "heads":
+            raise ValueError(
+                "keep='heads': the static engine's compiled recorder keeps head-mean rows only; "
+                "per-head saliency (replay_heads) needs engine 'cached' or 'recompute'"
+            )
         self.modules = modules
         self.on = on
+        self.keep = keep
+        self._rows: torch.Tensor | None = None
 
     def __enter__(self) -> ModuleRecorder:
         for m in self.modules:
@@ -173,7 +219,16 @@ class ModuleRecorder:
             raise RuntimeError(
                 "a decoder layer recorded no row: is the recorder installed on this model (install_recorder)?"
             )
-        return torch.stack(rows).mean(0)
+        stacked = torch.stack(rows)
+        if self.keep is not None:
+            self._rows = stacked.transpose(0, 1)
+        return stacked.mean(0)
+
+    def rows(self) -> torch.Tensor:
+        """Each layer's head-mean row, (B, layers, L_keys), of the pass :meth:`mean` read (call it first)."""
+        if self._rows is None:
+            raise RuntimeError("rows(): call mean() first, on a ModuleRecorder(keep='layers')")
+        return self._rows
 
 
 def attention_modules(layers: Any) -> list[Any]:

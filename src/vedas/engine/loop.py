@@ -76,6 +76,7 @@ class LoopState:
     visited: torch.Tensor
     attention: torch.Tensor | None
     runner: Any
+    rows: torch.Tensor | None = None
 
 
 def chunk_positions(
@@ -116,6 +117,9 @@ class LatentLoop:
         self.cfg = cfg
         self._runner = runner
         self._policy = policy
+        # a policy that reads chosen layers/heads has the runner keep them (nothing kept otherwise)
+        self._runner.keep = getattr(policy, "record", None)
+        self._rows: torch.Tensor | None = None
         self._suppress = backbone.suppressed_token_ids() + list(suppress or [])
         self._visual: VisualTokens | None = None
         self._k = 0
@@ -151,12 +155,13 @@ class LatentLoop:
         """The loop's current point (e.g. right after the prefill), for :meth:`restore`."""
         if self._next_pos is None or self._visited is None:
             raise RuntimeError("snapshot: call prefill() first")
-        return LoopState(self._next_pos, self._visited, self._attn, self._runner.snapshot())
+        return LoopState(self._next_pos, self._visited, self._attn, self._runner.snapshot(), self._rows)
 
     def restore(self, state: LoopState) -> None:
         """Go back to ``state``: every pass since is forgotten (the cached runner crops its cache
         and detaches what is left; the recompute runner truncates its prefix)."""
         self._next_pos, self._visited, self._attn = state.next_pos, state.visited, state.attention
+        self._rows = state.rows
         self._runner.restore(state.runner)
 
     # --- passes ----------------------------------------------------------------------------
@@ -177,6 +182,7 @@ class LatentLoop:
         hidden, self._attn = self._runner(
             embeds, positions, batch.attention_mask, record, implicit=True, sources=sources
         )
+        self._rows = self._runner.rows if record else None
         return hidden[:, -1]
 
     def latent_steps(
@@ -236,7 +242,12 @@ class LatentLoop:
         scores = self._attn.gather(1, visual.seq_index)
         keys = feats = None
         if self._policy is not None:
-            keys, feats = self._policy.keys(scores, visual.valid), self._policy.content(visual)
+            rows = None
+            if self._rows is not None:  # (B, layers[, H], L) -> the visual tokens' columns
+                index = visual.seq_index.view(visual.seq_index.shape[0], *[1] * (self._rows.dim() - 2), -1)
+                rows = self._rows.gather(-1, index.expand(*self._rows.shape[:-1], -1))
+            step = replay.Step(visual, self._visited, k, rows)
+            keys, feats = self._policy.keys(scores, visual.valid, step), self._policy.content(visual)
         return replay.build(scores, visual, self._visited, k, cfg.replay_mode, cfg.replay_scale, keys, feats)
 
     def _chunk(
@@ -267,6 +278,7 @@ class LatentLoop:
         mask = torch.cat([tmask, z_mask], 1)
         sources = None if rep is None else VisualSources.replay(rep, self.visual)
         hidden, self._attn = self._runner(chunk, pos, mask, record=record, implicit=True, sources=sources)
+        self._rows = self._runner.rows if record else None
         if on is None:
             self._next_pos = next_pos
             return hidden[:, -1]

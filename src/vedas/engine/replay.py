@@ -80,6 +80,22 @@ SELECTIONS = ("attention", "random", "random_fixed")
 """How a step chooses its tokens (``LatentConfig.replay_select``)."""
 
 
+@dataclass
+class Step:
+    """What a policy may read at one latent step beyond the layer-mean scores and ``valid``."""
+
+    visual: VisualTokens
+    visited: torch.Tensor  # (B, N) bool: tokens replayed at earlier steps (not free to pick)
+    k: int  # the step's K (before clipping to the free tokens)
+    rows: torch.Tensor | None = None
+    """(B, layers, N) each layer's head-mean attention over the visual tokens, or (B, layers, H, N)
+    per head, when the policy asked for them (:attr:`ReplayPolicy.record`); else None."""
+
+    @property
+    def free(self) -> torch.Tensor:
+        return self.visual.valid & ~self.visited
+
+
 class ReplayPolicy(Protocol):
     """The extension point of token choice: the loop asks it for keys each latent step.
 
@@ -87,11 +103,19 @@ class ReplayPolicy(Protocol):
     otherwise (:class:`vedas.method.replay.RandomReplay`) returns keys whose top-K among the free
     tokens is its pick. The weights stay softmax over the attention of the picked tokens. A probe may
     also replace what is replayed (:meth:`content`) while the choice, weights and positions stay.
+    A saliency option (:class:`vedas.method.replay.SaliencyReplay`) reads :class:`Step`: each layer's
+    (or head's) attention, which it asks the runner to keep through :attr:`record`.
     """
 
-    def keys(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+    record: str | None
+    """What the runner keeps beside the mean for this policy: None, ``"layers"`` or ``"heads"``."""
+
+    def keys(
+        self, scores: torch.Tensor, valid: torch.Tensor, step: Step | None = None
+    ) -> torch.Tensor | None:
         """Keys (B, N) that choose this step's tokens instead of ``scores`` (B, N), or None;
-        ``valid`` (B, N) marks each sample's real visual tokens."""
+        ``valid`` (B, N) marks each sample's real visual tokens; ``step`` the rest of the step's state
+        (the loop always passes it)."""
         ...
 
     def content(self, visual: VisualTokens) -> torch.Tensor | None:

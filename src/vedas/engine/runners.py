@@ -32,6 +32,12 @@ from vedas.engine.sources import VisualSources
 
 
 class Runner(Protocol):
+    keep: str | None
+    """What a recorded pass keeps beside the mean (:data:`vedas.engine.attention.KEEP`): None (the
+    default), ``"layers"`` or ``"heads"``; set by the loop when its replay policy reads layers/heads."""
+    rows: torch.Tensor | None
+    """The last recorded pass's per-layer rows (B, layers[, H], L) when :attr:`keep` is set, else None."""
+
     def __call__(
         self,
         embeds: torch.Tensor,
@@ -71,14 +77,17 @@ class CachedRunner:
         self.decoder = backbone.decoder()
         self.cache = DynamicCache(config=backbone.model.config.get_text_config())
         self.mask: torch.Tensor | None = None
+        self.keep: str | None = None
+        self.rows: torch.Tensor | None = None
 
     def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
         extra = {} if sources is None else self.backbone.decoder_inputs(sources)
         new = new_mask.long()
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
-        rec = LastQueryRecorder() if record else contextlib.nullcontext()
+        rec = LastQueryRecorder(self.keep) if record else contextlib.nullcontext()
         with rec, segments(segment_ids(new_mask, implicit, 0) if implicit else None):
             hidden = decoder_pass(self.decoder, embeds, self.mask, positions, self.cache, **extra)
+        self.rows = rec.rows() if record and self.keep is not None else None
         return hidden, (rec.mean() if record else None)
 
     @property
@@ -143,6 +152,8 @@ class RecomputeRunner:
         self.segments: torch.Tensor | None = None
         self.sources: VisualSources | None = None
         self.passes = 0
+        self.keep: str | None = None
+        self.rows: torch.Tensor | None = None
 
     def __call__(self, embeds, positions, new_mask, record, implicit=False, sources=None):
         seg = segment_ids(new_mask, implicit, self.passes)
@@ -170,10 +181,14 @@ class RecomputeRunner:
                 output_attentions=record,
                 **extra,
             )
-        attn = None
+        attn, self.rows = None, None
         if record:
             rows = torch.stack([a[:, :, -1, :].float() for a in out.attentions])  # (layers, B, H, L)
             attn = rows.mean(dim=(0, 2))
+            if self.keep == "layers":
+                self.rows = rows.mean(2).transpose(0, 1)
+            elif self.keep == "heads":
+                self.rows = rows.transpose(0, 1)
         return out.last_hidden_state[:, -embeds.shape[1] :], attn
 
     @property

@@ -155,6 +155,8 @@ class StaticRunner:
         self.cache: StaticCache | None = None
         self.mask: torch.Tensor | None = None  # (B, max_len), zeros beyond self._length
         self._length = 0
+        self.keep: str | None = None
+        self.rows: torch.Tensor | None = None
 
     def _allocate(self, embeds: torch.Tensor) -> None:
         need = embeds.shape[1] + self.reserve
@@ -190,7 +192,7 @@ class StaticRunner:
             if embeds.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
         with (
-            ModuleRecorder(self.attn, on=record) as rec,
+            ModuleRecorder(self.attn, on=record, keep=self.keep) as rec,
             segments(seg),
             torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
         ):
@@ -198,6 +200,7 @@ class StaticRunner:
         self._length = end
         # clone: a CUDA-graph output is overwritten by the graph's next replay
         attn = rec.mean()[:, :end].clone() if record else None
+        self.rows = rec.rows()[..., :end].clone() if record and self.keep is not None else None
         return hidden.clone(), attn
 
     @property

@@ -66,7 +66,7 @@ def checkpoint_with_cache(fn: functools.partial, *args: Any) -> Any:
     cache = fn.keywords.get("past_key_values")
     layer_idx = layer.self_attn.layer_idx
     start = _cache_length(cache, layer_idx)
-    recording = attention._ACTIVE.get() is not None  # the recorder state of this forward call
+    recording = attention._ACTIVE.get()  # the recorder of this forward call; the recompute records alike
     calls = [0]
 
     def run(*inputs: Any) -> Any:
@@ -76,7 +76,7 @@ def checkpoint_with_cache(fn: functools.partial, *args: Any) -> Any:
         kwargs = dict(fn.keywords)
         if cache is not None:
             kwargs["past_key_values"] = _FrozenCacheView(cache, start)
-        token = attention._ACTIVE.set(attention.LastQueryRecorder() if recording else None)
+        token = attention._ACTIVE.set(None if recording is None else recording.fresh())
         try:
             return fn.func(*fn.args, *inputs, **kwargs)
         finally:
