@@ -331,3 +331,23 @@ def test_cross_entropy_alone_is_unchanged_by_the_form(setup):
         with torch.no_grad():
             ce.append(LatentObjective(vm, "vedas", vm.config, SCFVRConfig(form=form))(batch)["ce"])  # type: ignore[arg-type]
     assert torch.equal(ce[0], ce[1]) and torch.equal(ce[0], ce[2])
+
+
+def test_a_checkpoint_saved_before_the_forms_existed_still_resumes(tmp_path):
+    """A config written before ``scfvr.form``/``scfvr.clip`` existed trained the paper's form, jointly
+    clipped: resuming it with the defaults is allowed, resuming it with another form is refused by name."""
+    from vedas.config import to_dict
+    from vedas.train import output_dir
+    from vedas.train.config import TrainConfig
+
+    saved = to_dict(TrainConfig())
+    del saved["scfvr"]["form"], saved["scfvr"]["clip"]
+    defaults = to_dict(TrainConfig())
+    assert output_dir.differences(saved, to_dict(TrainConfig()), defaults) == []
+    hidden = to_dict(load_config(None, ["--scfvr.form", "hidden"]))
+    assert output_dir.differences(saved, hidden, defaults) == ["scfvr.form: saved 'paper', now 'hidden'"]
+    # without the defaults (the old rule) the missing field itself was a difference
+    assert output_dir.differences(saved, to_dict(TrainConfig())) == [
+        "scfvr.clip: saved None, now 'joint'",
+        "scfvr.form: saved None, now 'paper'",
+    ]

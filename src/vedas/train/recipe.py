@@ -393,7 +393,7 @@ def resume(run: Run) -> train_state.TrainState:
     last = train_state.latest(run.checkpoints)
     if last is None:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
-    output_dir.check_resume(last, to_dict(run.cfg))
+    output_dir.check_resume(last, to_dict(run.cfg), to_dict(type(run.cfg)()))
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
     for hook in training_hooks():
         missing = hook.load_state(run.modules, last)
