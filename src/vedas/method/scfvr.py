@@ -10,7 +10,10 @@ cropped as a tensor, resized (bilinear) to ``zoom`` × the window's size on the 
 call, under ``no_grad`` when the target is stop-gradient (the default, unless
 ``recon_target_grad``) — then mean-pooled into u_ref. The
 replayed block is pooled into b^t = mean(B^t) and the loss is
-L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples.
+L_recon^t = mean_dims (F_SR(b^t) − u_ref)², averaged over steps and samples. That is the paper's
+form (``form: paper``, the default); ``form: hidden`` feeds F_SR the decoder's state after the
+chunk [B^t, z^t] instead, and ``form: reference`` the reference code's unweighted, non-detached mean
+(:func:`pooled`; docs/design.md#scf-vr says what each trains).
 
 No PIL round trip happens in the training step: crops are tensor slices.
 
@@ -133,6 +136,16 @@ class SCFVRConfig:
     paper's "standard encoder input resolution"; T_r extra full images per sample, the old default)."""
     crop_size: int = 0
     """A fixed square side (px, snapped to patch × merge) for every crop; overrides ``zoom``. 0 = off."""
+    form: Literal["paper", "hidden", "reference"] = "paper"
+    """What F_SR reads (docs/design.md#scf-vr): ``paper``, b^t pooled from the *detached* replayed
+    embeddings with the replay weights (its only path into the decoder is the weights softmax(a_I));
+    ``hidden``, the decoder's output at z^t's position after it read B^t (the next latent), so L_recon
+    trains the decoder; ``reference``, the reference code's unweighted mean of the replayed embeddings,
+    not detached, with a target that is not detached either (trains the merger/tower, not the decoder)."""
+    clip: Literal["joint", "separate"] = "joint"
+    """``joint``: F_SR's gradient is inside the model's global clip norm (``optim.clip``); ``separate``:
+    the model's parameters are clipped alone and F_SR's on their own, each to ``optim.clip``, so F_SR's
+    gradient cannot shrink the model's update."""
 
     def __post_init__(self) -> None:
         _check(self.window >= 1, "window", f"must be ≥ 1, got {self.window}")
@@ -149,6 +162,13 @@ class SCFVRConfig:
         )
         _check(self.crop_size >= 0, "crop_size", f"must be ≥ 0, got {self.crop_size}")
         _check_literal(self, "sr")
+        _check_literal(self, "form")
+        _check_literal(self, "clip")
+
+    @property
+    def target_grad(self) -> bool:
+        """Whether u_ref carries gradient into the vision tower (``recon_target_grad``, or the reference form)."""
+        return self.recon_target_grad or self.form == "reference"
 
 
 class TokenSR(nn.Module):
@@ -196,6 +216,29 @@ def crop_and_resize(
 # --- the loss ------------------------------------------------------------------------------
 
 
+def pooled(rep: Replay, visual: VisualTokens, form: str, output: torch.Tensor | None = None) -> torch.Tensor:
+    """F_SR's input for one step, (B, D), in ``form`` (:attr:`SCFVRConfig.form`).
+
+    ``paper``: b^t = the replay block's weighted tokens summed over the real ones / their count, from
+    the visual embeddings detached: the loss reaches the model only through the replay weights
+    softmax(a_I) (it does not pull the replayed embeddings themselves: the paper trains LoRA on the
+    decoder only, and a vision tower trained by this loss collapses to constant features).
+    ``reference``: the plain mean of the picked embeddings, not detached (the reference code's tokenSR
+    input): the loss reaches the merger and tower, not the decoder. ``hidden``: ``output`` (B, D), the
+    decoder's final-norm state at z^t's position after the chunk [B^t, z^t], i.e. the next latent.
+    """
+    if form == "hidden":
+        assert output is not None, "form 'hidden' needs the chunk outputs"
+        return output
+    source = visual.features.detach() if form == "paper" else visual.features
+    feats = source.gather(1, rep.index[..., None].expand(-1, -1, source.shape[-1]))
+    if form == "reference":
+        mask = rep.mask[..., None].to(feats.dtype)
+        return (feats * mask).sum(1) / mask.sum(1).clamp(min=1)
+    counts = rep.token_mask.sum(1)
+    return (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
+
+
 def recon_loss(
     backbone: Backbone,
     sr: nn.Module,
@@ -204,27 +247,21 @@ def recon_loss(
     images: list[torch.Tensor],
     image_grid_thw: torch.Tensor,
     cfg: SCFVRConfig,
+    outputs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Mean over (step, sample) pairs with a replay of mean_dims (F_SR(b^t) − u_ref)²; None if nothing was replayed.
 
     ``images`` are the batch's original images, (3, H, W) in [0, 1], in the prompt's image order
-    (the order of ``image_grid_thw``'s rows).
+    (the order of ``image_grid_thw``'s rows). ``outputs`` (B, T, D), the latent run's chunk outputs
+    (:attr:`vedas.engine.loop.LatentRun.outputs`), are F_SR's input in form ``hidden``.
     """
     assert visual.image is not None and visual.row is not None and visual.col is not None
     grids = backbone.merged_grids(image_grid_thw)
-    pooled, picks = [], []  # b^t per pair, and (image, rows, cols, valid) of its selection
-    for rep in replays:
+    inputs, picks = [], []  # b^t per pair, and (image, rows, cols, valid) of its selection
+    for t, rep in enumerate(replays):
         if rep is None:
             continue
-        # b^t = mean-pool(B^t) with the visual embeddings detached: the recon loss trains F_SR and,
-        # through the replay weights softmax(a_I), the attention that picks the replay; it does not
-        # pull the replayed embeddings themselves (the paper trains LoRA on the decoder only, and a
-        # vision tower trained by this loss collapses to constant features)
-        feats = visual.features.detach().gather(
-            1, rep.index[..., None].expand(-1, -1, visual.features.shape[-1])
-        )
-        counts = rep.token_mask.sum(1)
-        b = (feats * rep.weights[..., None].to(feats.dtype)).sum(1) / counts.clamp(min=1)[:, None]
+        b = pooled(rep, visual, cfg.form, None if outputs is None else outputs[:, t])
         for i in range(rep.mask.shape[0]):
             if not bool(rep.mask[i].any()):
                 continue
@@ -234,8 +271,8 @@ def recon_loss(
             img = Counter(imgs.tolist()).most_common(1)[0][0]
             on = imgs == img
             picks.append((img, visual.row[i, sel], visual.col[i, sel], on))
-            pooled.append(b[i])
-    if not pooled:
+            inputs.append(b[i])
+    if not inputs:
         return None
     kmax = max(len(p[1]) for p in picks)
     pad = lambda t: F.pad(t, (0, kmax - len(t)))  # noqa: E731
@@ -254,7 +291,7 @@ def recon_loss(
         crops.append(crop_and_resize(image, box, (ch * factor, cw * factor)))
     # every crop of every step and sample in one vision-tower call; a stop-gradient target (the
     # default) builds no graph, so no tower activations are kept for backward
-    with torch.set_grad_enabled(cfg.recon_target_grad and torch.is_grad_enabled()):
+    with torch.set_grad_enabled(cfg.target_grad and torch.is_grad_enabled()):
         target = backbone.encode_crops(crops)
-    pred = sr(torch.stack(pooled).float())
+    pred = sr(torch.stack(inputs).float())
     return ((pred - target.float()) ** 2).mean()

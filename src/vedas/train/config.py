@@ -171,9 +171,19 @@ class RunConfig:
     """An FSDP2 settings file (e.g. configs/fsdp/decoder_layers.yaml): shard through accelerate's FSDP2,
     decoder layers as units (:mod:`vedas.train.fsdp`); launch under torchrun."""
     progress: bool = True
+    grad_ratio: bool = False
+    """On every logged step, also log ‖λ·∇L_recon‖ / ‖∇L_CE‖ over the decoder's trainable parameters
+    (``grad_ratio``, with ``grad_ce`` and ``grad_recon``), measured on the step's last micro-batch by two
+    extra backward passes (:func:`vedas.train.objective.grad_ratio`); the update is unchanged. Single
+    process or DDP (this rank's micro-batch); not under DeepSpeed or FSDP, whose parameters are sharded."""
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 0, "keep_last", f"must be ≥ 0, got {self.keep_last}")
+        _check(
+            not (self.grad_ratio and (self.deepspeed or self.fsdp)),
+            "grad_ratio",
+            "measures unsharded decoder gradients: turn off run.deepspeed / run.fsdp, or run.grad_ratio",
+        )
         _check(self.save_every >= 0, "save_every", f"must be ≥ 0, got {self.save_every}")
         _check(self.log_every >= 1, "log_every", f"must be ≥ 1, got {self.log_every}")
         _check(not (self.fsdp and self.deepspeed), "fsdp", "run.fsdp and run.deepspeed exclude each other")
@@ -206,6 +216,11 @@ class TrainConfig:
             self.routing is None or method_of(self.method).routing,
             "routing",
             f"routing depth scaling belongs to method 'vedas', not {self.method!r}",
+        )
+        _check(
+            self.scfvr.clip == "joint" or not self.run.deepspeed,
+            "scfvr.clip",
+            "'separate' clips in the recipe, but DeepSpeed clips all parameters together inside its step",
         )
         _check(
             self.data.difficulty is None or method_of(self.method).latent,

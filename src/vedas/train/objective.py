@@ -120,10 +120,12 @@ class LatentObjective(nn.Module):
         h = loop.prefill(batch.prompt, record=None if steps else False)
         text, tmask = batch.target_ids, batch.target_mask
         replays: list[Replay | None] = []
+        outputs = None
         if latent:
             active = torch.arange(steps, device=text.device)[None] < batch.latents[:, None]
             transform = gap.training_transform(vm, self.latent, batch.prompt, loop.visual, self.training)
-            replays = loop.latent_steps(h, steps, active=active, transform=transform).replays
+            run = loop.latent_steps(h, steps, active=active, transform=transform)
+            replays, outputs = run.replays, run.outputs
             end = torch.full_like(text[:, :1], vm.token_ids.end)
             inputs = torch.cat([end, text[:, :-1]], 1)
             mask = torch.cat([torch.ones_like(end), tmask[:, :-1]], 1)
@@ -143,9 +145,34 @@ class LatentObjective(nn.Module):
         if self.sr is not None and replays and any(r is not None for r in replays):
             assert self.recon_cfg is not None and batch.prompt.image_grid_thw is not None
             recon = scfvr.recon_loss(
-                bb, self.sr, replays, loop.visual, batch.images, batch.prompt.image_grid_thw, self.recon_cfg
+                bb,
+                self.sr,
+                replays,
+                loop.visual,
+                batch.images,
+                batch.prompt.image_grid_thw,
+                self.recon_cfg,
+                outputs,
             )
             if recon is not None:
                 out["loss"] = ce + self.recon_cfg.weight * recon
                 out["recon"] = recon
         return out
+
+
+def grad_ratio(params: list[nn.Parameter], ce: torch.Tensor, recon: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``grad_ce`` = ‖∇L_CE‖, ``grad_recon`` = ‖∇(λ·L_recon)‖ over ``params`` (the decoder's trainable
+    parameters) and their ratio ``grad_ratio``: does the SCF-VR loss move the reasoning model at all?
+
+    ``recon`` is the weighted term λ·L_recon. Two backward passes through ``autograd.grad`` with the graph
+    retained: no ``.grad`` is touched, so the step's own backward and update are unchanged. A parameter
+    a loss does not reach counts as a zero gradient.
+    """
+
+    def norm(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+        return torch.stack(sq).sum().sqrt() if sq else ce.new_zeros((), dtype=torch.float32)
+
+    g_ce, g_recon = norm(ce), norm(recon)
+    return {"grad_ce": g_ce, "grad_recon": g_recon, "grad_ratio": g_recon / g_ce}

@@ -94,19 +94,28 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: value}
 
 
-def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``field: saved X, now Y`` for every leaf of :data:`DEFINING` that differs between two configs."""
+def differences(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``field: saved X, now Y`` for every leaf of :data:`DEFINING` that differs between two configs.
+
+    A leaf the saved config lacks (a field added after it was written) counts as its value in
+    ``defaults`` (the config class's defaults), which is what that run trained with.
+    """
     lines = []
     for name in DEFINING:
         a, b = _leaves(_field(saved, name), name), _leaves(_field(current, name), name)
+        d = _leaves(_field(defaults, name), name) if defaults is not None else {}
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                lines.append(f"{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
+            old = a[key] if key in a else d.get(key)
+            if old != b.get(key):
+                lines.append(f"{key}: saved {old!r}, now {b.get(key)!r}")
     return lines
 
 
-def check_resume(checkpoint: Path, current: dict[str, Any]) -> None:
-    """Raise a ConfigError naming every defining field where ``current`` differs from ``checkpoint``'s config."""
+def check_resume(checkpoint: Path, current: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Raise a ConfigError naming every defining field where ``current`` differs from ``checkpoint``'s config
+    (a field added since that config was written counts as its value in ``defaults``)."""
     import yaml
 
     saved_file = checkpoint / "config.yaml"
@@ -114,7 +123,7 @@ def check_resume(checkpoint: Path, current: dict[str, Any]) -> None:
         saved = yaml.safe_load(saved_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"run.resume: cannot read {saved_file}: {e}") from None
-    diff = differences(saved, current)
+    diff = differences(saved, current, defaults)
     if diff:
         raise ConfigError(
             f"run.resume: {checkpoint} belongs to a different run; {'; '.join(diff)}. "
@@ -141,7 +150,7 @@ def claim(cfg: Any, is_main: bool) -> Lock | None:
             last = train_state.latest(out_dir / "checkpoints")
             if last is None:
                 raise ConfigError(f"run.resume: no checkpoint under {out_dir / 'checkpoints'}")
-            check_resume(last, to_dict(cfg))
+            check_resume(last, to_dict(cfg), to_dict(type(cfg)()))
             return lock
         held = contents(out_dir)
         if held and not cfg.run.overwrite:

@@ -393,7 +393,7 @@ def resume(run: Run) -> train_state.TrainState:
     last = train_state.latest(run.checkpoints)
     if last is None:
         raise ConfigError(f"run.resume: no checkpoint under {run.checkpoints}")
-    output_dir.check_resume(last, to_dict(run.cfg))
+    output_dir.check_resume(last, to_dict(run.cfg), to_dict(type(run.cfg)()))
     state = train_state.load(last, run.modules, run.optimizer, run.scheduler)
     for hook in training_hooks():
         missing = hook.load_state(run.modules, last)
@@ -514,27 +514,54 @@ def train_step(
     # models load in eval mode (from_pretrained, tiny_model); gradient checkpointing and the model's
     # own dropout act in train mode only
     run.objective.train()
-    for _ in range(o.grad_accum):
+    measure = run.cfg.run.grad_ratio and step % run.cfg.run.log_every == 0
+    for micro in range(o.grad_accum):
         b = state.batch_in_epoch
         recs = micro_batch(run, order, b)
         batch = collate_records(run.vm, run.cfg, recs, stage, run.data.hard, run.data.answer_only)
         with acc.accumulate(run.wrapped):
             out = run.wrapped(batch)
             check_finite(out["loss"], acc, run.checkpoints, step, epoch, b, recs)
+            if measure and micro == o.grad_accum - 1 and "recon" in out:
+                out.update(measure_grad_ratio(run, out))
             acc.backward(out["loss"])
             if run.cfg.run.fsdp:
                 from vedas.train.fsdp import reshard
 
                 reshard(run.wrapped)
             if acc.sync_gradients and o.clip > 0:
-                norm = acc.clip_grad_norm_(run.params, o.clip)
-                check_finite(norm, acc, run.checkpoints, step, epoch, b, recs, what="gradient norm")
+                for what, norm in clip_gradients(run, o.clip).items():
+                    check_finite(norm, acc, run.checkpoints, step, epoch, b, recs, what=what)
             run.optimizer.step()
             run.scheduler.step() if acc.sync_gradients else None
             run.optimizer.zero_grad()
         state.batch_in_epoch = b + 1
     state.step = step
     return out
+
+
+def clip_gradients(run: Run, max_norm: float) -> dict[str, Any]:
+    """Clip the gradient norm to ``max_norm``: of every parameter together (``scfvr.clip: joint``), or of
+    the model's parameters alone and F_SR's alone (``separate``: F_SR's gradient, which inference never
+    uses, then cannot shrink the model's update). Returns each clipped group's norm before clipping."""
+    sr = getattr(run.objective, "sr", None)
+    if run.cfg.scfvr.clip == "joint" or sr is None:
+        return {"gradient norm": run.acc.clip_grad_norm_(run.params, max_norm)}
+    own = {id(p) for p in sr.parameters()}
+    model = [p for p in run.params if id(p) not in own]
+    return {
+        "gradient norm": run.acc.clip_grad_norm_(model, max_norm),
+        "F_SR gradient norm": run.acc.clip_grad_norm_([p for p in run.params if id(p) in own], max_norm),
+    }
+
+
+def measure_grad_ratio(run: Run, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``grad_ce``, ``grad_recon`` and ``grad_ratio`` over the decoder's trainable parameters for this
+    micro-batch's losses (``run.grad_ratio``; :func:`vedas.train.objective.grad_ratio`), before its backward."""
+    from vedas.train.objective import grad_ratio
+
+    params = [p for p in run.vm.backbone.decoder().parameters() if p.requires_grad]
+    return grad_ratio(params, out["ce"], run.cfg.scfvr.weight * out["recon"])
 
 
 def fit(run: Run, state: train_state.TrainState) -> None:
@@ -591,6 +618,10 @@ def fit(run: Run, state: train_state.TrainState) -> None:
     acc.wait_for_everyone()
 
 
+GRAD_RATIO_KEYS = ("grad_ce", "grad_recon", "grad_ratio")
+"""The metrics ``run.grad_ratio`` adds on logged steps."""
+
+
 def step_metrics(
     run: Run, state: train_state.TrainState, epoch: int, stage: int, out: dict[str, Any], rate: float
 ) -> dict[str, Any]:
@@ -600,7 +631,7 @@ def step_metrics(
         "stage": stage,
         "lr": run.scheduler.get_last_lr()[0],
         "samples_per_s": rate,
-        **{k: out[k].item() for k in ("loss", "ce", "recon") if k in out},
+        **{k: out[k].item() for k in ("loss", "ce", "recon", *GRAD_RATIO_KEYS) if k in out},
     }
 
 
