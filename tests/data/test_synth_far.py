@@ -224,3 +224,37 @@ def test_far_texture_is_much_weaker_in_the_prompt_than_in_the_scfvr_crop(far_mod
     assert mean["crop"] > 2 * mean["prompt"], mean
     # the same colour mass: the mean-colour difference is small beside the texture's (per shape area)
     assert mean["prompt_mean"] < 0.25 * mean["prompt"], mean
+
+
+def test_a_vedas_training_step_on_far_crops_the_504_px_original(far_model_and_data, monkeypatch) -> None:
+    """One ``vedas`` objective on two far records through the tiny model: the prompt holds the 6x6 grid
+    of the 168-px view, SCF-VR's 3x3-cell window is cut from the 504-px original (252 px) and re-encoded
+    at zoom 1.25 as 4x4 cells (112 px), and the loss is finite."""
+    from vedas.method import scfvr
+    from vedas.method.curriculum import CurriculumConfig, layout, record_steps
+    from vedas.train.objective import LatentObjective, collate
+
+    vm, _, records = far_model_and_data
+    boxes, crops = [], []
+    real_box, real_encode = scfvr.image_box, vm.backbone.encode_crops
+    monkeypatch.setattr(scfvr, "image_box", lambda *a: boxes.append(real_box(*a)) or boxes[-1])
+    monkeypatch.setattr(vm.backbone, "encode_crops", lambda cs: crops.extend(cs) or real_encode(cs))
+    two = records[:2]
+    latents = 2
+    lays = [
+        layout(
+            "vedas",
+            record_steps(r.steps, r.rationale, latents),
+            r.answer,
+            latents,
+            latents,
+            CurriculumConfig(),
+        )
+        for r in two
+    ]
+    batch = collate(vm, two, lays, "vedas")
+    assert [tuple(im.shape) for im in batch.images] == [(3, 504, 504)] * 2
+    out = LatentObjective(vm, "vedas", vm.config, scfvr.SCFVRConfig(window=3))(batch)
+    assert torch.isfinite(out["recon"]) and torch.isfinite(out["loss"])
+    assert boxes and all(b - t == r - lf == 252 for t, lf, b, r in boxes), boxes
+    assert crops and all(tuple(c.shape) == (3, 112, 112) for c in crops)
