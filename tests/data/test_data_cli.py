@@ -74,3 +74,16 @@ def test_synth_preset_with_a_flag_on_top(tmp_path: Path) -> None:
                "--max-count", "2", "--no-progress") == 0  # fmt: skip
     config = __import__("json").loads((out / "synth_config.json").read_text())["config"]
     assert config["image_size"] == 168 and config["templates"] == "diff,net" and config["max_count"] == 2
+
+
+def test_synth_far_preset_with_a_shorter_context(tmp_path: Path) -> None:
+    out = tmp_path / "far"
+    assert run("synth", "--out", str(out), "--train", "0", "--test", "2", "--preset", "far",
+               "--context-sentences", "3", "--no-progress") == 0  # fmt: skip
+    config = __import__("json").loads((out / "synth_config.json").read_text())["config"]
+    assert (config["image_size"], config["input_size"], config["texture"], config["context_sentences"]) == (
+        504, 168, 3, 3,
+    )  # fmt: skip
+    rows = [__import__("json").loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert [r["context"].count(". ") + 1 for r in rows] == [3, 3]
+    assert "striped squares" in rows[0]["question"]

@@ -44,6 +44,10 @@ Output, in the raw M3CoT schema so it loads through the same code as real data::
     DIR/images/<id>.png               the images
     DIR/synth_config.json             the seed, the counts and every knob
 
+``--context-sentences N`` fills the row's ``context`` with N irrelevant sentences (the prompt puts
+it between the image and the question); ``--texture PX`` draws the kinds as striped and checked
+squares; ``--input-size`` and ``--grid`` render an image finer than the model sees it (preset ``far``).
+
 Determinism: sample ``i`` of a split depends only on (seed, split, i) and the knobs, so the
 same command writes byte-identical files, and the test set does not change with ``--train``.
 """
@@ -66,6 +70,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (230, 190, 20),
 }
 SHAPES = ("square", "circle", "triangle", "diamond")
+TEXTURED = ("striped square", "checked square")
+"""The shape kinds with ``--texture``: squares half colour, half background, in vertical stripes or a
+checkerboard, so the two have the same colour mass and only detail finer than the texture tells them apart."""
 SPLIT_CODES = {"train": 0, "test": 1}
 _LETTER_STREAM = 1  # separate random stream for the balanced answer letters
 _REGIONS = (
@@ -129,6 +136,36 @@ class SynthConfig:
         },
     )
 
+    input_size: int = field(
+        default=0,
+        metadata={
+            "help": "side in px the model is meant to see the image at (its processor's max_pixels = "
+            "input-size^2): a larger image-size is downscaled in the prompt, and only a re-encoded crop "
+            "sees the rendering's finer detail; 0: image-size"
+        },
+    )
+    grid: int = field(
+        default=0,
+        metadata={
+            "help": "shapes sit in distinct cells of a grid x grid layout (e.g. the merged-token grid, "
+            "so no token holds two shapes); 0: image-size / (2 x shape-size)"
+        },
+    )
+    texture: int = field(
+        default=0,
+        metadata={
+            "help": "px of one stripe or check: > 0 draws the kinds as striped and checked squares (--shapes "
+            "1-2), the same colour mass, told apart only by detail of that size; 0: plain shapes"
+        },
+    )
+    context_sentences: int = field(
+        default=0,
+        metadata={
+            "help": "sentences of irrelevant text (earlier conversation) placed as the context between "
+            "the image and the question, so the question and the reasoning sit far from the image; 0: none"
+        },
+    )
+
     def __post_init__(self) -> None:
         def check(ok: bool, flag: str, why: str) -> None:
             if not ok:
@@ -141,7 +178,8 @@ class SynthConfig:
             f"must be in 3..image_size/4, got {self.shape_size}",
         )
         check(2 <= self.colors <= len(COLORS), "colors", f"must be in 2..{len(COLORS)}, got {self.colors}")
-        check(1 <= self.shapes <= len(SHAPES), "shapes", f"must be in 1..{len(SHAPES)}, got {self.shapes}")
+        names = self.shape_names
+        check(1 <= self.shapes <= len(names), "shapes", f"must be in 1..{len(names)}, got {self.shapes}")
         check(
             self.colors * self.shapes >= 4,
             "shapes",
@@ -149,6 +187,26 @@ class SynthConfig:
         )
         check(
             2 <= self.min_steps <= self.max_steps <= 4, "min_steps", "need 2 <= min-steps <= max-steps <= 4"
+        )
+        check(
+            0 <= self.texture <= self.shape_size // 2,
+            "texture",
+            f"must be 0 or in 1..shape_size/2 (a stripe and a gap fit a shape), got {self.texture}",
+        )
+        check(
+            self.input_size == 0 or MERGED_CELL_PX <= self.input_size <= self.image_size,
+            "input_size",
+            f"must be 0 or in {MERGED_CELL_PX}..image_size, got {self.input_size}",
+        )
+        check(
+            self.grid == 0 or 1 <= self.grid <= self.image_size // (self.shape_size + 2),
+            "grid",
+            f"must be 0 or in 1..image_size/(shape_size+2) (a cell must hold a shape), got {self.grid}",
+        )
+        check(
+            0 <= self.context_sentences <= 200,
+            "context_sentences",
+            f"must be in 0..200, got {self.context_sentences}",
         )
         check(self.max_count >= 1, "max_count", f"must be at least 1, got {self.max_count}")
         kinds_needed = 3 if self.max_steps == 4 else 2
@@ -188,11 +246,20 @@ class SynthConfig:
     @property
     def cells(self) -> int:
         """Shapes sit in distinct cells of a cells x cells grid, so they never overlap."""
-        return self.image_size // (2 * self.shape_size)
+        return self.grid or self.image_size // (2 * self.shape_size)
+
+    @property
+    def input_side(self) -> int:
+        """The side the model sees the image at (``input_size``, else the rendered ``image_size``)."""
+        return self.input_size or self.image_size
 
     @property
     def kinds(self) -> list[Kind]:
-        return [(c, s) for c in list(COLORS)[: self.colors] for s in SHAPES[: self.shapes]]
+        return [(c, s) for c in list(COLORS)[: self.colors] for s in self.shape_names[: self.shapes]]
+
+    @property
+    def shape_names(self) -> tuple[str, ...]:
+        return TEXTURED if self.texture else SHAPES
 
 
 # Named presets of the knobs (``vedas data synth --preset NAME``; explicit flags override them).
@@ -202,7 +269,11 @@ class SynthConfig:
 # demo's T_r·K = 4·2 replays 8), 14-px squares (half a merged cell, each alone in its cell), up to
 # 12 shapes, counts up to 3, and 3- or 4-step questions (difference of two counts, or two counts
 # added and a third subtracted). The first ``fine`` (224 px, 8-px shapes) was abandoned: the
-# design note says why.
+# design note says why. ``far`` (docs/design.md#far-preset; not calibrated yet) is where visual replay's
+# premise can be tested: ``fine``'s 36 merged tokens in the prompt, but 16 irrelevant sentences (~170 BPE
+# tokens) between the image and the question, so attention to the image has room to decay, and images
+# rendered at 504 px (3x the 168-px prompt side) whose kinds (striped vs checked squares, 3-px texture,
+# the same colour mass) are much weaker at the prompt's resolution than in SCF-VR's re-encoded crop.
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": dict(
         image_size=112,
@@ -236,6 +307,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         sorted_options=True,
         rationale="verbose",
     ),
+    "far": dict(
+        image_size=504,
+        input_size=168,
+        grid=6,
+        shape_size=42,
+        max_objects=12,
+        max_count=3,
+        colors=4,
+        shapes=2,
+        texture=3,
+        noise=0.0,
+        clutter=0,
+        min_steps=3,
+        max_steps=4,
+        templates="diff,net",
+        fixed_kinds=True,
+        sorted_options=True,
+        rationale="verbose",
+        context_sentences=16,
+    ),
 }
 MERGED_CELL_PX = 28
 """Side of one merged visual token in pixels for Qwen2-VL-style towers (14-px patches, 2×2 merge)."""
@@ -249,8 +340,19 @@ def preset(name: str, **overrides: Any) -> SynthConfig:
 
 
 def merged_tokens(cfg: SynthConfig) -> int:
-    """Merged visual tokens of one image of ``cfg`` (side a multiple of 28 px: no resize)."""
-    return (cfg.image_size // MERGED_CELL_PX) ** 2
+    """Merged visual tokens of one image of ``cfg`` at the side the model sees it (``input_side``, a
+    multiple of 28 px: the processor's resize lands on it exactly)."""
+    return (cfg.input_side // MERGED_CELL_PX) ** 2
+
+
+ADDED_KNOBS = {"input_size": 0, "grid": 0, "texture": 0, "context_sentences": 0}
+"""Knobs added after ``easy`` and ``fine`` were measured, with the values that leave them as they were."""
+
+
+def config_dict(cfg: SynthConfig) -> dict[str, Any]:
+    """``cfg``'s knobs as ``synth_config.json`` records them: the :data:`ADDED_KNOBS` only where set, so
+    an ``easy`` or ``fine`` folder (and any settings compared against one written before) stays the same."""
+    return {k: v for k, v in asdict(cfg).items() if ADDED_KNOBS.get(k, object()) != v}
 
 
 @dataclass(frozen=True)
@@ -297,6 +399,36 @@ def verbose_steps(plan: _Plan, letter: str) -> list[str]:
     remaining steps stay; a last step matches the answer to its option letter."""
     counts = [counted_sentence(k, n) for k, n in zip(plan.kinds, plan.counts)]
     return [*counts, *plan.steps[len(counts) :], f"The answer {plan.answer} is option ({letter})."]
+
+
+# The distractor context: sentences about other things, built from words that never name a colour,
+# a shape, a number or a position, so nothing in it bears on the question (a model that reads it
+# for the answer learns nothing); drawn from their own random stream, so a sample's scene, question
+# and letter are the same with or without it.
+_CONTEXT_STREAM = 2
+_CONTEXT_WORDS = (
+    ("The gardener", "A child", "My neighbour", "The old teacher", "Someone", "The baker", "A traveller",
+     "The pilot", "Her cousin", "The farmer"),
+    ("painted", "carried", "found", "lost", "borrowed", "cleaned", "repaired", "sold", "watched",
+     "described"),
+    ("wooden", "heavy", "tiny", "broken", "shiny", "dusty", "soft", "strange", "quiet", "warm"),
+    ("chair", "kettle", "bicycle", "lamp", "basket", "ladder", "blanket", "window", "letter",
+     "umbrella"),
+    ("near the river", "in the kitchen", "after lunch", "on the train", "at the market",
+     "behind the barn", "during the storm", "before sunrise", "at the station", "in the garden"),
+)  # fmt: skip
+
+
+def distractor_text(seed: int, split: str, index: int, sentences: int) -> str:
+    """``sentences`` irrelevant sentences for sample ``index`` ('' for 0): the preset's long context."""
+    if sentences == 0:
+        return ""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], _CONTEXT_STREAM, index])
+    picks = rng.integers(0, len(_CONTEXT_WORDS[0]), size=(sentences, len(_CONTEXT_WORDS)))
+    return " ".join(
+        "{} {} the {} {} {}.".format(*(words[int(i)] for words, i in zip(_CONTEXT_WORDS, row)))
+        for row in picks
+    )
 
 
 # --------------------------------------------------------------------------- templates
@@ -517,7 +649,9 @@ def render(
     h = cfg.shape_size / 2
     for s in shapes:
         fill = COLORS[s.color]
-        if s.shape == "square":
+        if s.shape in TEXTURED:
+            _textured_square(image, s, h, fill, cfg.texture)
+        elif s.shape == "square":
             draw.rectangle([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
         elif s.shape == "circle":
             draw.ellipse([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
@@ -530,6 +664,19 @@ def render(
         draw.line([(x - h, y - h), (x + h, y + h)], fill=(0, 0, 0), width=2)
         draw.line([(x - h, y + h), (x + h, y - h)], fill=(0, 0, 0), width=2)
     return image
+
+
+def _textured_square(image: Image.Image, s: Shape, h: float, fill: tuple[int, int, int], px: int) -> None:
+    """A square of side 2h at (s.x, s.y), coloured on half its pixels: vertical stripes or checks of ``px``
+    pixels from its top-left corner, the background showing in between."""
+    # drawn in a mask over the square's box only (shifted by whole pixels: PIL rasterises it the same)
+    x0, y0 = int(np.floor(s.x - h)), int(np.floor(s.y - h))
+    w, hh = int(np.ceil(s.x + h)) + 1 - x0, int(np.ceil(s.y + h)) + 1 - y0
+    mask = Image.new("L", (w, hh), 0)
+    ImageDraw.Draw(mask).rectangle([s.x - h - x0, s.y - h - y0, s.x + h - x0, s.y + h - y0], fill=255)
+    rows, cols = np.mgrid[0:hh, 0:w] // px
+    on = cols % 2 == 0 if s.shape == "striped square" else (cols + rows) % 2 == 0
+    image.paste(fill, (x0, y0, x0 + w, y0 + hh), mask=Image.fromarray(np.asarray(mask) * on.astype(np.uint8)))
 
 
 # --------------------------------------------------------------------------- samples
@@ -607,7 +754,7 @@ def make_sample(index: int, split: str = "test", seed: int = 0, cfg: SynthConfig
         "image_id": sample_id,
         "question": plan.question,
         "choices": choices,
-        "context": "",
+        "context": distractor_text(seed, split, index, cfg.context_sentences),
         "answer": "ABCD"[correct],
         "rationale": "\n\n".join(
             verbose_steps(plan, "ABCD"[correct]) if cfg.rationale == "verbose" else plan.steps
@@ -637,7 +784,7 @@ def write(
         raise ValueError(f"--train and --test must be >= 0, got {train} and {test}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"seed": seed, "config": asdict(cfg), "splits": {}}
+    summary: dict[str, Any] = {"seed": seed, "config": config_dict(cfg), "splits": {}}
     bar = _progress_bar(train + test, progress)
     for split, count in (("train", train), ("test", test)):
         letters = dict.fromkeys("ABCD", 0)

@@ -35,7 +35,8 @@ class DemoSize:
     preset: str = "fine"
     """The synthetic benchmark's preset (:data:`vedas.data.synth.PRESETS`): ``fine`` (168 px, 36 merged
     visual tokens, replay must choose, 3-4-step questions; the default) or ``easy`` (112 px, 16 tokens,
-    all replayed; every method but ``no_cot`` at 100 %), docs/results.md#fine-preset."""
+    all replayed; every method but ``no_cot`` at 100 %), docs/results.md#fine-preset; or ``far`` (the 36 tokens
+    ~170 text tokens before the question, images rendered at 3× the prompt's side: docs/design.md#far-preset)."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs on top of the preset (:class:`vedas.data.synth.SynthConfig`)."""
 
@@ -74,7 +75,7 @@ class DemoSize:
         if self.arch != "chameleon":
             return {
                 **self.tiny,
-                "max_pixels": demo_pixels(self.arch, self.synth_config().image_size),
+                "max_pixels": demo_pixels(self.arch, self.synth_config().input_side),
                 **tower,
             }
         text = ("hidden", "layers", "heads", "kv_heads")
@@ -82,9 +83,9 @@ class DemoSize:
 
 
 CHAMELEON_IMAGE = 64
-PRESET_REPLAY_K = {"easy": 4, "fine": 2}
+PRESET_REPLAY_K = {"easy": 4, "fine": 2, "far": 2}
 """K per preset: ``fine``'s 36 visual tokens take T_r·K = 4·2 = 8 replays, under a quarter; ``easy`` keeps the
-K = 4 it was measured with (its 16 tokens are all replayed)."""
+K = 4 it was measured with (its 16 tokens are all replayed); ``far`` has ``fine``'s 36 tokens in the prompt."""
 DEFAULT_JOBS = 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
@@ -144,7 +145,9 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         default="fine",
         choices=sorted(PRESETS),
         help="synthetic benchmark: fine (168 px, 36 visual tokens of which replay shows 8, 3-4-step "
-        "questions) or easy (112 px, 16 visual tokens, all replayed; the earlier demo) (default: fine)",
+        "questions), easy (112 px, 16 visual tokens, all replayed; the earlier demo) or far (fine's 36 "
+        "tokens ~170 text tokens before the question, textures seen finely only in a crop; not calibrated "
+        "yet) (default: fine)",
     )
 
 
