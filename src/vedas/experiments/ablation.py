@@ -352,10 +352,18 @@ def run_remedy(name: str, seed: int, out: Path, checkpoint: Path) -> dict[str, A
 # --------------------------------------------------------------------------- settings
 
 
+def synth_settings(size: sizes.DemoSize) -> dict[str, Any]:
+    """The preset's synthetic config as ``synth_config.json`` records it (settings left at their default
+    are not written, so an ablation started before a setting existed still resumes)."""
+    from vedas.data import synth
+
+    return synth.config_dict(size.synth_config())
+
+
 def settings(size: sizes.DemoSize) -> dict[str, Any]:
     return {
         "size": json.loads(json.dumps(dataclasses.asdict(size))),
-        "synth": dataclasses.asdict(size.synth_config()),
+        "synth": synth_settings(size),
     }
 
 
@@ -801,7 +809,7 @@ def write_report(
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "preset": size.preset,
-        "synth": dataclasses.asdict(size.synth_config()),
+        "synth": synth_settings(size),
         "size_line": (
             f"{size.train} train / {size.test} test; tiny {size.arch} {size.tiny_model_args()}; cot {size.epochs} epochs, "
             f"each variant {size.latent_epochs} more from cot; T_r = {size.latents}, K = {size.replay_k}; "
