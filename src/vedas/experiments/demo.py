@@ -403,16 +403,20 @@ def measured_spread(preset: str) -> dict[str, Any] | None:
     return spread if spread.get("preset") == preset else None
 
 
-def one_run_lines(rows: list[dict[str, Any]], preset: str, seeds: int) -> list[str]:
-    """What the method differences of this run can tell, against the spread the ablation measured between runs."""
-    spread = measured_spread(preset)
+def one_run_lines(
+    rows: list[dict[str, Any]], preset: str, seeds: int, spread: dict[str, Any] | None = None
+) -> list[str]:
+    """What the method differences of this run can tell, against the spread the ablation measured between
+    runs (``spread``: :func:`measured_spread` of the preset when not given)."""
+    spread = spread or measured_spread(preset)
     if spread is None:
         return ["", f"No run-to-run spread has been measured on preset `{preset}`: a difference between two "
                 "methods of one run says nothing about the methods."]  # fmt: skip
     acc = {r["method"]: r["accuracy"] for r in rows}
     lines = [
         "",
-        f"What {'one run' if seeds == 1 else f'{seeds} seeds'} can tell: the ablation ({spread['source']}) "
+        f"What {'one run' if seeds == 1 else f'{seeds} seeds'} can tell: the ablation "
+        f"({spread.get('source', 'vedas demo --ablation')}) "
         f"retrained these methods {spread['comparisons'][0]['runs']} times on preset `{preset}` (new `cot` seeds "
         "and data orders); a difference b − a of one run varies between reruns by the SD below, so one run's "
         "difference inside ±1.96 SD is within run-to-run variation, not evidence about the methods.",
