@@ -307,26 +307,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         sorted_options=True,
         rationale="verbose",
     ),
-    "far": dict(
-        image_size=504,
-        input_size=168,
-        grid=6,
-        shape_size=42,
-        max_objects=12,
-        max_count=3,
-        colors=4,
-        shapes=2,
-        texture=3,
-        noise=0.0,
-        clutter=0,
-        min_steps=3,
-        max_steps=4,
-        templates="diff,net",
-        fixed_kinds=True,
-        sorted_options=True,
-        rationale="verbose",
-        context_sentences=16,
-    ),
+}
+PRESETS["far"] = {  # fine's questions and layout, rendered finer and placed far from the reasoning
+    **PRESETS["fine"],
+    "image_size": 504,
+    "input_size": 168,
+    "grid": 6,
+    "shape_size": 42,
+    "shapes": 2,
+    "texture": 3,
+    "context_sentences": 16,
 }
 MERGED_CELL_PX = 28
 """Side of one merged visual token in pixels for Qwen2-VL-style towers (14-px patches, 2×2 merge)."""
