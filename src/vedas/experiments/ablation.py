@@ -418,6 +418,15 @@ SIZED_FOR = (3.0, 5.0, 7.0)
 """Differences (points) the paper's Table 3 reports; each comparison says how many seeds would find them."""
 
 
+def shared_source(name: str, runs: dict[Any, Any], other: dict[Any, Any]) -> dict[Any, Any]:
+    """``cot``'s runs paired with every replicate of ``other``: each replicate continues from the
+    seed's one ``cot``, so ``cot`` (trained once per seed, replicate 0) is the same for all of them.
+    Any other variant's runs are returned as they are."""
+    if name != "cot" or not all(isinstance(k, tuple) for k in runs):
+        return runs
+    return {k: runs[(k[0], 0)] for k in other if isinstance(k, tuple) and (k[0], 0) in runs}
+
+
 def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each comparison with its seed-level interval and verdicts.
 
@@ -431,7 +440,8 @@ def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, A
     acc = {m["method"]: _runs(m) for m in methods}
     out = []
     for c in comparisons:
-        seed = bootstrap.nested_level(acc.get(c["a"], {}), acc.get(c["b"], {}))
+        a, b = acc.get(c["a"], {}), acc.get(c["b"], {})
+        seed = bootstrap.nested_level(shared_source(c["a"], a, b), b)
         needed = None
         if seed is not None:
             reps = max(seed["replicates"].values())
@@ -531,7 +541,7 @@ def summarise(
     methods = [summary_row(n, results[n]) for n in names]
     comparisons = []
     for a, b, what in COMPARISONS + REMEDY_COMPARISONS:
-        d = paired(results, a, b)
+        d = paired({a: shared_source(a, results.get(a, {}), results.get(b, {})), b: results.get(b, {})}, a, b)
         if d is not None:
             comparisons.append({"a": a, "b": b, "what": what, **d})
     return {
