@@ -23,9 +23,9 @@ def test_cot_is_paired_with_every_replicate_that_continues_from_it() -> None:
     s = c["seed_level"]
     assert s["per_seed"] == pytest.approx([-0.23, -0.21]) and s["difference"] == pytest.approx(-0.22)
     assert s["runs"] == 4 and s["replicates"] == {"1": 2, "3": 2}
-    assert s["sd_within"] == pytest.approx(
-        0.1 / 2**0.5
-    )  # seed 1's two differences −0.18, −0.28; seed 3's equal
+    # within: seed 1's differences −0.18, −0.28 (squares about their mean 2 · 0.05²), seed 3's equal;
+    # pooled over 2 degrees of freedom: √(0.005 / 2) = 0.05
+    assert s["sd_within"] == pytest.approx(0.05) and s["df_within"] == 2
     assert set(c["seeds_needed"]) == {"3", "5", "7"}
 
 
