@@ -182,3 +182,11 @@ def test_replay_verdict_tells_content_from_layout():
     assert replay_verdict({"replay_off": d(-0.1), "replay_placeholder": d(-0.1)}).startswith(
         "replay not shown"
     )
+    # the layout kept, empty cells replayed first: the content matters though placeholders did not show it
+    anti = replay_verdict({"replay_off": d(0.3), "replay_placeholder": d(-0.02), "replay_anti": d(0.1)})
+    assert (
+        anti == "replayed content used: replaying empty cells first (anti) lowers accuracy beyond the interval"
+    )
+    assert "chunk layout used" in replay_verdict(
+        {"replay_off": d(0.3), "replay_placeholder": d(-0.02), "replay_anti": d(-0.02)}
+    )

@@ -316,19 +316,28 @@ def _seed_drops(seeds: list[Any], per_seed: dict[str, list[float]], conditions: 
     return {c: bootstrap.seed_level(per_seed[c], per_seed["trained"]) for c in conditions}
 
 
+CONTENT_PROBES = {
+    "replay_placeholder": "placeholders at the same positions",
+    "replay_anti": "replaying empty cells first (anti)",
+}
+"""Replay probes that keep the chunk layout and change only what is replayed."""
+
+
 def replay_verdict(drops: dict[str, dict[str, Any]]) -> str | None:
-    """What the replay probes tell apart: the replayed content (placeholders at the same positions
-    lower accuracy) or only the chunk layout (K = 0 does, placeholders do not); None without them."""
+    """What the replay probes tell apart: the replayed content (placeholders at the same positions, or
+    empty cells picked first, lower accuracy) or only the chunk layout (K = 0 does, neither of those
+    does); None without the placeholder probe."""
     if "replay_placeholder" not in drops or "replay_off" not in drops:
         return None
-    content = drops["replay_placeholder"]["low"] > 0
+    content = [what for c, what in CONTENT_PROBES.items() if c in drops and drops[c]["low"] > 0]
     layout = drops["replay_off"]["low"] > 0
     if content:
-        return "replayed content used: placeholders at the same positions lower accuracy beyond the interval"
+        verb = "lower" if len(content) > 1 else "lowers"
+        return f"replayed content used: {' and '.join(content)} {verb} accuracy beyond the interval"
     if layout:
         return (
             "chunk layout used, replayed content not shown to be: K = 0 lowers accuracy beyond the interval, "
-            "placeholders at the same positions do not"
+            "placeholders at the same positions and empty-cell picks do not"
         )
     return "replay not shown to matter: neither K = 0 nor placeholders lower accuracy beyond the interval"
 
