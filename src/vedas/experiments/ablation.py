@@ -898,7 +898,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         left.plot([i] * len(r["accuracies"]), [100 * a for a in r["accuracies"]], "k.", ms=4)
     left.axhline(100 * CHANCE, color="grey", ls=":", lw=1, label="chance")
     left.set_xticks(list(x), [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
-    left.set_ylabel("accuracy % (mean ± std; dots: seeds)")
+    left.set_ylabel("accuracy % (mean ± std; dots: runs)")
     left.set_ylim(0, 105)
     left.legend(fontsize=7, loc="lower right")
     y = range(len(comps))
