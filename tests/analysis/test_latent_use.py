@@ -185,8 +185,26 @@ def test_replay_verdict_tells_content_from_layout():
     # the layout kept, empty cells replayed first: the content matters though placeholders did not show it
     anti = replay_verdict({"replay_off": d(0.3), "replay_placeholder": d(-0.02), "replay_anti": d(0.1)})
     assert (
-        anti == "replayed content used: replaying empty cells first (anti) lowers accuracy beyond the interval"
+        anti
+        == "replayed content used: replaying empty cells first (anti) lowers accuracy beyond the interval"
     )
     assert "chunk layout used" in replay_verdict(
         {"replay_off": d(0.3), "replay_placeholder": d(-0.02), "replay_anti": d(-0.02)}
     )
+
+
+def test_runs_probed_with_other_settings_pool_what_they_share():
+    """Replicate 0 probed with the full sweep and the oracle, replicate 1 with --sweep-max 0 and no
+    oracle: the row pools the conditions and sweep points every run has."""
+    from vedas.analysis.latent_use import pooled
+
+    right = [1] * 150 + [0] * 50
+    full = _report(
+        {c: right for c in ("trained", "zeros", "noise", "shuffled", "replay_off", "replay_oracle")}
+    )
+    full["latent_use"]["sweep"] = [{"latents": n, "accuracy": 0.1 * n} for n in range(5)]
+    short = _report({c: right for c in ("trained", "zeros", "noise", "shuffled", "replay_off")})
+    short["latent_use"]["sweep"] = [{"latents": 0, "accuracy": 0.3}]
+    row = pooled("latent", {(1, 0): full, (1, 1): short, (3, 0): full, (3, 1): short})
+    assert set(row["accuracy"]) == {"trained", "zeros", "noise", "shuffled", "replay_off"}
+    assert row["sweep"] == [{"latents": 0, "accuracy": pytest.approx(0.15)}]

@@ -94,6 +94,8 @@ def test_demo_jobs_2_trains_the_same_models_as_one_after_the_other(tmp_path: Pat
         "shuffled",
         "replay_off",
         "replay_placeholder",
+        "replay_oracle",  # the demo's data is synthetic: its layout says which cells are relevant
+        "replay_anti",
     }
     assert [p["latents"] for p in use["sweep"]] == list(range(2 * size.latents + 1))
     assert "latent_use" not in side["cot"] and "latent_use" not in side["no_cot"]

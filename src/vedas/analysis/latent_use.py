@@ -275,17 +275,20 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     on the question-level interval only, which leaves out run-to-run variance.
     """
     seeds = sorted(reps)
-    conds = reps[seeds[0]]["latent_use"]["conditions"]
+    # runs probed with other settings (an older report, another --sweep-max) pool what they share
+    conds = [
+        c
+        for c in reps[seeds[0]]["latent_use"]["conditions"]
+        if all(c in reps[s]["latent_use"]["conditions"] for s in seeds)
+    ]
     per_seed = {c: [reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds] for c in conds}
     accuracy = {c: statistics.mean(v) for c, v in per_seed.items()}
     drops = {c: _drop(reps, c) for c in conds if c != "trained"}
     seed_drops = _seed_drops(seeds, per_seed, list(drops))
+    points = [{p["latents"]: p["accuracy"] for p in reps[s]["latent_use"]["sweep"]} for s in seeds]
     sweep = [
-        {
-            "latents": p["latents"],
-            "accuracy": statistics.mean(reps[s]["latent_use"]["sweep"][i]["accuracy"] for s in seeds),
-        }
-        for i, p in enumerate(reps[seeds[0]]["latent_use"]["sweep"])
+        {"latents": n, "accuracy": statistics.mean(p[n] for p in points)}
+        for n in sorted(set.intersection(*(set(p) for p in points)))
     ]
     return {
         "method": name,
