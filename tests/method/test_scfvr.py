@@ -9,16 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from scfvr_batch import vedas_batch
 
-import vedas
-from vedas.config import ConfigError, LatentConfig
-from vedas.data import load as load_data
+from vedas.config import ConfigError
 from vedas.data import synth
 from vedas.method import scfvr
-from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig
 from vedas.train.config import load_config
-from vedas.train.objective import LatentObjective, collate
+from vedas.train.objective import LatentObjective
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +24,7 @@ def setup(tmp_path_factory):
     """A fully trainable tiny Qwen2-VL (the vision tower trains too) and a final-stage ``vedas`` batch."""
     out = tmp_path_factory.mktemp("synth")
     synth.write(out, train=4, test=2, seed=0, progress=False)
-    records = list(load_data("synthetic", path=str(out), split="train"))[:2]
-    model, processor = vedas.tiny_model(
-        "qwen2_vl", hidden=64, layers=2, vision_depth=1, max_pixels=12544, seed=0
-    )
-    vm = vedas.VedasModel(model, processor, LatentConfig(latents=3, replay_k=6))
-    lays = [
-        layout("vedas", record_steps(r.steps, r.rationale, 3), r.answer, 3, 3, CurriculumConfig())
-        for r in records
-    ]
-    return vm, collate(vm, records, lays, "vedas")
+    return vedas_batch(out)
 
 
 @contextlib.contextmanager

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from scfvr_batch import vedas_batch
 
-import vedas
-from vedas.config import ConfigError, LatentConfig
-from vedas.data import load as load_data
+from vedas.config import ConfigError
 from vedas.engine import replay as replay_mod
 from vedas.method import scfvr
-from vedas.method.curriculum import CurriculumConfig, layout, record_steps
 from vedas.method.scfvr import SCFVRConfig
 from vedas.train import recipe
 from vedas.train.config import load_config
-from vedas.train.objective import LatentObjective, collate
+from vedas.train.objective import LatentObjective
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "{hidden: 64, layers: 2, heads: 4, kv_heads: 2, vision_depth: 1, vision_hidden: 32, max_pixels: 12544}"
@@ -30,16 +28,7 @@ TINY = "{hidden: 64, layers: 2, heads: 4, kv_heads: 2, vision_depth: 1, vision_h
 @pytest.fixture(scope="module")
 def setup(synth_data):
     """A fully trainable tiny Qwen2-VL and a final-stage ``vedas`` batch of two records."""
-    records = list(load_data("synthetic", path=str(synth_data(16, 4)), split="train"))[:2]
-    model, processor = vedas.tiny_model(
-        "qwen2_vl", hidden=64, layers=2, vision_depth=1, max_pixels=12544, seed=0
-    )
-    vm = vedas.VedasModel(model, processor, LatentConfig(latents=3, replay_k=6))
-    lays = [
-        layout("vedas", record_steps(r.steps, r.rationale, 3), r.answer, 3, 3, CurriculumConfig())
-        for r in records
-    ]
-    return vm, collate(vm, records, lays, "vedas")
+    return vedas_batch(synth_data(16, 4))
 
 
 def groups(vm, obj) -> dict[str, list[torch.nn.Parameter]]:
@@ -118,30 +107,39 @@ def test_reference_form_trains_the_merger_and_tower_never_the_decoder(setup):
     assert all(n == 0 for k in ("layers", "embed", "lm_head") for n in g[k]), g
 
 
-def test_reference_form_is_the_unweighted_mean_with_a_live_target(setup):
-    """The reference form's input is the plain mean of the picked embeddings (not the paper's weighted
-    sum), and its target builds a graph even with ``recon_target_grad`` off."""
-    vm, batch = setup
+@contextlib.contextmanager
+def captured_recon(vm) -> Iterator[dict[str, object]]:
+    """While the objective runs: what it hands ``recon_loss`` (``args``), the loss it gets back
+    (``loss``) and the crop target the vision tower encoded (``target``)."""
+    import vedas.train.objective as objective_mod
+
     seen: dict[str, object] = {}
     real_loss, real_encode = scfvr.recon_loss, vm.backbone.encode_crops
 
     def capture(*a, **k):
         seen["args"] = a
-        return real_loss(*a, **k)
+        seen["loss"] = real_loss(*a, **k)
+        return seen["loss"]
 
     def encode(crops):
         seen["target"] = real_encode(crops)
         return seen["target"]
 
-    import vedas.train.objective as objective_mod
-
     objective_mod.scfvr.recon_loss, vm.backbone.encode_crops = capture, encode
     try:
-        torch.manual_seed(0)
-        LatentObjective(vm, "vedas", vm.config, SCFVRConfig(form="reference"))(batch)
+        yield seen
     finally:
         objective_mod.scfvr.recon_loss = real_loss
         del vm.backbone.encode_crops
+
+
+def test_reference_form_is_the_unweighted_mean_with_a_live_target(setup):
+    """The reference form's input is the plain mean of the picked embeddings (not the paper's weighted
+    sum), and its target builds a graph even with ``recon_target_grad`` off."""
+    vm, batch = setup
+    with captured_recon(vm) as seen:
+        torch.manual_seed(0)
+        LatentObjective(vm, "vedas", vm.config, SCFVRConfig(form="reference"))(batch)
     assert seen["target"].requires_grad  # type: ignore[union-attr]
     replays, visual = seen["args"][2], seen["args"][3]  # type: ignore[index]
     rep = next(r for r in replays if r is not None)
@@ -156,29 +154,10 @@ def test_default_form_is_the_papers_equation_bit_for_bit(setup):
     from detached embeddings, F_SR on it, MSE to the crop target; same loss and same gradients, bitwise."""
     vm, batch = setup
     assert SCFVRConfig() == SCFVRConfig(form="paper", clip="joint")
-    seen: dict[str, object] = {}
-    real_loss, real_encode = scfvr.recon_loss, vm.backbone.encode_crops
-
-    def capture(*a, **k):
-        seen["args"] = a
-        out = real_loss(*a, **k)
-        seen["loss"] = out
-        return out
-
-    def encode(crops):
-        seen["target"] = real_encode(crops)
-        return seen["target"]
-
-    import vedas.train.objective as objective_mod
-
-    objective_mod.scfvr.recon_loss, vm.backbone.encode_crops = capture, encode
-    try:
+    with captured_recon(vm) as seen:
         torch.manual_seed(0)
         obj = LatentObjective(vm, "vedas", vm.config, SCFVRConfig())
         obj(batch)
-    finally:
-        objective_mod.scfvr.recon_loss = real_loss
-        del vm.backbone.encode_crops
     replays, visual = seen["args"][2], seen["args"][3]  # type: ignore[index]
     rows = []
     for rep in replays:
