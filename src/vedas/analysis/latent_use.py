@@ -76,12 +76,14 @@ REPLAY_PROBES = ("replay_off", "replay_placeholder", "replay_oracle", "replay_an
 positions (only the content goes), and where the data knows what matters, relevant or empty cells."""
 
 
-class PolicyModel:
-    """A VedasModel whose ``generate_records`` replays through ``make(records)``'s policy (a probe)."""
+class ProbeModel:
+    """A VedasModel whose ``generate_records`` runs under a probe (``evaluate`` takes neither itself): a
+    latent transform applied at every step, and/or a replay policy made per batch by ``make_policy(records)``."""
 
-    def __init__(self, vm: Any, make: Any) -> None:
+    def __init__(self, vm: Any, transform: Any = None, make_policy: Any = None) -> None:
         self.vm = vm
-        self.make = make
+        self.transform = transform
+        self.make_policy = make_policy
 
     @property
     def device(self) -> torch.device:
@@ -91,7 +93,11 @@ class PolicyModel:
         return self.vm.prepare_records(records, **kwargs)
 
     def generate_records(self, records: Any, **kwargs: Any) -> Any:
-        return self.vm.generate_records(records, replay_policy=self.make(records), **kwargs)
+        if self.transform is not None:
+            kwargs["latent_transform"] = self.transform
+        if self.make_policy is not None:
+            kwargs["replay_policy"] = self.make_policy(records)
+        return self.vm.generate_records(records, **kwargs)
 
 
 def replay_policies(vm: Any, relevance: Any = None) -> dict[str, Any]:
@@ -110,21 +116,6 @@ def replay_policies(vm: Any, relevance: Any = None) -> dict[str, Any]:
 
             makers[f"replay_{order}"] = make
     return makers
-
-
-class TransformedModel:
-    """A VedasModel whose ``generate_records`` applies a latent transform (``evaluate`` takes none itself)."""
-
-    def __init__(self, vm: Any, transform: Any) -> None:
-        self.vm = vm
-        self.transform = transform
-
-    @property
-    def device(self) -> torch.device:
-        return self.vm.device
-
-    def generate_records(self, records: Any, **kwargs: Any) -> Any:
-        return self.vm.generate_records(records, latent_transform=self.transform, **kwargs)
 
 
 def _summary(report: dict[str, Any], reference: list[str] | None) -> dict[str, Any]:
@@ -165,7 +156,7 @@ def measure(vm: Any, records: list[Any], args: argparse.Namespace) -> dict[str, 
     conditions = {"trained": _summary(trained, reference)}
     bar.update(1)
     for name in CONDITIONS[1:]:
-        rep = evaluate(TransformedModel(vm, make_transform(name, args.seed)), records, **common)
+        rep = evaluate(ProbeModel(vm, transform=make_transform(name, args.seed)), records, **common)
         conditions[name] = _summary(rep, reference)
         bar.update(1)
     sweep = []
@@ -241,7 +232,7 @@ def probe(
     if config.replay_k > 0:  # nothing is replayed to swap otherwise
         for name, make in replay_policies(vm, relevance).items():
             swapped = evaluate(
-                PolicyModel(vm, make),
+                ProbeModel(vm, make_policy=make),
                 test,
                 method,
                 batch_size=16,
