@@ -93,6 +93,13 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     )
     assert latent["runs"] == [[0, 0], [0, 1]] and latent["seeds"] == [0] and len(latent["accuracies"]) == 2
 
+    # --report-only: trains nothing (no_replay has no replicate 1); reports every finished unit on disk
+    res = ablation(tmp_path, "--replicates", "2", "--variants", "latent", "no_replay", "--report-only")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert ": accuracy" not in res.stdout and not (tmp_path / "seed0" / "rep1" / "no_replay").exists()
+    runs = {m["method"]: m["runs"] for m in json.loads((tmp_path / "ablation.json").read_text())["methods"]}
+    assert runs == {"cot": [[0, 0]], "latent": [[0, 0], [0, 1]], "no_replay": [[0, 0]]}
+
     # a cot below --cot-min: reported, excluded, nothing more trained from it
     res = ablation(tmp_path, "--replicates", "3", "--variants", "latent", "--no-remedies", "--cot-min", "0.5")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -117,3 +124,27 @@ def test_trained_remedies_are_latent_with_one_latent_field_changed(tmp_path: Pat
         assert cfg.model.base == str(cot) and cfg.method == "latent"
         assert cfg.latent == dataclasses.replace(base.latent, **changed)
         assert dataclasses.replace(cfg, latent=base.latent, run=base.run) == base
+
+
+def test_options_change_only_their_fields_of_the_method_they_vary(tmp_path: Path) -> None:
+    import dataclasses
+
+    from vedas.experiments import demo
+    from vedas.experiments.ablation import OPTION_COMPARISONS, OPTIONS, variant_config
+
+    size, cot = demo.QUICK.with_preset("fine"), tmp_path / "cot" / "final"
+    for name, option in OPTIONS.items():
+        assert name not in VARIANTS  # opt-in: not in the default ablation
+        base_name = option.preset.name
+        base = variant_config(base_name, size, tmp_path / "data", tmp_path, 0, cot)
+        cfg = variant_config(name, size, tmp_path / "data", tmp_path, 0, cot)
+        assert cfg.model.base == str(cot) and cfg.method == base.method
+        assert cfg.latent == dataclasses.replace(base.latent, **dict(option.latent))
+        assert cfg.scfvr == dataclasses.replace(base.scfvr, **dict(option.scfvr))
+        assert (option.latent or option.scfvr) and (cfg.latent, cfg.scfvr) != (base.latent, base.scfvr)
+        assert dataclasses.replace(cfg, latent=base.latent, scfvr=base.scfvr, run=base.run) == base
+        assert cfg.run.output_dir.endswith(name)
+        assert any(name == b and a == base_name for a, b, _ in OPTION_COMPARISONS)  # compared with its base
+    hidden = variant_config("vedas+hidden", size, tmp_path / "data", tmp_path, 0, cot)
+    assert (hidden.scfvr.form, hidden.scfvr.clip, hidden.scfvr.weight) == ("hidden", "separate", 0.1)
+    assert hidden.routing is not None  # vedas keeps its routing: only the SCF-VR form differs

@@ -19,6 +19,10 @@ exactly as the demo trains it, and from that one ``cot`` checkpoint, through the
 ``no_replay``       ``latent`` with K = 0: latent passes over nothing but the latent
 ==================  =====================================================================
 
+and, only when named in ``--variants``, the trained remedies (:data:`TRAINED_REMEDIES`) and the
+options of issue 27 (:data:`OPTIONS`): ``latent+rowcol`` (``latent`` with a saliency option) and
+``vedas+hidden`` (``vedas`` with SCF-VR's ``hidden`` form), each compared with the method it varies.
+
 Each (variant, seed) is one unit: trained, evaluated (as the demo does: strict ``vedas`` scoring,
 batch 16) and, for the latent variants, probed for latent use (:mod:`vedas.analysis.latent_use`'s
 conditions, replay turned off at inference, and the latent-count sweep). Its result is written
@@ -60,7 +64,8 @@ class Variant:
     """One row of the ablation: the method preset trained from ``cot`` (and evaluated in its mode)."""
 
     preset: Method
-    latent: tuple[tuple[str, Any], ...] = ()  # LatentConfig fields set on top (a trained remedy)
+    latent: tuple[tuple[str, Any], ...] = ()  # LatentConfig fields set on top (a trained remedy, an option)
+    scfvr: tuple[tuple[str, Any], ...] = ()  # SCFVRConfig fields set on top (an SCF-VR form)
     help: str = ""
 
     @property
@@ -96,7 +101,22 @@ TRAINED_REMEDIES: dict[str, Variant] = {
     ),
 }
 """Remedies that change training: variants of ``latent``, run only when named in ``--variants``."""
-ALL_VARIANTS = {**VARIANTS, **TRAINED_REMEDIES}
+OPTIONS: dict[str, Variant] = {
+    "latent+rowcol": Variant(
+        PRESETS["latent"],
+        latent=(("replay_debias", "rowcol"),),
+        help="latent with positional debiasing: the attention scores residualised on image row and column",
+    ),
+    "vedas+hidden": Variant(
+        PRESETS["vedas"],
+        scfvr=(("form", "hidden"), ("weight", 0.1), ("clip", "separate")),
+        help="vedas with SCF-VR's hidden form (F_SR on the decoder's state after the chunk), lambda 0.1, "
+        "F_SR clipped apart from the model",
+    ),
+}
+"""The saliency option and the SCF-VR form docs/design.md#ablation chose (issue 27), each a variant of
+the method it changes; run only when named in ``--variants``."""
+ALL_VARIANTS = {**VARIANTS, **TRAINED_REMEDIES, **OPTIONS}
 
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("latent", "latent+rds", "the paper's Table 3: Base → +RDS"),
@@ -113,6 +133,12 @@ REMEDY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("latent", "latent+gap", "trained remedy: GAP norm calibration"),
 )
 """Reported when the trained remedies ran (``--variants … latent_nograd latent+gap``)."""
+OPTION_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("latent", "latent+rowcol", "saliency option vs the paper's saliency"),
+    ("random_replay", "latent+rowcol", "saliency option vs random replay"),
+    ("vedas", "vedas+hidden", "SCF-VR form: hidden vs the paper's"),
+)
+"""Reported when the options ran (``--variants … latent+rowcol vedas+hidden``)."""
 
 # As the paper reports them (its Table 3; accuracy %, models trained 16 epochs on a balanced subset).
 PAPER_TABLE3: tuple[dict[str, Any], ...] = (
@@ -206,6 +232,7 @@ def variant_config(
     return dataclasses.replace(
         cfg,
         latent=dataclasses.replace(cfg.latent, **dict(v.latent)),
+        scfvr=dataclasses.replace(cfg.scfvr, **dict(v.scfvr)),
         run=dataclasses.replace(cfg.run, output_dir=str(unit_path(seed_dir, name, replicate))),
     )
 
@@ -540,7 +567,7 @@ def summarise(
     names = [n for n in ALL_VARIANTS if results.get(n)]
     methods = [summary_row(n, results[n]) for n in names]
     comparisons = []
-    for a, b, what in COMPARISONS + REMEDY_COMPARISONS:
+    for a, b, what in COMPARISONS + REMEDY_COMPARISONS + OPTION_COMPARISONS:
         d = paired({a: shared_source(a, results.get(a, {}), results.get(b, {})), b: results.get(b, {})}, a, b)
         if d is not None:
             comparisons.append({"a": a, "b": b, "what": what, **d})
@@ -712,6 +739,8 @@ def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], 
         raise UserError(
             f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
         )
+    if getattr(args, "report_only", False):
+        return wanted, remedies_wanted, seeds, []  # every seed is "another process's": read, never train
     return wanted, remedies_wanted, seeds, [s for s in seeds if s in only]
 
 
@@ -768,6 +797,9 @@ def run(args: argparse.Namespace) -> int:
             remedies.setdefault(name.removeprefix("remedy:"), {})[seed] = report
         else:
             results.setdefault(name, {})[(seed, rep)] = report
+        done = sorted({k[0] for reps in results.values() for k in reps})
+        text = write_report(out, results, remedies, size, done, t0, load_start, cot_min)
+    if not roots:  # --report-only, or every seed taken by other processes
         done = sorted({k[0] for reps in results.values() for k in reps})
         text = write_report(out, results, remedies, size, done, t0, load_start, cot_min)
     print(text)

@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with --ablation: only these variants (default: the seven of the ablation; cot is always "
         "trained first); the trained remedies latent_nograd (latent_grad: none) and latent+gap (GAP norm "
-        "calibration in training) run only when named here",
+        "calibration in training) and the options latent+rowcol (a saliency option) and vedas+hidden (SCF-VR's "
+        "hidden form) run only when named here",
     )
     parser.add_argument(
         "--remedies",
@@ -149,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="with --ablation: train only these of the --seeds (another process takes the rest); the "
         "report includes every unit finished on disk",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --ablation: train nothing; rewrite the report from every unit finished on disk under --out "
+        "(after several processes, or variants added later with fewer --replicates)",
     )
     parser.set_defaults(func=run)
 
