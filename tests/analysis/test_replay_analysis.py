@@ -153,6 +153,30 @@ def test_replay_command(checkpoint, synth_dir, tmp_path, assert_png, capsys):
     ]  # 2 layers x 4 heads
     assert all(0 <= a <= 1 for a in first["layer_auc"]) and report["saliency"] == {}
     assert first["saliency_auc"] is None
+    # step 1's attention on the image against eager output_attentions on the prompt (mean over layers
+    # and heads of the last query's row, summed over the image-token positions the processor wrote)
+    import vedas
+    from vedas.data import load
+    from vedas.engine.runners import eager_attention
+
+    vm = vedas.load(str(checkpoint))
+    records = list(load("synthetic", path=str(synth_dir), split="test"))[:4]
+    ref = []
+    for rec in records:  # one at a time: no padding
+        batch = vm.prepare_records([rec], mode="latent")
+        with eager_attention(vm.model), torch.no_grad():
+            out = vm.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                pixel_values=batch.pixel_values,
+                image_grid_thw=batch.image_grid_thw,
+                mm_token_type_ids=batch.mm_token_type_ids,
+                output_attentions=True,
+            )
+        row = torch.stack([a[0, :, -1, :] for a in out.attentions]).mean(dim=(0, 1))
+        ref.append(float(row[batch.input_ids[0] == vm.model.config.image_token_id].sum()))
+    assert first["image_attention"] == pytest.approx(float(np.mean(ref)), abs=1e-5)
+    assert len(first["image_attention_layers"]) == 2 and 0 < first["image_attention"] < 1
     # the same checkpoint under a saliency option: the rerun follows the option's picks too
     opt = tmp_path / "replay_opt"
     flags = ["--replay-layers", "1", "--replay-debias", "rowcol", "--replay-random-share", "0.25"]

@@ -18,7 +18,10 @@ samples:
   that chose the step's picks (mean over samples; 0.5 is chance), and the same AUC under each
   decoder layer's attention (``layer_auc``) and each head's (``head_auc``, layers × heads), from a
   rerun of the latent phase on the engine's own loop (its recorder keeping per-head rows) whose
-  picks are checked against ``generate``'s (``saliency_samples_matching_generate``).
+  picks are checked against ``generate``'s (``saliency_samples_matching_generate``);
+- attention on the image: the share of that last query's attention mass on the prompt's visual
+  tokens (``image_attention``; per layer ``image_attention_layers``), the decay visual replay is
+  meant to counter (step 1's query is the prompt's last token).
 
 The saliency options of :class:`~vedas.config.LatentConfig` (``--replay-layers``, ``--replay-heads``,
 ``--replay-debias``, ``--replay-random-share``, ``--replay-diversity``) override the checkpoint's for
@@ -279,7 +282,9 @@ def saliency(
     steps = []
     for attn, kept in list(zip(runner.attention, runner.kept))[: len(run.replays)]:  # pass t picks step t + 1
         if attn is None or kept is None:
-            steps.append({"mean": [None] * len(records), "layers": [], "heads": None, "saliency": None})
+            steps.append(
+                {"mean": [None] * len(records), "layers": [], "heads": None, "saliency": None, "mass": []}
+            )
             continue
         scores = attn.gather(1, visual.seq_index)
         index = visual.seq_index[:, None, None].expand(-1, *kept.shape[1:3], -1)
@@ -290,7 +295,14 @@ def saliency(
             step = Step(visual, torch.zeros_like(visual.valid), cfg.replay_k, rows)
             ranked = _mean_auc(_step_aucs(chosen.saliency(scores, step).cpu().numpy(), counts, labels))
         mean = _step_aucs(scores.float().cpu().numpy(), counts, labels)
-        steps.append({"mean": mean, "layers": layers, "heads": heads, "saliency": ranked})
+        # the share of the last query's attention on the image's own tokens: all layers, then each
+        on_image = visual.valid[:, None].float()
+        mass = torch.cat(
+            [(scores.float()[:, None] * on_image).sum(-1), (rows.float().mean(2) * on_image).sum(-1)], 1
+        )
+        steps.append(
+            {"mean": mean, "layers": layers, "heads": heads, "saliency": ranked, "mass": mass.cpu().tolist()}
+        )
     picks = [
         [[] if rep is None else rep.index[b][rep.mask[b]].tolist() for rep in run.replays]
         for b in range(len(records))
@@ -306,6 +318,7 @@ def measure(
     aucs: dict[int, list[float]] = {}
     # per step: (number of labelled samples, their summed per-layer / per-head / option AUCs)
     weighted: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    masses: dict[int, list[list[float]]] = {}  # per step, per sample: [all layers, layer 0, layer 1, …]
     agree = 0
     bar = base.progress(len(records), "replay", not args.no_progress)
     for batch in base.batches(records, args.batch_size):
@@ -321,6 +334,7 @@ def measure(
             row = [a for a in step["mean"] if a is not None]
             aucs.setdefault(t, []).extend(row)
             weighted.setdefault(t, []).append((len(row), step))
+            masses.setdefault(t, []).extend(step["mass"])
         bar.update(len(batch))
     bar.close()
     labelled = sum(lab is not None for _, lab in samples)
@@ -340,11 +354,22 @@ def measure(
                 **step,
                 "attention_auc": (float(np.mean(aucs[t])) if aucs.get(t) else None),
                 **_pooled(weighted.get(t, [])),
+                **image_attention(masses.get(t, [])),
             }
             for t, step in enumerate(selection_stats(samples))
         ],
         "saliency_samples_matching_generate": agree,
     }
+
+
+def image_attention(mass: list[list[float]]) -> dict[str, Any]:
+    """A step's attention on the image, mean over samples: ``image_attention`` under the layer-mean
+    last-query row that chose the step's picks, ``image_attention_layers`` under each layer's (the share
+    of the query's attention mass on the prompt's visual tokens; replayed copies are not counted)."""
+    if not mass:
+        return {"image_attention": None, "image_attention_layers": None}
+    mean = np.asarray(mass, dtype=np.float64).mean(0)
+    return {"image_attention": float(mean[0]), "image_attention_layers": mean[1:].tolist()}
 
 
 def _pool(values: list[tuple[int, Any]]) -> Any:
@@ -497,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"step {s['step']}: relevant {sh['relevant']:.3f} (cells {cs['relevant']:.3f}), "
             f"empty {sh['empty']:.3f} (cells {cs['empty']:.3f}), first/last row {s['first_or_last_row_share']:.3f}, "
+            f"attention on the image {_fmt(s['image_attention'])}, "
             f"attention AUC {_fmt(s['attention_auc'])}, per layer "
             f"[{', '.join(_fmt(a) for a in s['layer_auc'] or [])}]"
             + ("" if s["saliency_auc"] is None else f", option's map {_fmt(s['saliency_auc'])}")
