@@ -149,6 +149,14 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         "tokens ~170 text tokens before the question, textures seen finely only in a crop; not calibrated "
         "yet) (default: fine)",
     )
+    parser.add_argument(
+        "--synth",
+        nargs="+",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="benchmark knobs on top of the preset, each a `vedas data synth` flag without its dashes "
+        "(e.g. --synth context_sentences=0 texture=4); recorded in the run's settings",
+    )
 
 
 def sized(args: argparse.Namespace) -> DemoSize:
@@ -161,7 +169,34 @@ def sized(args: argparse.Namespace) -> DemoSize:
         ("latent_epochs", args.latent_epochs),
         ("max_new_tokens", args.max_new_tokens),
     )
-    return dataclasses.replace(size, arch=args.arch, **{k: v for k, v in given if v})
+    synth = {**size.synth, **synth_knobs(getattr(args, "synth", None) or [])}
+    return dataclasses.replace(size, arch=args.arch, synth=synth, **{k: v for k, v in given if v})
+
+
+def synth_knobs(items: list[str]) -> dict[str, Any]:
+    """``--synth KNOB=VALUE …`` as :class:`~vedas.data.synth.SynthConfig` fields of their declared type;
+    a UserError names a malformed item, an unknown knob or a value of the wrong type."""
+    from vedas.data.synth import SynthConfig
+    from vedas.errors import UserError
+
+    types = {f.name: type(f.default) for f in dataclasses.fields(SynthConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or name not in types:
+            raise UserError(f"--synth: {item!r} is not KNOB=VALUE with KNOB one of {sorted(types)}")
+        kind = types[name]
+        try:
+            out[name] = _boolean(value) if kind is bool else kind(value)
+        except ValueError:
+            raise UserError(f"--synth: {name} wants a {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1")
 
 
 def demo_pixels(arch: str, image_size: int = 112) -> int:
