@@ -96,7 +96,8 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     # --report-only: trains nothing (no_replay has no replicate 1); reports every finished unit on disk
     res = ablation(tmp_path, "--replicates", "2", "--variants", "latent", "no_replay", "--report-only")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert ": accuracy" not in res.stdout and not (tmp_path / "seed0" / "rep1" / "no_replay").exists()
+    assert not re.search(r"^ablation: \S+ seed \d+( replicate \d+)?: accuracy", res.stdout, re.M)
+    assert not (tmp_path / "seed0" / "rep1" / "no_replay").exists()
     runs = {m["method"]: m["runs"] for m in json.loads((tmp_path / "ablation.json").read_text())["methods"]}
     assert runs == {"cot": [[0, 0]], "latent": [[0, 0], [0, 1]], "no_replay": [[0, 0]]}
 
