@@ -1,4 +1,4 @@
-"""``--synth KNOB=VALUE``: benchmark knobs on top of a preset, typed, with errors naming the item."""
+"""``--synth KNOB=VALUE``: benchmark knobs on top of a preset, typed as a config file's, with errors naming the item."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def test_synth_knobs_go_on_top_of_the_preset_with_their_types():
 @pytest.mark.parametrize(
     "item, message",
     [
-        ("texture", "'texture' is not KNOB=VALUE"),
-        ("colour=3", "'colour=3' is not KNOB=VALUE"),
-        ("texture=fine", "texture wants a int, got 'fine'"),
-        ("fixed_kinds=maybe", "fixed_kinds wants a bool, got 'maybe'"),
+        ("texture", "--synth: 'texture' is not KNOB=VALUE"),
+        ("colour=3", r"--synth.colour: unknown key; valid keys: \['clutter', 'colors'"),
+        ("texture=fine", "--synth.texture: expected an integer, got 'fine'"),
+        ("fixed_kinds=maybe", "--synth.fixed_kinds: expected true/false, got 'maybe'"),
     ],
 )
 def test_a_bad_knob_is_named(item, message):

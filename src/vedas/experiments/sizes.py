@@ -174,29 +174,17 @@ def sized(args: argparse.Namespace) -> DemoSize:
 
 
 def synth_knobs(items: list[str]) -> dict[str, Any]:
-    """``--synth KNOB=VALUE …`` as :class:`~vedas.data.synth.SynthConfig` fields of their declared type;
-    a UserError names a malformed item, an unknown knob or a value of the wrong type."""
+    """``--synth KNOB=VALUE …`` as :class:`~vedas.data.synth.SynthConfig` fields: each value read as a YAML
+    scalar and checked against the field's type as a config file's would be; a UserError names a
+    malformed item, an unknown knob or a value of the wrong type."""
+    from vedas.config import apply_overrides, keyword_args
     from vedas.data.synth import SynthConfig
     from vedas.errors import UserError
 
-    types = {f.name: type(f.default) for f in dataclasses.fields(SynthConfig)}
-    out: dict[str, Any] = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        if not eq or name not in types:
-            raise UserError(f"--synth: {item!r} is not KNOB=VALUE with KNOB one of {sorted(types)}")
-        kind = types[name]
-        try:
-            out[name] = _boolean(value) if kind is bool else kind(value)
-        except ValueError:
-            raise UserError(f"--synth: {name} wants a {kind.__name__}, got {value!r}") from None
-    return out
-
-
-def _boolean(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(value)
-    return value.lower() in ("true", "1")
+    malformed = [item for item in items if "=" not in item]
+    if malformed:
+        raise UserError(f"--synth: {malformed[0]!r} is not KNOB=VALUE")
+    return keyword_args(SynthConfig, apply_overrides({}, [f"--{item}" for item in items]), "--synth")
 
 
 def demo_pixels(arch: str, image_size: int = 112) -> int:
