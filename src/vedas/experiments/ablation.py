@@ -797,11 +797,9 @@ def run(args: argparse.Namespace) -> int:
             remedies.setdefault(name.removeprefix("remedy:"), {})[seed] = report
         else:
             results.setdefault(name, {})[(seed, rep)] = report
-        done = sorted({k[0] for reps in results.values() for k in reps})
-        text = write_report(out, results, remedies, size, done, t0, load_start, cot_min)
+        text = write_report(out, results, remedies, size, t0, load_start, cot_min)
     if not roots:  # --report-only, or every seed taken by other processes
-        done = sorted({k[0] for reps in results.values() for k in reps})
-        text = write_report(out, results, remedies, size, done, t0, load_start, cot_min)
+        text = write_report(out, results, remedies, size, t0, load_start, cot_min)
     print(text)
     return 0
 
@@ -839,13 +837,14 @@ def write_report(
     results: dict[str, dict[int, dict[str, Any]]],
     remedies: dict[str, dict[int, dict[str, Any]]],
     size: sizes.DemoSize,
-    seeds: list[int],
     t0: float,
     load_start: float,
     cot_min: float = 0.0,
 ) -> str:
-    """``ablation.json`` and ``ablation.md`` over the seeds finished so far; returns the markdown."""
+    """``ablation.json`` and ``ablation.md`` over the seeds finished so far (those with a unit in
+    ``results``); returns the markdown."""
     summary = summarise(results, remedies, cot_min)
+    seeds = sorted({k[0] if isinstance(k, tuple) else k for reps in results.values() for k in reps})
     meta = {
         "machine": sizes.machine(),
         "load_start": load_start,
