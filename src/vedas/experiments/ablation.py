@@ -739,7 +739,7 @@ def _chosen(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], 
         raise UserError(
             f"--only-seeds: {sorted(only - set(seeds))} not among --seeds {args.seeds} (0…{args.seeds - 1})"
         )
-    if getattr(args, "report_only", False):
+    if args.report_only:
         return wanted, remedies_wanted, seeds, []  # every seed is "another process's": read, never train
     return wanted, remedies_wanted, seeds, [s for s in seeds if s in only]
 

@@ -169,7 +169,7 @@ def sized(args: argparse.Namespace) -> DemoSize:
         ("latent_epochs", args.latent_epochs),
         ("max_new_tokens", args.max_new_tokens),
     )
-    synth = {**size.synth, **synth_knobs(getattr(args, "synth", None) or [])}
+    synth = {**size.synth, **synth_knobs(args.synth)}
     return dataclasses.replace(size, arch=args.arch, synth=synth, **{k: v for k, v in given if v})
 
 
