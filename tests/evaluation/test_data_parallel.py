@@ -8,15 +8,13 @@ runs only what it lacks.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import torchrun
 import vedas
 from vedas.config import LatentConfig
 from vedas.evaluation import shards
@@ -34,28 +32,16 @@ def ckpt(tmp_path_factory) -> Path:
     return vm.save(tmp_path_factory.mktemp("dp") / "ckpt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _args(ckpt: Path, data: Path, out: Path, *extra: str) -> list[str]:
     args = ["eval", "--checkpoint", str(ckpt), "--data", f"synthetic:{data}", "--batch-size", "3"]
     return [*args, "--device", "cpu", "--out", str(out), *extra]
 
 
 def _torchrun(ckpt: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    launch = ["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd = [sys.executable, "-m", *launch, "--master_port", str(_free_port()), "-m", "vedas.cli"]
-    cmd += _args(ckpt, data, out, *extra)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
-        # a gloo thread torn down at interpreter exit, after the work (see tests/train/test_train.py):
-        # the rerun resumes from the logs the first one finished
-        cmd += [] if "--resume" in extra else ["--resume"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    """``vedas eval`` on two torchrun ranks; a retry after the teardown abort (:mod:`torchrun`) resumes
+    from the logs the aborted run finished."""
+    cmd = [*torchrun.launch(2), "-m", "vedas.cli", *_args(ckpt, data, out, *extra)]
+    res = torchrun.run(cmd, rerun=[] if "--resume" in extra else ["--resume"], timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return res
 

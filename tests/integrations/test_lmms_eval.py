@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import torchrun
 import vedas
 from vedas.config import LatentConfig
 from vedas.data import load as load_data
@@ -43,12 +43,6 @@ def synth_dir(synth_data) -> Path:
     return synth_data(0, 10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_lmms(ckpt: Path, synth_dir: Path, tmp: Path, world: int = 1) -> dict[str, tuple[float, list[dict]]]:
     """One ``lmms-eval`` run of both tasks (``world`` > 1: under torchrun, gloo on loopback);
     returns {task: (accuracy, [per-sample rows as rank 0 wrote them])}."""
@@ -63,14 +57,10 @@ def _run_lmms(ckpt: Path, synth_dir: Path, tmp: Path, world: int = 1) -> dict[st
     )
     (tasks / "fixture.yaml").write_text(f"include: {TASKS / 'vedas_m3cot_fixture.yaml'}\n")
     out = tmp / "out"
-    launch = ["lmms_eval"]
-    if world > 1:
-        launch = ["torch.distributed.run", "--nproc_per_node", str(world), "--master_addr", "127.0.0.1"]
-        launch += ["--master_port", str(_free_port()), "-m", "lmms_eval"]
     cmd = [
-        sys.executable,
+        *(torchrun.launch(world) if world > 1 else [sys.executable]),
         "-m",
-        *launch,
+        "lmms_eval",
         "--model",
         "vedas",
         "--model_args",

@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import torchrun
 from vedas.config import ConfigError
 from vedas.train.config import load_config
 from vedas.train.fsdp import load_settings
@@ -54,21 +53,9 @@ def _args(synth_dir: Path, out: Path, **extra: object) -> list[str]:
     ]
 
 
-def _torchrun(*args: str) -> list[str]:
-    with socket.socket() as s:  # a port the OS just handed out: fixed ports collide across runs
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    return [sys.executable, "-m", "torch.distributed.run", *launch, *args]
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run a torchrun command; retry once on the gloo teardown abort after the work is done
-    (see ``_run_distributed`` in test_train.py)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def _run(*args: str, rerun: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``args`` on two torchrun ranks, which must succeed (``rerun``: see :func:`torchrun.run`)."""
+    res = torchrun.run([*torchrun.launch(2), *args], rerun)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -94,7 +81,7 @@ def test_fsdp2_step_equals_a_one_process_reference(synth_dir, tmp_path):
     against one process taking the same 4 records as 2 accumulated micro-batches. Gloo's sharded
     gradients must be averaged over the ranks, not summed."""
     sharded, reference = tmp_path / "fsdp.safetensors", tmp_path / "one.safetensors"
-    _run(_torchrun(str(PROBE), str(sharded), "2", *_args(synth_dir, tmp_path / "a", **{"run.fsdp": FSDP})))
+    _run(str(PROBE), str(sharded), "2", *_args(synth_dir, tmp_path / "a", **{"run.fsdp": FSDP}))
     spec = importlib.util.spec_from_file_location("fsdp_probe", PROBE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -118,20 +105,24 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_p
     full, cut = tmp_path / "full", tmp_path / "cut"
 
     def train(out: Path, *extra: str) -> list[str]:
-        return _torchrun(
+        return [
             "-m",
             "vedas.cli",
             "train",
             "--config",
             *_args(synth_dir, out, **{"run.fsdp": FSDP, "run.save_every": 1, "optim.epochs": 2}),
             *extra,
-        )
+        ]
 
-    res = _run(train(full))
+    res = _run(*train(full), rerun=("--run.overwrite", "true"))
     assert "distributed: FSDP, 2 processes" in res.stdout
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        train(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [*torchrun.launch(2), *train(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 180
     while not (cut / "checkpoints" / "step-1").is_dir():
@@ -142,7 +133,7 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_p
     proc.wait()
     assert not (cut / "final").exists()
     assert not (cut / "checkpoints" / "step-4").exists()
-    res = _run(train(cut, "--run.resume", "true"))
+    res = _run(*train(cut, "--run.resume", "true"))  # a retry resumes again
     assert "resumed from" in res.stdout, res.stdout[-2000:]
     for name in ("model/model.safetensors", "routing.safetensors"):
         a, b = load_file(str(full / "final" / name)), load_file(str(cut / "final" / name))

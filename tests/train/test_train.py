@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import torchrun
 import vedas
 from vedas.config import ConfigError, LatentConfig
 from vedas.data import load as load_data
@@ -339,25 +340,12 @@ RESUMABLE = {"optim.epochs": 6, "run.save_every": 2}
 """The resume test's run: checkpoints every 2 of 12 steps."""
 
 
-def _free_port() -> int:
-    """A loopback port the OS has just handed out: fixed ports collide when test runs overlap."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _train_cmd(synth_dir, out, overrides: dict, *extra: str, torchrun_port: int | None = None) -> list[str]:
-    """``vedas train`` on ``synthetic_tiny.yaml`` (or torchrun with 2 processes) as a subprocess command."""
-    launch = []
-    if torchrun_port is not None:
-        launch = ["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-        launch += ["--master_port", str(torchrun_port), "-m"]
+def _train_cmd(synth_dir, out, overrides: dict, *extra: str, ranks: int = 0) -> list[str]:
+    """``vedas train`` on ``synthetic_tiny.yaml`` (under torchrun with ``ranks`` processes, if any) as a
+    subprocess command."""
     return [
-        sys.executable,
+        *(torchrun.launch(ranks) if ranks else [sys.executable]),
         "-m",
-        *launch,
         "vedas.cli",
         "train",
         "--config",
@@ -400,29 +388,17 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(synth_dir, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def _run_distributed(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run a torchrun command; retry once when a rank aborted in interpreter teardown.
-
-    About one run in four, a rank exits with SIGABRT *after* its work ("terminate called without
-    an active exception": gloo/DeepSpeed threads torn down at interpreter exit); tearing the
-    process group down explicitly instead made a run hang now and then. Only that abort is retried.
-    """
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
-        # the aborted run left its output directory behind: the retry replaces it
-        res = subprocess.run(
-            [*cmd, "--run.overwrite", "true"], env=env, capture_output=True, text=True, timeout=300
-        )
-    return res
+def _run_distributed(cmd: list[str]) -> subprocess.CompletedProcess:
+    """A fresh training run on torchrun ranks; a retry after the teardown abort (:mod:`torchrun`)
+    replaces what the aborted run left in its output directory."""
+    return torchrun.run(cmd, rerun=["--run.overwrite", "true"])
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_stay_in_sync(synth_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # routers live outside the HF model: they must be synced too
     overrides = {"optim.batch_size": 2, "routing": "{layers: all, alpha: 4}"}
-    cmd = _train_cmd(synth_dir, tmp_path, overrides, torchrun_port=_free_port())
-    res = _run_distributed(cmd, env)
+    res = _run_distributed(_train_cmd(synth_dir, tmp_path, overrides, ranks=2))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "processes: 2, parameters identical across ranks: True" in res.stdout
     assert (tmp_path / "final" / "config.yaml").is_file()
@@ -452,9 +428,7 @@ def test_deepspeed_zero2_on_two_processes_matches_ddp(synth_dir, tmp_path):
 
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
         overrides = {"optim.batch_size": 2, "optim.epochs": 2}
-        cmd = _train_cmd(synth_dir, out, overrides, *extra, torchrun_port=_free_port())
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        res = _run_distributed(cmd, env)
+        res = _run_distributed(_train_cmd(synth_dir, out, overrides, *extra, ranks=2))
         assert res.returncode == 0, res.stderr[-3000:]
         return res
 
