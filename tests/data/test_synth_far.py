@@ -261,3 +261,15 @@ def test_a_vedas_training_step_on_far_crops_the_504_px_original(far_model_and_da
     assert torch.isfinite(out["recon"]) and torch.isfinite(out["loss"])
     assert boxes and all(b - t == r - lf == 252 for t, lf, b, r in boxes), boxes
     assert crops and all(tuple(c.shape) == (3, 112, 112) for c in crops)
+
+
+def test_long_is_fine_s_image_and_question_behind_far_s_context() -> None:
+    """``long`` (docs/design.md#long-preset) is ``fine`` with ``far``'s 16 context sentences and nothing
+    else: the same pixels, question, options and answer; only the text before the question differs."""
+    assert preset("long") == preset("fine", context_sentences=preset("far").context_sentences)
+    for split, i in INDICES:
+        fine, long = make_sample(i, split, 0, preset("fine")), make_sample(i, split, 0, preset("long"))
+        assert np.array_equal(np.asarray(fine.image), np.asarray(long.image))
+        differs = {k for k in fine.row if fine.row[k] != long.row[k]}
+        assert differs == {"context"}, differs
+        assert not fine.row["context"] and len(long.row["context"].split(". ")) >= 16

@@ -274,6 +274,8 @@ class SynthConfig:
 # tokens) between the image and the question, so attention to the image has room to decay, and images
 # rendered at 504 px (3x the 168-px prompt side) whose kinds (striped vs checked squares, 3-px texture,
 # the same colour mass) are much weaker at the prompt's resolution than in SCF-VR's re-encoded crop.
+# ``long`` keeps ``fine``'s render and takes only ``far``'s context: ``cot`` reads the image on it,
+# where on ``far`` it did not.
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": dict(
         image_size=112,
@@ -316,6 +318,12 @@ PRESETS["far"] = {  # fine's questions and layout, rendered finer and placed far
     "shape_size": 42,
     "shapes": 2,
     "texture": 3,
+    "context_sentences": 16,
+}
+PRESETS[
+    "long"
+] = {  # fine's image, far's context: attention to the image has room to decay (design#long-preset)
+    **PRESETS["fine"],
     "context_sentences": 16,
 }
 MERGED_CELL_PX = 28

@@ -36,7 +36,8 @@ class DemoSize:
     """The synthetic benchmark's preset (:data:`vedas.data.synth.PRESETS`): ``fine`` (168 px, 36 merged
     visual tokens, replay must choose, 3-4-step questions; the default) or ``easy`` (112 px, 16 tokens,
     all replayed; every method but ``no_cot`` at 100 %), docs/results.md#fine-preset; or ``far`` (the 36 tokens
-    ~170 text tokens before the question, images rendered at 3× the prompt's side: docs/design.md#far-preset)."""
+    ~170 text tokens before the question, images rendered at 3× the prompt's side: docs/design.md#far-preset) or
+    ``long`` (``fine``'s image with ``far``'s ~170 text tokens before the question: docs/design.md#long-preset)."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs on top of the preset (:class:`vedas.data.synth.SynthConfig`)."""
 
@@ -83,9 +84,10 @@ class DemoSize:
 
 
 CHAMELEON_IMAGE = 64
-PRESET_REPLAY_K = {"easy": 4, "fine": 2, "far": 2}
+PRESET_REPLAY_K = {"easy": 4, "fine": 2, "far": 2, "long": 2}
 """K per preset: ``fine``'s 36 visual tokens take T_r·K = 4·2 = 8 replays, under a quarter; ``easy`` keeps the
-K = 4 it was measured with (its 16 tokens are all replayed); ``far`` has ``fine``'s 36 tokens in the prompt."""
+K = 4 it was measured with (its 16 tokens are all replayed); ``far`` and ``long`` have ``fine``'s 36 tokens in
+the prompt."""
 DEFAULT_JOBS = 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
@@ -146,8 +148,8 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         help="synthetic benchmark: fine (168 px, 36 visual tokens of which replay shows 8, 3-4-step "
         "questions), easy (112 px, 16 visual tokens, all replayed; the earlier demo) or far (fine's 36 "
-        "tokens ~170 text tokens before the question, textures seen finely only in a crop; not calibrated "
-        "yet) (default: fine)",
+        "tokens ~170 text tokens before the question, textures seen finely only in a crop; cot fails on "
+        "it) or long (fine's image, far's ~170 text tokens before the question) (default: fine)",
     )
     parser.add_argument(
         "--synth",
