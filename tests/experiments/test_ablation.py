@@ -111,6 +111,14 @@ def test_ablation_runs_resumes_and_refuses_other_settings(tmp_path: Path) -> Non
     assert rep["methods"] == [] and "`cot` of seed 0: " in (tmp_path / "ablation.md").read_text()
 
 
+def test_report_only_without_an_ablation_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "not_an_ablation"
+    res = ablation(out, "--report-only")
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"--report-only: {out} holds no ablation (no ablation_settings.json)" in res.stderr
+    assert not out.exists()
+
+
 def test_trained_remedies_are_latent_with_one_latent_field_changed(tmp_path: Path) -> None:
     import dataclasses
 

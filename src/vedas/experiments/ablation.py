@@ -754,6 +754,10 @@ def run(args: argparse.Namespace) -> int:
     cot_min = args.cot_min if args.cot_min is not None else (0.0 if args.quick else COT_MIN)
     if replicates < 1:
         raise UserError(f"--replicates: must be at least 1, got {replicates}")
+    if args.report_only and not (out / SETTINGS_FILE).is_file():
+        raise UserError(
+            f"--report-only: {out} holds no ablation (no {SETTINGS_FILE}); give an ablation's --out"
+        )
     check_settings(out, settings(size))
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
     results: dict[str, dict[Any, dict[str, Any]]] = {}
@@ -799,6 +803,8 @@ def run(args: argparse.Namespace) -> int:
             results.setdefault(name, {})[(seed, rep)] = report
         text = write_report(out, results, remedies, size, t0, load_start, cot_min)
     if not roots:  # --report-only, or every seed taken by other processes
+        if not results:
+            raise UserError(f"--report-only: no unit of {wanted} has finished under {out}; nothing to report")
         text = write_report(out, results, remedies, size, t0, load_start, cot_min)
     print(text)
     return 0
