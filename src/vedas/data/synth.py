@@ -46,7 +46,8 @@ Output, in the raw M3CoT schema so it loads through the same code as real data::
 
 ``--context-sentences N`` fills the row's ``context`` with N irrelevant sentences (the prompt puts
 it between the image and the question); ``--texture PX`` draws the kinds as striped and checked
-squares; ``--input-size`` and ``--grid`` render an image finer than the model sees it (preset ``far``).
+squares (``--frame PX``: inside a solid frame); ``--input-size`` and ``--grid`` render an image finer than the
+model sees it (preset ``far``).
 
 Determinism: sample ``i`` of a split depends only on (seed, split, i) and the knobs, so the
 same command writes byte-identical files, and the test set does not change with ``--train``.
@@ -158,6 +159,13 @@ class SynthConfig:
             "1-2), the same colour mass, told apart only by detail of that size; 0: plain shapes"
         },
     )
+    frame: int = field(
+        default=0,
+        metadata={
+            "help": "with --texture: px of solid colour around each textured square, so the texture fills only "
+            "its core (the tiny model reads a solid fill's colour, not a fully striped one's); 0: none"
+        },
+    )
     context_sentences: int = field(
         default=0,
         metadata={
@@ -192,6 +200,12 @@ class SynthConfig:
             0 <= self.texture <= self.shape_size // 2,
             "texture",
             f"must be 0 or in 1..shape_size/2 (a stripe and a gap fit a shape), got {self.texture}",
+        )
+        check(
+            self.frame == 0 or (self.texture and 2 * (self.frame + self.texture) <= self.shape_size),
+            "frame",
+            f"needs --texture and 2 x (frame + texture) <= shape_size (a stripe and a gap fit the core), "
+            f"got frame {self.frame}, texture {self.texture}",
         )
         check(
             self.input_size == 0 or MERGED_CELL_PX <= self.input_size <= self.image_size,
@@ -343,7 +357,7 @@ def merged_tokens(cfg: SynthConfig) -> int:
     return (cfg.input_side // MERGED_CELL_PX) ** 2
 
 
-ADDED_KNOBS = {"input_size": 0, "grid": 0, "texture": 0, "context_sentences": 0}
+ADDED_KNOBS = {"input_size": 0, "grid": 0, "texture": 0, "frame": 0, "context_sentences": 0}
 """Knobs added after ``easy`` and ``fine`` were measured, with the values that leave them as they were."""
 
 
@@ -648,7 +662,13 @@ def render(
     for s in shapes:
         fill = COLORS[s.color]
         if s.shape in TEXTURED:
-            _textured_square(image, s, h, fill, cfg.texture)
+            if cfg.frame:
+                draw.rectangle([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
+                core = h - cfg.frame
+                draw.rectangle([s.x - core, s.y - core, s.x + core, s.y + core], fill=(int(base),) * 3)
+                _textured_square(image, s, core, fill, cfg.texture)
+            else:
+                _textured_square(image, s, h, fill, cfg.texture)
         elif s.shape == "square":
             draw.rectangle([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
         elif s.shape == "circle":
