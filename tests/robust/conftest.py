@@ -8,6 +8,7 @@ where signals, locks or a second process are the point.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -71,6 +72,10 @@ def train_args(synth_dir) -> Callable[..., list[str]]:
     return lambda out, **extra: train_overrides(synth_dir, out, **extra)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Vedas:
     """The ``vedas`` command line, three ways: a subprocess command, a finished subprocess, in-process."""
 
@@ -88,7 +93,10 @@ class Vedas:
         return subprocess.run(cmd, env={**ENV, **env}, capture_output=True, text=True, timeout=600)
 
     def popen(self, *args: str, **kwargs: object) -> subprocess.Popen:
-        return subprocess.Popen(self.cmd(*args), env=ENV, **kwargs)  # type: ignore[call-overload]
+        """``vedas ARGS`` as a child with SIGINT at its default, as in a terminal: a test run started as a
+        background job of a non-interactive shell (``bash -c '… &'``) has SIGINT ignored, the child
+        inherits that, and Python then raises no KeyboardInterrupt, so ``vedas eval`` ran to the end."""
+        return subprocess.Popen(self.cmd(*args), env=ENV, preexec_fn=_default_sigint, **kwargs)  # type: ignore[call-overload]
 
     @staticmethod
     def main(*args: str) -> tuple[int, str, str]:
