@@ -235,17 +235,21 @@ def detail_views(cfg: SynthConfig, shape: Shape, processor, zoom: float) -> dict
     }
 
 
+def mean_detail_views(cfg: SynthConfig, processor) -> dict[str, float]:
+    """:func:`detail_views` averaged over 16 shapes of the test split, in SCF-VR's default crop."""
+    from vedas.method.scfvr import ZOOM
+
+    shapes = [s for i in range(4) for s in scene(i, "test", 0, cfg).shapes[:4]]
+    views = [detail_views(cfg, s, processor, ZOOM) for s in shapes]
+    return {k: float(np.mean([v[k] for v in views])) for k in views[0]}
+
+
 def test_far_texture_is_much_weaker_in_the_prompt_than_in_the_scfvr_crop(far_model_and_data) -> None:
     """Measured on 16 shapes of the test split: the striped/checked difference keeps ~0.34 RMS at full
     resolution, ~0.28 in SCF-VR's default crop (zoom 1.25), ~0.13 in the prompt; the two textures'
     mean colour is the same, so the prompt's tokens hold the kinds only through that weak residue."""
-    from vedas.method.scfvr import ZOOM
-
     vm, _, _ = far_model_and_data
-    cfg = preset("far")
-    shapes = [s for i in range(4) for s in scene(i, "test", 0, cfg).shapes[:4]]
-    views = [detail_views(cfg, s, vm.processor, ZOOM) for s in shapes]
-    mean = {k: float(np.mean([v[k] for v in views])) for k in views[0]}
+    mean = mean_detail_views(preset("far"), vm.processor)
     # bounds below the measured ratios (crop/full 0.83, crop/prompt 2.2, mean/texture 0.03), loose enough
     # for another PIL/torch resampling, tight enough that texture 4 (crop/prompt 1.4) would fail
     assert mean["full"] > 0.3
@@ -258,13 +262,8 @@ def test_far_texture_is_much_weaker_in_the_prompt_than_in_the_scfvr_crop(far_mod
 def test_framed_texture_is_as_much_weaker_in_the_prompt_than_in_the_crop(far_model_and_data) -> None:
     """With a 9-px solid frame the kinds' difference shrinks with the core's area (measured: full 0.195,
     crop 0.161, prompt 0.075) but keeps far's crop/prompt ratio (2.15 against 2.21)."""
-    from vedas.method.scfvr import ZOOM
-
     vm, _, _ = far_model_and_data
-    cfg = preset("far", context_sentences=0, frame=9)
-    shapes = [s for i in range(4) for s in scene(i, "test", 0, cfg).shapes[:4]]
-    views = [detail_views(cfg, s, vm.processor, ZOOM) for s in shapes]
-    mean = {k: float(np.mean([v[k] for v in views])) for k in views[0]}
+    mean = mean_detail_views(preset("far", context_sentences=0, frame=9), vm.processor)
     assert mean["crop"] > 0.8 * mean["full"] and mean["crop"] > 2 * mean["prompt"], mean
     assert mean["prompt_mean"] < 0.25 * mean["prompt"], mean
 
