@@ -59,6 +59,21 @@ def test_easy_fine_and_the_defaults_write_what_they_wrote_before(tmp_path: Path)
     assert not set(ADDED_KNOBS) & set(saved) and SynthConfig(**saved) == preset("fine")
 
 
+# far's framed renders as results.md#far-render's diagnostics drew them (commit 7b29262, before the frame
+# moved into the textured square's mask): the move changes nothing without background noise.
+FRAMED_BEFORE = {
+    (("frame", 6),): ["7b1f410632c2b00c", "33750edfe99c17a3", "98b4e2715afab107", "17efdb1d73e36c66", "92554753a4b00863"],
+    (("frame", 9),): ["a5f10ab96d47ebf9", "92b86be4cc9caea3", "a5a2e64c850d6339", "4d3c7c7e6a1a256d", "65c3e87edc0d9453"],
+    (("frame", 6), ("shape_size", 54)): ["8a5dcb760e47f3ea", "759d2e05f824b3a1", "81ef07b027820b03", "21b28ba7f70d7b0f", "3e7a1469a2e591f5"],
+}  # fmt: skip
+
+
+def test_the_framed_diagnostics_render_what_they_rendered() -> None:
+    for knobs, expected in FRAMED_BEFORE.items():
+        cfg = preset("far", **dict(knobs))
+        assert [digest(make_sample(i, split, 0, cfg)) for split, i in INDICES] == expected, knobs
+
+
 def test_far_knobs_are_validated_with_the_flag_name() -> None:
     with pytest.raises(ValueError, match=re.escape("--texture: must be 0 or in 1..shape_size/2")):
         preset("far", texture=22)
@@ -96,6 +111,22 @@ def test_a_framed_texture_keeps_a_solid_border_and_the_same_colour_mass() -> Non
         assert 0.3 < red[inner].mean() < 0.7  # the core is half colour, half background
     assert (views[0] != views[1])[~inner].sum() == 0 and (views[0] != views[1]).sum() > 100
     assert abs(int(views[0].sum()) - int(views[1].sum())) <= 0.05 * views[0].sum()
+
+
+@pytest.mark.parametrize("frame", [0, 6])
+def test_the_background_shows_through_a_textured_core_framed_or_not(frame: int) -> None:
+    """With background noise, the gaps of a textured core are the noisy background the square was drawn
+    on (as between unframed stripes), not a flat grey that would tell the framed squares apart."""
+    cfg = preset("far", context_sentences=0, noise=0.1, frame=frame)
+    s = Shape("red", "checked square", 250.0, 250.0)
+    empty = np.asarray(render(np.random.default_rng(5), cfg, [], None)).astype(int)
+    drawn = np.asarray(render(np.random.default_rng(5), cfg, [s], None)).astype(int)
+    core = cfg.shape_size / 2 - frame
+    inner = (slice(int(s.y - core) + 1, int(s.y + core)), slice(int(s.x - core) + 1, int(s.x + core)))
+    gaps = ~np.all(drawn[inner] == COLORS["red"], axis=-1)
+    assert 0.3 < gaps.mean() < 0.7
+    assert (drawn[inner][gaps] == empty[inner][gaps]).all()
+    assert np.unique(empty[inner][gaps][:, 0]).size > 10  # the noise is there to be seen
 
 
 @pytest.fixture(scope="module")

@@ -662,13 +662,7 @@ def render(
     for s in shapes:
         fill = COLORS[s.color]
         if s.shape in TEXTURED:
-            if cfg.frame:
-                draw.rectangle([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
-                core = h - cfg.frame
-                draw.rectangle([s.x - core, s.y - core, s.x + core, s.y + core], fill=(int(base),) * 3)
-                _textured_square(image, s, core, fill, cfg.texture)
-            else:
-                _textured_square(image, s, h, fill, cfg.texture)
+            _textured_square(image, s, h, fill, cfg.texture, cfg.frame)
         elif s.shape == "square":
             draw.rectangle([s.x - h, s.y - h, s.x + h, s.y + h], fill=fill)
         elif s.shape == "circle":
@@ -684,17 +678,29 @@ def render(
     return image
 
 
-def _textured_square(image: Image.Image, s: Shape, h: float, fill: tuple[int, int, int], px: int) -> None:
-    """A square of side 2h at (s.x, s.y), coloured on half its pixels: vertical stripes or checks of ``px``
-    pixels from its top-left corner, the background showing in between."""
-    # drawn in a mask over the square's box only (shifted by whole pixels: PIL rasterises it the same)
+def _textured_square(
+    image: Image.Image, s: Shape, h: float, fill: tuple[int, int, int], px: int, frame: int = 0
+) -> None:
+    """A square of side 2h at (s.x, s.y): solid for ``frame`` px from its edge, its core coloured on half
+    its pixels (vertical stripes or checks of ``px`` pixels from the core's top-left corner). Whatever was
+    drawn before (background noise, clutter) shows through the core's gaps, framed or not."""
+    # drawn in masks over the square's box only (shifted by whole pixels: PIL rasterises them the same)
     x0, y0 = int(np.floor(s.x - h)), int(np.floor(s.y - h))
     w, hh = int(np.ceil(s.x + h)) + 1 - x0, int(np.ceil(s.y + h)) + 1 - y0
-    mask = Image.new("L", (w, hh), 0)
-    ImageDraw.Draw(mask).rectangle([s.x - h - x0, s.y - h - y0, s.x + h - x0, s.y + h - y0], fill=255)
-    rows, cols = np.mgrid[0:hh, 0:w] // px
+
+    def box(half: float) -> np.ndarray:
+        mask = Image.new("L", (w, hh), 0)
+        ImageDraw.Draw(mask).rectangle(
+            [s.x - half - x0, s.y - half - y0, s.x + half - x0, s.y + half - y0], fill=1
+        )
+        return np.asarray(mask).astype(bool)
+
+    core = h - frame
+    rows, cols = np.mgrid[0:hh, 0:w]
+    rows, cols = (rows + y0 - int(np.floor(s.y - core))) // px, (cols + x0 - int(np.floor(s.x - core))) // px
     on = cols % 2 == 0 if s.shape == "striped square" else (cols + rows) % 2 == 0
-    image.paste(fill, (x0, y0, x0 + w, y0 + hh), mask=Image.fromarray(np.asarray(mask) * on.astype(np.uint8)))
+    paint = box(h) & (on | ~box(core)) if frame else box(h) & on
+    image.paste(fill, (x0, y0, x0 + w, y0 + hh), mask=Image.fromarray(paint.astype(np.uint8) * 255))
 
 
 # --------------------------------------------------------------------------- samples
