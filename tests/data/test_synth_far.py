@@ -48,10 +48,13 @@ FINE_SYNTH_CONFIG_SHA = "805498c8a7c3dd072ca755181d80d161264fca543735db11ec2ab9b
 """sha256 of ``synth_config.json`` from ``write(out, 3, 3, seed=0, cfg=preset("fine"))`` on main at 8ef55af."""
 
 
+def digests(cfg: SynthConfig) -> list[str]:
+    return [digest(make_sample(i, split, 0, cfg)) for split, i in INDICES]
+
+
 def test_easy_fine_and_the_defaults_write_what_they_wrote_before(tmp_path: Path) -> None:
     for name, expected in BEFORE.items():
-        cfg = SynthConfig() if name == "default" else preset(name)
-        assert [digest(make_sample(i, split, 0, cfg)) for split, i in INDICES] == expected, name
+        assert digests(SynthConfig() if name == "default" else preset(name)) == expected, name
     write(tmp_path, 3, 3, seed=0, cfg=preset("fine"))
     assert hashlib.sha256((tmp_path / "synth_config.json").read_bytes()).hexdigest() == FINE_SYNTH_CONFIG_SHA
     # the added knobs are recorded only where a preset sets them
@@ -70,8 +73,7 @@ FRAMED_BEFORE = {
 
 def test_the_framed_diagnostics_render_what_they_rendered() -> None:
     for knobs, expected in FRAMED_BEFORE.items():
-        cfg = preset("far", **dict(knobs))
-        assert [digest(make_sample(i, split, 0, cfg)) for split, i in INDICES] == expected, knobs
+        assert digests(preset("far", **dict(knobs))) == expected, knobs
 
 
 def test_far_knobs_are_validated_with_the_flag_name() -> None:

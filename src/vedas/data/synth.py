@@ -699,7 +699,7 @@ def _textured_square(
     rows, cols = np.mgrid[0:hh, 0:w]
     rows, cols = (rows + y0 - int(np.floor(s.y - core))) // px, (cols + x0 - int(np.floor(s.x - core))) // px
     on = cols % 2 == 0 if s.shape == "striped square" else (cols + rows) % 2 == 0
-    paint = box(h) & (on | ~box(core)) if frame else box(h) & on
+    paint = box(h) & (on | ~box(core))  # unframed, the core is the whole square
     image.paste(fill, (x0, y0, x0 + w, y0 + hh), mask=Image.fromarray(paint.astype(np.uint8) * 255))
 
 
