@@ -273,13 +273,29 @@ def pooled(name: str, reps: dict[int, dict[str, Any]]) -> dict[str, Any]:
         if all(c in reps[s]["latent_use"]["conditions"] for s in seeds)
     ]
     per_seed = {c: [reps[s]["latent_use"]["conditions"][c]["accuracy"] for s in seeds] for c in conds}
-    accuracy = {c: statistics.mean(v) for c, v in per_seed.items()}
     drops = {c: _drop(reps, c) for c in conds if c != "trained"}
-    seed_drops = _seed_drops(seeds, per_seed, list(drops))
     points = [{p["latents"]: p["accuracy"] for p in reps[s]["latent_use"]["sweep"]} for s in seeds]
+    return from_runs(name, seeds, per_seed, [(p, 1) for p in points], drops)
+
+
+def from_runs(
+    name: str,
+    seeds: list[Any],
+    per_seed: dict[str, list[float]],
+    sweeps: list[tuple[dict[int, float], int]],
+    drops: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A :func:`pooled` row from the accuracy of each run per condition (``per_seed``, in the order of
+    ``seeds``) and sweeps ``(latents → accuracy, runs it is the mean of)``: the seed-level drops and
+    the verdicts are recomputed; ``drops`` (question level) needs per-question outcomes, so a row
+    rebuilt from saved accuracies (:mod:`vedas.experiments.merge`) may have none."""
+    drops = drops or {}
+    accuracy = {c: statistics.mean(v) for c, v in per_seed.items()}
+    seed_drops = _seed_drops(seeds, per_seed, [c for c in per_seed if c != "trained"])
+    weight = sum(n for _, n in sweeps)
     sweep = [
-        {"latents": n, "accuracy": statistics.mean(p[n] for p in points)}
-        for n in sorted(set.intersection(*(set(p) for p in points)))
+        {"latents": k, "accuracy": sum(p[k] * n for p, n in sweeps) / weight}
+        for k in sorted(set.intersection(*(set(p) for p, _ in sweeps)))
     ]
     return {
         "method": name,
@@ -395,7 +411,9 @@ def _cell(u: dict[str, Any], condition: str) -> str:
     if condition == "trained":
         return percent(u["accuracy"][condition])
     seed = (u.get("drop_seed_level") or {}).get(condition)
-    drop, level = (seed, "s") if seed else (u["drop"][condition], "q")
+    drop, level = (seed, "s") if seed else (u["drop"].get(condition), "q")
+    if drop is None:  # one run, rebuilt from saved accuracies: no interval of either kind
+        return percent(u["accuracy"][condition])
     return f"{percent(u['accuracy'][condition])} (drop {interval_text(drop)} {level})"
 
 

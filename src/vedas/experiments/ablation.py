@@ -460,7 +460,8 @@ def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, A
     ``difference``/``low``/``high`` stay the question-level bootstrap (models fixed);
     ``seed_level`` is :func:`bootstrap.nested_level` over the runs both variants have (replicates of
     one seed averaged, then the paired t over seeds; the spread within and between ``cot`` seeds), and
-    ``beyond_interval`` follows it (``beyond_question_interval`` is the old, question-level verdict).
+    ``beyond_interval`` follows it (``beyond_question_interval`` is the old, question-level verdict;
+    None where the comparison has no question-level interval: a report merged from saved ones).
     ``seeds_needed``: for each of :data:`SIZED_FOR`, the seeds (at this design's replicates per seed)
     that find it at 80 % power. With one seed there is no seed-level interval and no verdict (None).
     """
@@ -482,7 +483,7 @@ def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, A
                 "seed_level": seed,
                 "seeds_needed": needed,
                 "beyond_interval": None if seed is None else bootstrap.beyond(seed),
-                "beyond_question_interval": bootstrap.beyond(c),
+                "beyond_question_interval": bootstrap.beyond(c) if "low" in c else None,
             }
         )
     return out
@@ -663,7 +664,8 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
                 f"{per_seed} | {interval_text(s)} | {100 * s['detectable_80']:.1f} | {within} / {between} | "
                 f"{needed or '–'} | {verdict}"
             )
-        lines.append(f"| {c['a']} | {c['b']} | {c['what']} | {seed_cells} | {interval_text(c)} |")
+        question = interval_text(c) if "low" in c else "– (merged reports)"
+        lines.append(f"| {c['a']} | {c['b']} | {c['what']} | {seed_cells} | {question} |")
     return lines
 
 
@@ -688,6 +690,7 @@ def report_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"- seeds {meta['seeds']}; wall time of the units (train + evaluate + latent use), summed: "
         f"{meta['units_seconds_total'] / 60:.1f} min; of this invocation {meta['elapsed_seconds'] / 60:.1f} min "
         f"(units finished earlier are loaded, not rerun); scoring `vedas` (strict), chance 25 %",
+        *merged_lines(meta),
         "",
         "| variant | accuracy % (mean ± std over runs) | per seed: its runs | per question type | AR steps "
         "| latency ms/sample | train s |",
@@ -876,42 +879,35 @@ def write_report(
         ],
         "settings": settings(size),
     }
-    atomic_write(out / "ablation.json", {**summary, "run_to_run": run_to_run(summary, size.preset), **meta})
+    return save(out, summary, meta)
+
+
+def save(out: Path, summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Write ``ablation.json`` (with its run-to-run spread), ``ablation.md`` and ``ablation.png`` under
+    ``out``; returns the markdown."""
+    atomic_write(
+        out / "ablation.json", {**summary, "run_to_run": run_to_run(summary, meta["preset"]), **meta}
+    )
     text = "\n".join(report_lines(summary, meta))
     if summary["methods"]:
         plot(summary, out / "ablation.png")
         text += "\n![ablation: accuracy per variant and paired differences](ablation.png)\n"
-    (out / "ablation.md").write_text(text)
+    atomic_write_text(out / "ablation.md", text)
     return text
 
 
-def reanalyse(report: Path) -> str:
-    """Recompute a saved ``ablation.json``'s comparisons with seed-level intervals; rewrite it, its
-    ``ablation.md`` and ``ablation.png`` beside it (the units need not be there: the per-seed
-    accuracies in the JSON are what the seed-level interval needs). Returns the markdown."""
-    saved = json.loads(report.read_text())
-    comparisons = [
-        {
-            k: v
-            for k, v in c.items()
-            if k not in ("seed_level", "seeds_needed", "beyond_interval", "beyond_question_interval")
-        }
-        for c in saved["comparisons"]
+def merged_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's provenance line when :mod:`vedas.experiments.merge` built it from saved reports."""
+    if not meta.get("merged_from"):
+        return []
+    parts = "; ".join(f"`{m['file']}` (seeds {m['seeds']})" for m in meta["merged_from"])
+    if meta.get("question_level", True):
+        return [f"- rebuilt from the saved report {parts}"]
+    return [
+        f"- merged from the saved reports {parts}: the rows, the seed-level intervals and every verdict "
+        "are recomputed over the union of runs; question-level intervals need per-question outcomes, "
+        "which a saved report does not hold, so this report has none"
     ]
-    saved["comparisons"] = with_seed_level(saved["methods"], comparisons)
-    note = " [question level only: this report saved no per-seed accuracies, so no seed-level verdict]"
-    for row in saved["latent_use"] + saved.get("remedies", []):
-        if not row.get("drop_seed_level") and not row["verdict"].endswith(note):
-            row["verdict"] += note
-    atomic_write(report, saved)
-    text = "\n".join(report_lines(saved, saved))
-    if saved["methods"]:
-        plot(saved, report.with_suffix(".png"))
-        text += (
-            f"\n![ablation: accuracy per variant and paired differences]({report.with_suffix('.png').name})\n"
-        )
-    report.with_suffix(".md").write_text(text)
-    return text
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
@@ -953,7 +949,8 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
             **style,
         )
 
-    bars(comps, 0.15, color="#bbbbbb", ms=3, label="question level (models fixed)")
+    if all("low" in c for c in comps):  # a report merged from saved ones has no question-level interval
+        bars(comps, 0.15, color="#bbbbbb", ms=3, label="question level (models fixed)")
     if all(c.get("seed_level") for c in comps):
         bars(
             [c["seed_level"] for c in comps], -0.15, color="#c0504d", label="seed level (paired t over runs)"

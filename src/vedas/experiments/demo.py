@@ -8,6 +8,7 @@
     vedas demo --arch chameleon     # the same job on a tiny Chameleon (VQ-VAE image codes)
     vedas demo --preset easy        # the earlier 112-px benchmark (16 visual tokens, all replayed)
     vedas demo --ablation --seeds 3 # the ablation (vedas.experiments.ablation), resumable
+    vedas demo --ablation --merge a/ablation.json b/ablation.json --out c  # saved reports as one (.merge)
 
 1. writes the synthetic benchmark (``vedas data synth``) under ``<out>/data``;
 2. builds one tiny random model of the real Qwen2-VL architecture (``--arch``: any registered
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vedas import cli_args
+from vedas.errors import UserError
 
 # the shared sizes, re-exported: `demo.DemoSize`, `demo.FULL`… are what the demo runs
 from vedas.experiments.sizes import (  # noqa: F401
@@ -156,6 +158,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --ablation: train nothing; rewrite the report from every unit finished on disk under --out "
         "(after several processes, or variants added later with fewer --replicates)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="with --ablation: train nothing; merge saved ablation.json reports of the same settings (seeds run "
+        "apart, units since deleted) into one under --out: rows, seed-level intervals and verdicts over the "
+        "union of runs (question-level intervals need the units, so a merge of two or more has none)",
     )
     parser.set_defaults(func=run)
 
@@ -443,6 +454,12 @@ def one_run_lines(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge and not args.ablation:
+        raise UserError("--merge: merges ablation reports; give --ablation too")
+    if args.ablation and args.merge:
+        from vedas.experiments import merge
+
+        return merge.run(args)
     if args.ablation:
         from vedas.experiments import ablation
 
