@@ -121,6 +121,16 @@ def test_nested_level_averages_replicates_before_the_t_over_seeds() -> None:
     assert bootstrap.nested_level({(0, 0): 0.5, (0, 1): 0.6}, {(0, 0): 0.6, (0, 1): 0.7}) is None  # one seed
 
 
+def test_nested_level_lists_seeds_in_numeric_order() -> None:
+    """Seed 10 comes after seed 9, not after seed 1: the report prints ``per_seed`` in seed order."""
+    seeds = [0, 2, 9, 10, 11]
+    a = {(s, 0): 0.5 for s in seeds}
+    b = {(s, 0): 0.5 + s / 100 for s in seeds}
+    n = bootstrap.nested_level(a, b)
+    assert n is not None and list(n["replicates"]) == ["0", "2", "9", "10", "11"]
+    assert n["per_seed"] == pytest.approx([s / 100 for s in seeds])
+
+
 def test_seeds_needed_matches_the_power_formula() -> None:
     """sd 0.10 between seeds, none within: to find 0.05 at 80 % the t formula needs n with
     (t₀.₉₇₅ + t₀.₈)·0.1/√n ≤ 0.05; by hand (t tables) n = 34 does, 33 does not."""

@@ -129,6 +129,14 @@ def beyond(interval: dict[str, Any]) -> bool:
     return interval["low"] > 0 or interval["high"] < 0
 
 
+def _in_order(keys: Any) -> list[Any]:
+    """Seeds and runs in their natural order (seed 10 after seed 9), by ``repr`` where types are mixed."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=repr)
+
+
 def nested_level(
     a: Mapping[tuple[Hashable, Hashable], float],
     b: Mapping[tuple[Hashable, Hashable], float],
@@ -144,13 +152,13 @@ def nested_level(
     √max(0, var(seed means) − sd_within²/r̄), r̄ the mean replicates per seed; the plain SD of the seed
     means when ``sd_within`` is unknown). None with fewer than 2 seeds.
     """
-    keys = sorted(set(a) & set(b), key=repr)
+    keys = _in_order(set(a) & set(b))
     seeds: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}
     for k in keys:
         seeds.setdefault(k[0], []).append(k)
     if len(seeds) < 2:
         return None
-    order = sorted(seeds, key=repr)
+    order = _in_order(seeds)
     mean_a = [float(np.mean([a[k] for k in seeds[s]])) for s in order]
     mean_b = [float(np.mean([b[k] for k in seeds[s]])) for s in order]
     out = seed_level(mean_a, mean_b, level)
