@@ -435,7 +435,7 @@ def paired(
     return bootstrap.paired_difference(xs, ys) if xs else None
 
 
-def _runs(m: dict[str, Any]) -> dict[tuple[int, int], float]:
+def run_accuracies(m: dict[str, Any]) -> dict[tuple[int, int], float]:
     """A method row's accuracy per run ``(seed, replicate)`` (a report saved before replicates: one per seed)."""
     runs = m.get("runs") or [[s, 0] for s in m["seeds"]]
     return {(int(r[0]), int(r[1])): a for r, a in zip(runs, m["accuracies"])}
@@ -465,7 +465,7 @@ def with_seed_level(methods: list[dict[str, Any]], comparisons: list[dict[str, A
     ``seeds_needed``: for each of :data:`SIZED_FOR`, the seeds (at this design's replicates per seed)
     that find it at 80 % power. With one seed there is no seed-level interval and no verdict (None).
     """
-    acc = {m["method"]: _runs(m) for m in methods}
+    acc = {m["method"]: run_accuracies(m) for m in methods}
     out = []
     for c in comparisons:
         a, b = acc.get(c["a"], {}), acc.get(c["b"], {})
@@ -671,9 +671,8 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
 
 def run_cells(r: dict[str, Any]) -> str:
     """A row's accuracy per run: ``s<S> a / b`` for the replicates of each seed."""
-    runs = r.get("runs") or [[s, 0] for s in r["seeds"]]
     by_seed: dict[int, list[str]] = {}
-    for (seed, _), a in zip(runs, r["accuracies"]):
+    for (seed, _), a in run_accuracies(r).items():
         by_seed.setdefault(seed, []).append(percent(a))
     return " · ".join(f"s{seed} {' / '.join(v)}" for seed, v in sorted(by_seed.items()))
 

@@ -73,10 +73,6 @@ def check_compatible(paths: list[Path], reports: list[dict[str, Any]]) -> None:
             )
 
 
-def _run_keys(row: dict[str, Any]) -> list[tuple[int, int]]:
-    return [(int(s), int(r)) for s, r in (row.get("runs") or [[s, 0] for s in row["seeds"]])]
-
-
 def merge_rows(name: str, parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
     """One variant's row over the runs of every report that has it (a run in two reports: an error).
 
@@ -86,7 +82,7 @@ def merge_rows(name: str, parts: list[tuple[Path, dict[str, Any]]]) -> dict[str,
     owner: dict[tuple[int, int], Path] = {}
     for path, row in parts:
         unit_seconds = row.get("unit_seconds") or [0.0] * len(row["accuracies"])
-        for key, acc, seconds in zip(_run_keys(row), row["accuracies"], unit_seconds):
+        for (key, acc), seconds in zip(ablation.run_accuracies(row).items(), unit_seconds):
             if key in reps:
                 raise UserError(
                     f"--merge: `{name}` seed {key[0]} replicate {key[1]} is in both {owner[key]} and {path}"
