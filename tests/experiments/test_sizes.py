@@ -1,4 +1,5 @@
-"""``--synth KNOB=VALUE``: benchmark knobs on top of a preset, typed as a config file's, with errors naming the item."""
+"""``--synth KNOB=VALUE`` and ``--tiny KNOB=VALUE``: benchmark and tiny-model knobs on top of a preset
+and a size, typed as a config file's, with errors naming the item."""
 
 from __future__ import annotations
 
@@ -43,3 +44,31 @@ def test_synth_knobs_go_on_top_of_the_preset_with_their_types():
 def test_a_bad_knob_is_named(item, message):
     with pytest.raises(UserError, match=message):
         sizes.sized(_args("--synth", item))
+
+
+def test_tiny_knobs_go_on_top_of_the_size_and_reach_the_model():
+    from vedas.experiments.ablation import settings
+
+    size = sizes.sized(_args("--tiny", "vision_hidden=96", "layers=3"))
+    assert size.tiny == {**sizes.FULL.tiny, "vision_hidden": 96, "layers": 3}
+    # recorded, so a resumed run of another width is refused
+    assert settings(size)["size"]["tiny"]["vision_hidden"] == 96
+    args = size.tiny_model_args()
+    assert args["vision_hidden"] == 96 and args["max_pixels"] == sizes.demo_pixels("qwen2_vl", 168)
+    assert sizes.sized(_args()).tiny == sizes.FULL.tiny
+    assert sizes.sized(_args("--quick", "--tiny", "hidden=32")).tiny["vision_hidden"] == 32  # QUICK's
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("vision_hidden", "--tiny: 'vision_hidden' is not KNOB=VALUE"),
+        ("vision_width=3", "--tiny.vision_width: unknown key"),
+        ("vision_seed=3", "--tiny.vision_seed: unknown key"),  # --vision-seed sets it
+        ("max_pixels=3136", "--tiny.max_pixels: unknown key"),  # the preset sets it
+        ("vision_hidden=wide", "--tiny.vision_hidden: expected an integer, got 'wide'"),
+    ],
+)
+def test_a_bad_tiny_knob_is_named(item, message):
+    with pytest.raises(UserError, match=message):
+        sizes.sized(_args("--tiny", item))

@@ -159,6 +159,14 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         help="benchmark knobs on top of the preset, each a `vedas data synth` flag without its dashes "
         "(e.g. --synth context_sentences=0 texture=4); recorded in the run's settings",
     )
+    parser.add_argument(
+        "--tiny",
+        nargs="+",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="tiny-model knobs on top of the size, each a `vedas.tiny_model` argument (e.g. --tiny "
+        "vision_hidden=256: a wider random vision tower); recorded in the run's settings",
+    )
 
 
 def sized(args: argparse.Namespace) -> DemoSize:
@@ -172,7 +180,8 @@ def sized(args: argparse.Namespace) -> DemoSize:
         ("max_new_tokens", args.max_new_tokens),
     )
     synth = {**size.synth, **synth_knobs(args.synth)}
-    return dataclasses.replace(size, arch=args.arch, synth=synth, **{k: v for k, v in given if v})
+    tiny = {**size.tiny, **tiny_knobs(getattr(args, "tiny", []))}
+    return dataclasses.replace(size, arch=args.arch, synth=synth, tiny=tiny, **{k: v for k, v in given if v})
 
 
 def synth_knobs(items: list[str]) -> dict[str, Any]:
@@ -187,6 +196,25 @@ def synth_knobs(items: list[str]) -> dict[str, Any]:
     if malformed:
         raise UserError(f"--synth: {malformed[0]!r} is not KNOB=VALUE")
     return keyword_args(SynthConfig, apply_overrides({}, [f"--{item}" for item in items]), "--synth")
+
+
+TINY_SET_BY_SIZE = ("arch", "max_pixels", "vision_seed", "bpe_corpus", "seed")
+"""``tiny_model`` arguments the demo sets itself (from ``--arch``, the preset, ``--vision-seed``, the data and
+the seed), so ``--tiny`` cannot."""
+
+
+def tiny_knobs(items: list[str]) -> dict[str, Any]:
+    """``--tiny KNOB=VALUE …`` as ``tiny_model`` keyword arguments, read and checked as ``--synth``'s are; a
+    UserError names a malformed item, an unknown argument, one the demo sets itself or a wrong type."""
+    from vedas.backbones.tiny import tiny_model
+    from vedas.config import apply_overrides, keyword_args
+    from vedas.errors import UserError
+
+    malformed = [item for item in items if "=" not in item]
+    if malformed:
+        raise UserError(f"--tiny: {malformed[0]!r} is not KNOB=VALUE")
+    knobs = apply_overrides({}, [f"--{item}" for item in items])
+    return keyword_args(tiny_model, knobs, "--tiny", skip=TINY_SET_BY_SIZE)
 
 
 def demo_pixels(arch: str, image_size: int = 112) -> int:
