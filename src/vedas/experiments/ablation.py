@@ -20,8 +20,9 @@ exactly as the demo trains it, and from that one ``cot`` checkpoint, through the
 ==================  =====================================================================
 
 and, only when named in ``--variants``, the trained remedies (:data:`TRAINED_REMEDIES`) and the
-options of issue 27 (:data:`OPTIONS`): ``latent+rowcol`` (``latent`` with a saliency option) and
-``vedas+hidden`` (``vedas`` with SCF-VR's ``hidden`` form), each compared with the method it varies.
+options of issue 27 (:data:`OPTIONS`): ``latent+rowcol`` (``latent`` with a saliency option),
+``vedas+hidden`` (``vedas`` with SCF-VR's ``hidden`` form) and ``latent+hidden`` (``latent+scfvr`` with it),
+each compared with the method it varies.
 
 Each (variant, seed) is one unit: trained, evaluated (as the demo does: strict ``vedas`` scoring,
 batch 16) and, for the latent variants, probed for latent use (:mod:`vedas.analysis.latent_use`'s
@@ -113,6 +114,12 @@ OPTIONS: dict[str, Variant] = {
         help="vedas with SCF-VR's hidden form (F_SR on the decoder's state after the chunk), lambda 0.1, "
         "F_SR clipped apart from the model",
     ),
+    "latent+hidden": Variant(
+        PRESETS["latent+scfvr"],
+        scfvr=(("form", "hidden"), ("weight", 0.1), ("clip", "separate")),
+        help="latent+scfvr with SCF-VR's hidden form, as vedas+hidden but without routing: what the crop's "
+        "detail does through a loss that reaches the decoder",
+    ),
 }
 """The saliency option and the SCF-VR form docs/design.md#ablation chose (issue 27), each a variant of
 the method it changes; run only when named in ``--variants``."""
@@ -137,8 +144,10 @@ OPTION_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("latent", "latent+rowcol", "saliency option vs the paper's saliency"),
     ("random_replay", "latent+rowcol", "saliency option vs random replay"),
     ("vedas", "vedas+hidden", "SCF-VR form: hidden vs the paper's"),
+    ("latent", "latent+hidden", "SCF-VR's hidden form alone"),
+    ("latent+scfvr", "latent+hidden", "SCF-VR form without routing: hidden vs the paper's"),
 )
-"""Reported when the options ran (``--variants … latent+rowcol vedas+hidden``)."""
+"""Reported when the options ran (``--variants … latent+rowcol vedas+hidden latent+hidden``)."""
 
 # As the paper reports them (its Table 3; accuracy %, models trained 16 epochs on a balanced subset).
 PAPER_TABLE3: tuple[dict[str, Any], ...] = (

@@ -92,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with --ablation: only these variants (default: the seven of the ablation; cot is always "
         "trained first); the trained remedies latent_nograd (latent_grad: none) and latent+gap (GAP norm "
-        "calibration in training) and the options latent+rowcol (a saliency option) and vedas+hidden (SCF-VR's "
-        "hidden form) run only when named here",
+        "calibration in training) and the options latent+rowcol (a saliency option), vedas+hidden and "
+        "latent+hidden (SCF-VR's hidden form on vedas, on latent+scfvr) run only when named here",
     )
     parser.add_argument(
         "--remedies",
