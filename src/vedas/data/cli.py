@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start from a named set of knobs (easy: the earlier demo's 112-px benchmark; fine: 168 px, "
         "14-px shapes, 3-4 steps, the demo's; far: fine's 36 visual tokens behind a long irrelevant context, "
         "rendered at 504 px with textures finer than the prompt's resolution; long: fine's image behind far's "
-        "context); the flags below override "
+        "context; detail: far's textures inside a solid frame on larger squares, no context, for SCF-VR's "
+        "crop); the flags below override "
         "it (default: the defaults below)",
     )
     # One flag per difficulty knob, named, typed and documented by the SynthConfig field; a flag

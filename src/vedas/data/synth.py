@@ -289,7 +289,9 @@ class SynthConfig:
 # rendered at 504 px (3x the 168-px prompt side) whose kinds (striped vs checked squares, 3-px texture,
 # the same colour mass) are much weaker at the prompt's resolution than in SCF-VR's re-encoded crop.
 # ``long`` keeps ``fine``'s render and takes only ``far``'s context: ``cot`` reads the image on it,
-# where on ``far`` it did not.
+# where on ``far`` it did not. ``detail`` is ``far``'s render with the texture inside a 6-px solid frame on
+# 54-px squares and no context: the kinds are 2.1x stronger in SCF-VR's crop than in the prompt, and ``cot``
+# reads them on a wider random tower (``vedas demo`` gives it ``vision_hidden`` 256).
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": dict(
         image_size=112,
@@ -339,6 +341,14 @@ PRESETS[
 ] = {  # fine's image, far's context: attention to the image has room to decay (design#long-preset)
     **PRESETS["fine"],
     "context_sentences": 16,
+}
+PRESETS[
+    "detail"
+] = {  # far's render, framed, on 54-px squares, no context: SCF-VR's crop (design#detail-preset)
+    **PRESETS["far"],
+    "shape_size": 54,
+    "frame": 6,
+    "context_sentences": 0,
 }
 MERGED_CELL_PX = 28
 """Side of one merged visual token in pixels for Qwen2-VL-style towers (14-px patches, 2×2 merge)."""

@@ -37,7 +37,8 @@ class DemoSize:
     visual tokens, replay must choose, 3-4-step questions; the default) or ``easy`` (112 px, 16 tokens,
     all replayed; every method but ``no_cot`` at 100 %), docs/results.md#fine-preset; or ``far`` (the 36 tokens
     ~170 text tokens before the question, images rendered at 3× the prompt's side: docs/design.md#far-preset) or
-    ``long`` (``fine``'s image with ``far``'s ~170 text tokens before the question: docs/design.md#long-preset)."""
+    ``long`` (``fine``'s image with ``far``'s ~170 text tokens before the question: docs/design.md#long-preset) or
+    ``detail`` (``far``'s textures framed on larger squares, no context, a wider tower: docs/design.md#detail-preset)."""
     synth: dict[str, Any] = field(default_factory=dict)
     """Knobs on top of the preset (:class:`vedas.data.synth.SynthConfig`)."""
 
@@ -50,7 +51,8 @@ class DemoSize:
         """This size on preset ``name`` (the pixel bound follows its image side in :meth:`tiny_model_args`)."""
         if name not in PRESETS:
             raise ValueError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
-        return dataclasses.replace(self, preset=name, replay_k=PRESET_REPLAY_K[name])
+        tiny = {**self.tiny, **PRESET_TINY.get(name, {})}
+        return dataclasses.replace(self, preset=name, replay_k=PRESET_REPLAY_K[name], tiny=tiny)
 
     max_new_tokens: int = 160
     """Generation cap: `cot`'s answer comes after ~80-120 tokens (a smoke test may cut it short)."""
@@ -84,10 +86,14 @@ class DemoSize:
 
 
 CHAMELEON_IMAGE = 64
-PRESET_REPLAY_K = {"easy": 4, "fine": 2, "far": 2, "long": 2}
+PRESET_REPLAY_K = {"easy": 4, "fine": 2, "far": 2, "long": 2, "detail": 2}
 """K per preset: ``fine``'s 36 visual tokens take T_r·K = 4·2 = 8 replays, under a quarter; ``easy`` keeps the
 K = 4 it was measured with (its 16 tokens are all replayed); ``far`` and ``long`` have ``fine``'s 36 tokens in
 the prompt."""
+PRESET_TINY: dict[str, dict[str, Any]] = {"detail": {"vision_hidden": 256}}
+"""Tiny-model arguments a preset sets on top of the size (``--tiny`` overrides them): ``detail``'s kinds differ
+only in a texture that the demo's 64-wide random tower reads on some seeds; at 256 its ``cot`` reads them on
+each seed tried (docs/design.md#detail-preset)."""
 DEFAULT_JOBS = 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
@@ -149,7 +155,9 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         help="synthetic benchmark: fine (168 px, 36 visual tokens of which replay shows 8, 3-4-step "
         "questions), easy (112 px, 16 visual tokens, all replayed; the earlier demo) or far (fine's 36 "
         "tokens ~170 text tokens before the question, textures seen finely only in a crop; cot fails on "
-        "it) or long (fine's image, far's ~170 text tokens before the question) (default: fine)",
+        "it) or long (fine's image, far's ~170 text tokens before the question) or detail (far's textures inside "
+        "a solid frame on larger squares, no context, a 256-wide random tower: SCF-VR's crop shows the kinds 2x "
+        "stronger than the prompt) (default: fine)",
     )
     parser.add_argument(
         "--synth",
