@@ -21,8 +21,8 @@ exactly as the demo trains it, and from that one ``cot`` checkpoint, through the
 
 and, only when named in ``--variants``, the trained remedies (:data:`TRAINED_REMEDIES`) and the
 options of issue 27 (:data:`OPTIONS`): ``latent+rowcol`` (``latent`` with a saliency option),
-``vedas+hidden`` (``vedas`` with SCF-VR's ``hidden`` form) and ``latent+hidden`` (``latent+scfvr`` with it),
-each compared with the method it varies.
+``vedas+hidden`` (``vedas`` with SCF-VR's ``hidden`` form), ``latent+hidden`` (``latent+scfvr`` with it) and
+``latent+scfvr_clip`` (``latent+scfvr`` with F_SR clipped apart), each compared with the method it varies.
 
 Each (variant, seed) is one unit: trained, evaluated (as the demo does: strict ``vedas`` scoring,
 batch 16) and, for the latent variants, probed for latent use (:mod:`vedas.analysis.latent_use`'s
@@ -120,6 +120,12 @@ OPTIONS: dict[str, Variant] = {
         help="latent+scfvr with SCF-VR's hidden form, as vedas+hidden but without routing: what the crop's "
         "detail does through a loss that reaches the decoder",
     ),
+    "latent+scfvr_clip": Variant(
+        PRESETS["latent+scfvr"],
+        scfvr=(("clip", "separate"),),
+        help="latent+scfvr (the paper's form, lambda 1) with F_SR clipped apart from the model, so that F_SR's "
+        "gradient cannot shrink the model's update through the shared clip norm",
+    ),
 }
 """The saliency option and the SCF-VR form docs/design.md#ablation chose (issue 27), each a variant of
 the method it changes; run only when named in ``--variants``."""
@@ -146,8 +152,10 @@ OPTION_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("vedas", "vedas+hidden", "SCF-VR form: hidden vs the paper's"),
     ("latent", "latent+hidden", "SCF-VR's hidden form alone"),
     ("latent+scfvr", "latent+hidden", "SCF-VR form without routing: hidden vs the paper's"),
+    ("latent+scfvr", "latent+scfvr_clip", "SCF-VR's paper form: F_SR clipped apart vs jointly"),
+    ("latent", "latent+scfvr_clip", "SCF-VR's paper form alone, F_SR clipped apart"),
 )
-"""Reported when the options ran (``--variants … latent+rowcol vedas+hidden latent+hidden``)."""
+"""Reported when the options ran (``--variants … latent+rowcol vedas+hidden latent+hidden latent+scfvr_clip``)."""
 
 # As the paper reports them (its Table 3; accuracy %, models trained 16 epochs on a balanced subset).
 PAPER_TABLE3: tuple[dict[str, Any], ...] = (

@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --ablation: only these variants (default: the seven of the ablation; cot is always "
         "trained first); the trained remedies latent_nograd (latent_grad: none) and latent+gap (GAP norm "
         "calibration in training) and the options latent+rowcol (a saliency option), vedas+hidden and "
-        "latent+hidden (SCF-VR's hidden form on vedas, on latent+scfvr) run only when named here",
+        "latent+hidden (SCF-VR's hidden form on vedas, on latent+scfvr) and latent+scfvr_clip (F_SR clipped "
+        "apart from the model) run only when named here",
     )
     parser.add_argument(
         "--remedies",
