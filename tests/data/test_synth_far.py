@@ -298,6 +298,7 @@ def test_framed_texture_is_as_much_weaker_in_the_prompt_than_in_the_crop(far_mod
     vm, _, _ = far_model_and_data
     mean = mean_detail_views(preset("far", context_sentences=0, frame=9), vm.processor)
     assert mean["crop"] > 0.8 * mean["full"] and mean["crop"] > 2 * mean["prompt"], mean
+    assert mean["prompt_mean"] < 0.25 * mean["prompt"], mean
 
 
 def test_detail_keeps_the_crop_twice_as_strong_as_the_prompt(far_model_and_data) -> None:
