@@ -188,22 +188,28 @@ def sized(args: argparse.Namespace) -> DemoSize:
         ("max_new_tokens", args.max_new_tokens),
     )
     synth = {**size.synth, **synth_knobs(args.synth)}
-    tiny = {**size.tiny, **tiny_knobs(getattr(args, "tiny", []))}
+    tiny = {**size.tiny, **tiny_knobs(args.tiny)}
     return dataclasses.replace(size, arch=args.arch, synth=synth, tiny=tiny, **{k: v for k, v in given if v})
 
 
-def synth_knobs(items: list[str]) -> dict[str, Any]:
-    """``--synth KNOB=VALUE …`` as :class:`~vedas.data.synth.SynthConfig` fields: each value read as a YAML
-    scalar and checked against the field's type as a config file's would be; a UserError names a
-    malformed item, an unknown knob or a value of the wrong type."""
+def knobs(flag: str, items: list[str], fn: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``FLAG KNOB=VALUE …`` as keyword arguments of ``fn`` (a function or a dataclass): each value read as a
+    YAML scalar and checked against the parameter's type as a config file's would be; a UserError names a
+    malformed item, an unknown knob (those in ``skip`` too) or a value of the wrong type."""
     from vedas.config import apply_overrides, keyword_args
-    from vedas.data.synth import SynthConfig
     from vedas.errors import UserError
 
     malformed = [item for item in items if "=" not in item]
     if malformed:
-        raise UserError(f"--synth: {malformed[0]!r} is not KNOB=VALUE")
-    return keyword_args(SynthConfig, apply_overrides({}, [f"--{item}" for item in items]), "--synth")
+        raise UserError(f"{flag}: {malformed[0]!r} is not KNOB=VALUE")
+    return keyword_args(fn, apply_overrides({}, [f"--{item}" for item in items]), flag, skip=skip)
+
+
+def synth_knobs(items: list[str]) -> dict[str, Any]:
+    """``--synth KNOB=VALUE …`` as :class:`~vedas.data.synth.SynthConfig` fields (:func:`knobs`)."""
+    from vedas.data.synth import SynthConfig
+
+    return knobs("--synth", items, SynthConfig)
 
 
 TINY_SET_BY_SIZE = ("arch", "max_pixels", "vision_seed", "bpe_corpus", "seed")
@@ -212,17 +218,10 @@ the seed), so ``--tiny`` cannot."""
 
 
 def tiny_knobs(items: list[str]) -> dict[str, Any]:
-    """``--tiny KNOB=VALUE …`` as ``tiny_model`` keyword arguments, read and checked as ``--synth``'s are; a
-    UserError names a malformed item, an unknown argument, one the demo sets itself or a wrong type."""
+    """``--tiny KNOB=VALUE …`` as ``tiny_model`` keyword arguments (:func:`knobs`), none the demo sets itself."""
     from vedas.backbones.tiny import tiny_model
-    from vedas.config import apply_overrides, keyword_args
-    from vedas.errors import UserError
 
-    malformed = [item for item in items if "=" not in item]
-    if malformed:
-        raise UserError(f"--tiny: {malformed[0]!r} is not KNOB=VALUE")
-    knobs = apply_overrides({}, [f"--{item}" for item in items])
-    return keyword_args(tiny_model, knobs, "--tiny", skip=TINY_SET_BY_SIZE)
+    return knobs("--tiny", items, tiny_model, skip=TINY_SET_BY_SIZE)
 
 
 def demo_pixels(arch: str, image_size: int = 112) -> int:
