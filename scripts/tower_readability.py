@@ -40,9 +40,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="the benchmark's seed (default: 0)")
     ap.add_argument("--vision-seed", type=int, default=0, help="the random tower's seed (default: 0)")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
-    for flag in ("--train", "--test", "--epochs", "--latent-epochs", "--max-new-tokens"):
-        ap.set_defaults(**{flag.lstrip("-").replace("-", "_"): None})
-    ap.set_defaults(quick=False, arch="qwen2_vl")
+    # the demo's size, as sizes.sized reads it from vedas demo's flags
+    ap.set_defaults(quick=False, arch="qwen2_vl", train=None, test=None, epochs=None, latent_epochs=None)
+    ap.set_defaults(max_new_tokens=None)
     return ap.parse_args(argv)
 
 
@@ -127,7 +127,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    torch.manual_seed(0)
     result = measure(args)
     print(f"{result['settings']}: {result['shapes']} shapes of {args.images} images")
     for attr, r in result["prompt"].items():

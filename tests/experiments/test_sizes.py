@@ -80,8 +80,7 @@ def test_detail_is_far_framed_on_larger_squares_with_a_wider_tower():
     size = sizes.sized(_args("--preset", "detail"))
     assert size.synth_config() == preset("far", context_sentences=0, frame=6, shape_size=54)
     assert size.tiny == {**sizes.FULL.tiny, "vision_hidden": 256} and size.replay_k == 2
-    assert size.tiny_model_args()["max_pixels"] == sizes.demo_pixels(
-        "qwen2_vl", 168
-    )  # the 504-px render, seen at 168
+    # the 504-px render, seen at 168
+    assert size.tiny_model_args()["max_pixels"] == sizes.demo_pixels("qwen2_vl", 168)
     assert sizes.sized(_args("--preset", "detail", "--tiny", "vision_hidden=64")).tiny["vision_hidden"] == 64
     assert sizes.sized(_args("--preset", "far")).tiny == sizes.FULL.tiny  # only detail widens the tower
